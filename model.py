@@ -1,0 +1,432 @@
+"""
+A character-level language model whose sequence-mixing block is a config value:
+
+    'transformer'  causal self-attention (nanoGPT's GPT)
+    'mingru'       minGRU   (Feng et al. 2024, "Were RNNs All We Needed?", section 3.1)
+    'minlstm'      minLSTM  (same paper, section 3.2)
+    'mamba'        a plain-PyTorch selective SSM (Gu and Dao 2023, "Mamba", Algorithm 2)
+
+Every model is: token embedding -> n_layer residual pre-norm blocks -> final norm -> output head
+tied to the embedding. A block is  x + mixer(norm(x))  then, when ff_mult > 0,  x + ff(norm(x)).
+
+Every mixer has two paths that compute the same function (the tests hold them equal):
+    forward(x)            all time steps at once, for training (x: batch, time, n_embd)
+    step(x_t, state)      one time step, for generation; state=None starts a sequence.
+For the recurrent mixers the state has a fixed size, so the n-th generated token costs the same
+as the first; for the Transformer it is a key/value cache that grows with the sequence.
+"""
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from scan import BACKENDS, linear_scan
+
+
+@dataclass
+class ModelConfig:
+    block: str = 'transformer'  # one of BLOCKS
+    vocab_size: int = 65
+    block_size: int = 256       # training context (the Transformer's positional table)
+    n_layer: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = False          # biases in Linear layers and LayerNorm
+    norm: str = 'layernorm'     # 'layernorm' or 'rmsnorm'
+    ff_mult: float = 4.0        # feed-forward width = ff_mult * n_embd; 0 leaves it out
+    n_head: int = 6             # transformer: attention heads
+    expansion: float = 1.5      # mingru/minlstm: recurrent width = expansion * n_embd
+    conv_kernel: int = 0        # mingru/minlstm: causal depthwise conv before the RNN (0: off)
+    scan_backend: str = 'auto'  # see scan.py
+    d_state: int = 16           # mamba: SSM state size N per channel
+    d_conv: int = 4             # mamba: causal conv width
+    mamba_expand: int = 2       # mamba: inner width = mamba_expand * n_embd
+    dt_rank: int = 0            # mamba: rank of the delta projection; 0 = ceil(n_embd / 16)
+    scan_chunk_elems: int = 1 << 26  # mamba: above batch*time*channels*d_state elements, scan channel
+                                     # chunks with recomputation in backward (bounds activation memory)
+
+    def validate(self):
+        def need(ok, msg):
+            if not ok:
+                raise ValueError(msg)
+        need(self.block in BLOCKS, f"unknown block {self.block!r}; choose one of {', '.join(BLOCKS)}")
+        need(self.norm in NORMS, f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        need(self.scan_backend in BACKENDS,
+             f"unknown scan_backend {self.scan_backend!r}; choose one of {', '.join(BACKENDS)}")
+        for name in ('vocab_size', 'block_size', 'n_layer', 'n_embd', 'n_head', 'd_state', 'd_conv'):
+            need(getattr(self, name) >= 1, f'{name} must be >= 1, got {getattr(self, name)}')
+        need(0 <= self.dropout < 1, f'dropout must be in [0, 1), got {self.dropout}')
+        need(self.block != 'transformer' or self.n_embd % self.n_head == 0,
+             f'n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})')
+
+    @classmethod
+    def from_dict(cls, d):
+        """Take the model's keys out of a larger dict (a run's whole config)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+# ----------------------------------------------------------------------------- shared parts
+
+def widen(x):
+    """Half-precision activations (autocast) become float32 before a scan: its coefficients are logs
+    and products of many factors. float32 and float64 pass unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+NORMS = {'layernorm': lambda c: nn.LayerNorm(c.n_embd, bias=c.bias),
+         'rmsnorm': lambda c: nn.RMSNorm(c.n_embd)}
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        hidden = round(config.ff_mult * config.n_embd)
+        self.up = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.down = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down(F.gelu(self.up(x))))
+
+
+class CausalDepthwiseConv(nn.Module):
+    """Per-channel convolution over the last `kernel` time steps (no look-ahead)."""
+
+    def __init__(self, channels, kernel):
+        super().__init__()
+        self.kernel = kernel
+        self.conv = nn.Conv1d(channels, channels, kernel, groups=channels, padding=kernel - 1)
+
+    def forward(self, x):  # (B, T, C)
+        return self.conv(x.transpose(1, 2))[..., :x.shape[1]].transpose(1, 2)
+
+    def step(self, x, window):
+        """x: (B, C); window: the previous kernel-1 inputs, oldest first, (B, kernel-1, C) or None."""
+        if window is None:
+            window = x.new_zeros(x.shape[0], self.kernel - 1, x.shape[1])
+        window = torch.cat([window, x.unsqueeze(1)], dim=1)
+        # Conv1d is a cross-correlation: weight[j] meets the input kernel-1-j steps back.
+        y = torch.einsum('bkc,ck->bc', window, self.conv.weight[:, 0]) + self.conv.bias
+        return y, window[:, 1:]
+
+
+# ----------------------------------------------------------------------------- Transformer
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.out = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def heads(self, x):
+        """(B, T, 3C) -> three (B, n_head, T, C / n_head) tensors."""
+        B, T, _ = x.shape
+        return [t.view(B, T, self.n_head, -1).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1)]
+
+    def merge(self, y):
+        B, _, T, _ = y.shape
+        return self.resid_dropout(self.out(y.transpose(1, 2).reshape(B, T, -1)))
+
+    def forward(self, x):
+        q, k, v = self.heads(x)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.merge(y)
+
+    def step(self, x, cache):
+        """The new token attends to every cached key: cost grows with the sequence."""
+        q, k, v = self.heads(x.unsqueeze(1))
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.merge(y).squeeze(1), (k, v)
+
+
+# ----------------------------------------------------------------------------- minGRU / minLSTM
+
+def log_g(x):
+    """log of g(x) = x + 0.5 for x >= 0, sigmoid(x) otherwise: the paper's positive, continuous
+    replacement for the candidate state, so that log h~ exists (appendix, log-space minGRU)."""
+    return torch.where(x >= 0, (F.relu(x) + 0.5).log(), -F.softplus(-x))
+
+
+class MinRNN(nn.Module):
+    """A recurrent layer h_t = a_t * h_{t-1} + b_t whose a_t, b_t come from x_t alone.
+
+    Projects n_embd -> inner width, runs the recurrence on the shared scan, projects back.
+    Subclasses say how many projections of x_t they need and how they make log a_t and log b_t.
+    """
+    n_projections = None
+
+    def __init__(self, config):
+        super().__init__()
+        d, inner = config.n_embd, round(config.expansion * config.n_embd)
+        self.conv = CausalDepthwiseConv(d, config.conv_kernel) if config.conv_kernel else None
+        self.to_gates = nn.Linear(d, self.n_projections * inner, bias=config.bias)
+        self.out = nn.Linear(inner, d, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.backend = config.scan_backend
+
+    def log_coefficients(self, x):
+        """(log a_t, log b_t) from x_t, in float32 or wider (they are logs of products)."""
+        raise NotImplementedError
+
+    def forward(self, x):
+        if self.conv is not None:
+            x = self.conv(x)
+        log_a, log_b = self.log_coefficients(widen(self.to_gates(x)))
+        h = linear_scan(log_a, log_b=log_b, backend=self.backend)
+        return self.dropout(self.out(h.to(x.dtype)))
+
+    def step(self, x, state):
+        h, window = state if state is not None else (None, None)
+        if self.conv is not None:
+            x, window = self.conv.step(x, window)
+        log_a, log_b = self.log_coefficients(widen(self.to_gates(x)))
+        h = log_b.exp() if h is None else log_a.exp() * h + log_b.exp()  # h_0 = 0
+        return self.dropout(self.out(h.to(x.dtype))), (h, window)
+
+
+class MinGRU(MinRNN):
+    """minGRU (paper eq. in section 3.1.2):
+        z_t = sigmoid(Linear(x_t)),  h~_t = g(Linear(x_t)),  h_t = (1 - z_t) h_{t-1} + z_t h~_t
+    so a_t = 1 - z_t and b_t = z_t h~_t, taken in log space as the appendix does:
+        log z = -softplus(-k),  log(1 - z) = -softplus(k)."""
+    n_projections = 2
+
+    def log_coefficients(self, gates):
+        k_z, k_h = gates.chunk(2, dim=-1)
+        return -F.softplus(k_z), -F.softplus(-k_z) + log_g(k_h)
+
+
+class MinLSTM(MinRNN):
+    """minLSTM (paper eq. in section 3.2.2):
+        f_t, i_t = sigmoid(Linear(x_t)),  h~_t = g(Linear(x_t)),
+        f'_t = f_t / (f_t + i_t),  i'_t = i_t / (f_t + i_t),  h_t = f'_t h_{t-1} + i'_t h~_t.
+    In log space (appendix): with d = log i - log f = softplus(-k_f) - softplus(-k_i),
+        log f' = -softplus(d),  log i' = -softplus(-d)."""
+    n_projections = 3
+
+    def log_coefficients(self, gates):
+        k_f, k_i, k_h = gates.chunk(3, dim=-1)
+        diff = F.softplus(-k_f) - F.softplus(-k_i)
+        return -F.softplus(diff), -F.softplus(-diff) + log_g(k_h)
+
+
+# ----------------------------------------------------------------------------- Mamba
+
+class Mamba(nn.Module):
+    """A selective state-space mixer after Mamba (Gu and Dao 2023), its Algorithm 2 (S6):
+
+        x, z  = in_proj(u)                         (inner width E = mamba_expand * n_embd each)
+        x     = SiLU(causal depthwise conv(x))
+        delta = softplus(dt_proj(dt)),  (dt, B, C) = x_proj(x)         input-dependent (selective)
+        h_t   = exp(delta_t A) h_{t-1} + delta_t B_t x_t               per channel, N states each
+        y_t   = C_t . h_t + D x_t,   out = out_proj(y * SiLU(z))
+
+    A = -exp(A_log) is diagonal (S4D-real init A_n = -(n+1)); A is discretised by zero-order hold and
+    B by Euler's rule, as the reference implementation does. The recurrence is the shared scan
+    over (batch, time, E * N) with log a = delta * A; b can be negative, so no backend may assume
+    b > 0 (scan.py splits signs for the log backends).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        d, inner, n = config.n_embd, config.mamba_expand * config.n_embd, config.d_state
+        self.dt_rank = config.dt_rank or math.ceil(d / 16)
+        self.d_state = n
+        self.in_proj = nn.Linear(d, 2 * inner, bias=config.bias)
+        self.conv = CausalDepthwiseConv(inner, config.d_conv)
+        self.x_proj = nn.Linear(inner, self.dt_rank + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, inner, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(inner, 1))
+        self.D = nn.Parameter(torch.ones(inner))
+        self.A_log._no_weight_decay = self.D._no_weight_decay = True
+        self.out_proj = nn.Linear(inner, d, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.backend = config.scan_backend
+        self.chunk_elems = config.scan_chunk_elems
+
+    @torch.no_grad()
+    def reset_special_parameters(self, dt_min=1e-3, dt_max=1e-1):
+        """Mamba's initialisation, applied after the model-wide one: dt_proj's bias is the inverse
+        softplus of a delta drawn log-uniformly in [dt_min, dt_max]."""
+        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
+        dt = torch.exp(torch.rand_like(self.dt_proj.bias) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min))
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        n = self.d_state
+        self.A_log.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(self.D.numel(), 1))
+        self.D.fill_(1.0)
+
+    def selective_inputs(self, x):
+        """delta (.., E), B (.., N), C (.., N) from the conv output x: the 'selection'."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return widen(F.softplus(self.dt_proj(dt))), widen(B), widen(C)
+
+    def scan_channels(self, x, delta, B, C, A_log, D):
+        """y for a slice of channels: builds (batch, T, channels, N) coefficients and scans them."""
+        batch, T, E = x.shape
+        log_a = delta.unsqueeze(-1) * -A_log.exp()             # log exp(delta A)
+        b = (delta * x).unsqueeze(-1) * B.unsqueeze(2)                   # delta B x
+        h = linear_scan(log_a.reshape(batch, T, -1), b.reshape(batch, T, -1), backend=self.backend)
+        return (h.view(batch, T, E, -1) * C.unsqueeze(2)).sum(-1) + D * x
+
+    def selective_scan(self, x, delta, B, C):
+        batch, T, E = x.shape
+        per_channel = batch * T * self.d_state
+        chunk = max(1, self.chunk_elems // per_channel)
+        if chunk >= E:
+            return self.scan_channels(x, delta, B, C, self.A_log, self.D)
+        # Too large to hold at once: scan channel chunks, recomputing each in backward.
+        return torch.cat([
+            checkpoint(self.scan_channels, x[..., s:s + chunk], delta[..., s:s + chunk], B, C,
+                       self.A_log[s:s + chunk], self.D[s:s + chunk], use_reentrant=False)
+            for s in range(0, E, chunk)], dim=-1)
+
+    def forward(self, u):
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        x = widen(F.silu(self.conv(x)))
+        y = self.selective_scan(x, *self.selective_inputs(x))
+        return self.dropout(self.out_proj((y * F.silu(widen(z))).to(u.dtype)))
+
+    def step(self, u, state):
+        h, window = state if state is not None else (None, None)
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        x, window = self.conv.step(x, window)
+        x = widen(F.silu(x))
+        delta, B, C = self.selective_inputs(x)
+        b = (delta * x).unsqueeze(-1) * B.unsqueeze(1)                   # (batch, E, N)
+        a = torch.exp(delta.unsqueeze(-1) * -self.A_log.exp())
+        h = b if h is None else a * h + b
+        y = (h * C.unsqueeze(1)).sum(-1) + self.D * x
+        return self.dropout(self.out_proj((y * F.silu(widen(z))).to(u.dtype))), (h, window)
+
+
+# ----------------------------------------------------------------------------- the model
+
+MIXERS = {'transformer': CausalSelfAttention, 'mingru': MinGRU, 'minlstm': MinLSTM, 'mamba': Mamba}
+BLOCKS = tuple(MIXERS)
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.norm_mix = NORMS[config.norm](config)
+        self.mixer = MIXERS[config.block](config)
+        self.ff = None
+        if config.ff_mult > 0:
+            self.norm_ff, self.ff = NORMS[config.norm](config), FeedForward(config)
+
+    def forward(self, x):
+        x = x + self.mixer(self.norm_mix(x))
+        return x if self.ff is None else x + self.ff(self.norm_ff(x))
+
+    def step(self, x, state):
+        y, state = self.mixer.step(self.norm_mix(x), state)
+        x = x + y
+        return (x if self.ff is None else x + self.ff(self.norm_ff(x))), state
+
+
+class CharLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        # Only attention needs positions; the recurrent blocks know order from the recurrence.
+        self.pos_emb = nn.Embedding(config.block_size, config.n_embd) if config.block == 'transformer' else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = NORMS[config.norm](config)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight  # weight tying
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith(('mixer.out.weight', 'mixer.out_proj.weight', 'ff.down.weight')):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        for module in self.modules():
+            if hasattr(module, 'reset_special_parameters'):
+                module.reset_special_parameters()
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding=False):
+        """Parameters; non_embedding leaves out the token and position tables (the head is tied)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel() + (self.pos_emb.weight.numel() if self.pos_emb is not None else 0)
+        return n
+
+    def forward(self, idx, targets=None):
+        """Parallel path. idx: (batch, time) token ids. Returns logits and the mean loss (or None)."""
+        T = idx.shape[1]
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            if T > self.config.block_size:
+                raise ValueError(f'sequence of {T} tokens exceeds the Transformer block_size {self.config.block_size}')
+            x = x + self.pos_emb(torch.arange(T, device=idx.device))
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.norm(x))
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss
+
+    def step(self, token, states, pos):
+        """Step path. token: (batch,) ids at position pos; states: one entry per layer (None at start)."""
+        x = self.tok_emb(token)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb.weight[pos]
+        new_states = []
+        for block, state in zip(self.blocks, states):
+            x, state = block.step(x, state)
+            new_states.append(state)
+        return self.head(self.norm(x)), new_states
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+        """Yield max_new_tokens tokens (each (batch,)) continuing idx (batch, time >= 1), stepping the
+        state. The Transformer's window is block_size: past it, like nanoGPT, each token re-reads the
+        last block_size tokens with a full forward."""
+        window = self.config.block_size if self.pos_emb is not None else None
+        context = idx[:, -window:] if window else idx
+        states = [None] * len(self.blocks)
+        for pos in range(context.shape[1]):
+            logits, states = self.step(context[:, pos], states, pos)
+        for _ in range(max_new_tokens):
+            logits = logits.float() / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float('-inf'))
+            token = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+            yield token
+            if window is None:
+                logits, states = self.step(token, states, None)
+                continue
+            context = torch.cat([context, token.unsqueeze(1)], dim=1)
+            if context.shape[1] <= window:
+                logits, states = self.step(token, states, context.shape[1] - 1)
+            else:
+                context = context[:, -window:]
+                logits = self(context)[0][:, -1]
+
+    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW; matrices and embeddings decay, biases, norms and Mamba's A_log and D do not."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            (no_decay if p.dim() < 2 or getattr(p, '_no_weight_decay', False) else decay).append(p)
+        groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
+        fused = device_type == 'cuda'
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)

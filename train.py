@@ -1,0 +1,456 @@
+"""
+Train a character-level language model (any block of model.py) from a config file.
+
+    python train.py config/shakespeare_char_transformer_cpu.py             # one process
+    python train.py config/shakespeare_char_mingru_cpu.py --init_from=resume
+    torchrun --standalone --nproc_per_node=4 train.py config/shakespeare_char_mingru.py   # DDP
+
+Writes to out_dir: config.json (the resolved configuration), log.jsonl (one JSON object a line:
+'eval' rows every eval_interval, 'train' rows every log_interval), ckpt.pt (latest) and best.pt
+(lowest val loss). Checkpoints are written to a temporary file and renamed, so a kill at any
+moment leaves the previous one whole; resume continues bit-exactly on CPU in float32.
+SIGINT / SIGTERM save a checkpoint at the current step and exit 0.
+"""
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from configurator import ConfigError, resolve
+from model import CharLM, ModelConfig
+
+CHECKPOINT_FORMAT = 1
+_MODEL_DEFAULTS = {k: v for k, v in dataclasses.asdict(ModelConfig()).items() if k != 'vocab_size'}
+
+DEFAULTS = dict(
+    # I/O
+    out_dir='out/run',
+    eval_interval=250,            # evaluate, log and checkpoint every this many steps
+    log_interval=10,              # log the training loss every this many steps
+    eval_iters=200,               # batches per split in an evaluation
+    eval_only=False,
+    always_save_checkpoint=True,  # write ckpt.pt at every evaluation (best.pt only on improvement)
+    init_from='scratch',          # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+    progress=True,                # tqdm bar
+    # data
+    dataset='shakespeare_char',   # data/<dataset>/{train,val}.bin and meta.pkl
+    batch_size=64,                # per process and micro-step
+    gradient_accumulation_steps=1,
+    # model (see model.ModelConfig)
+    **_MODEL_DEFAULTS,
+    # AdamW, linear warm-up then cosine decay to min_lr at lr_decay_iters
+    learning_rate=1e-3,
+    max_iters=5000,
+    weight_decay=0.1,
+    beta1=0.9,
+    beta2=0.99,
+    grad_clip=1.0,                # 0: no clipping
+    decay_lr=True,
+    warmup_iters=100,
+    lr_decay_iters=5000,
+    min_lr=1e-4,
+    max_bad_steps=5,              # stop after this many consecutive non-finite steps
+    # system
+    device='auto',                # 'auto' (cuda, mps, cpu), or a torch device string
+    dtype='auto',                 # 'auto' (bfloat16 on capable CUDA, else float32), 'float32', 'bfloat16', 'float16'
+    compile=False,                # torch.compile the model
+    seed=1337,
+    ddp_timeout=300,              # seconds a process waits for its peers before failing
+)
+
+
+class TrainingError(Exception):
+    """A failure to report in one line, with what to do about it."""
+
+
+# ----------------------------------------------------------------------------- set-up
+
+def setup_distributed(config):
+    """(rank, world_size, device); under torchrun also initialises the process group."""
+    device = config['device']
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    if 'RANK' not in os.environ:
+        return 0, 1, device
+    rank, local_rank, world = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+    if device.startswith('cuda'):
+        device = f'cuda:{local_rank}'
+        torch.cuda.set_device(device)
+    backend = 'nccl' if device.startswith('cuda') else 'gloo'
+    dist.init_process_group(backend, timeout=timedelta(seconds=config['ddp_timeout']))
+    return rank, world, device
+
+
+def resolve_dtype(config, device):
+    dtype = config['dtype']
+    if dtype == 'auto':
+        dtype = 'bfloat16' if device.startswith('cuda') and torch.cuda.is_bf16_supported() else 'float32'
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        raise ConfigError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {dtype!r}")
+    return dtype
+
+
+def check_config(config):
+    for key in ('max_iters', 'eval_interval', 'log_interval', 'eval_iters', 'batch_size',
+                'gradient_accumulation_steps', 'max_bad_steps'):
+        if config[key] < (0 if key == 'max_iters' else 1):
+            raise ConfigError(f'{key} must be >= {0 if key == "max_iters" else 1}, got {config[key]}')
+    if config['init_from'] not in ('scratch', 'resume'):
+        raise ConfigError(f"init_from must be 'scratch' or 'resume', got {config['init_from']!r}")
+    if os.path.exists(config['out_dir']) and not os.path.isdir(config['out_dir']):
+        raise ConfigError(f"out_dir {config['out_dir']!r} is a file, not a folder; choose another --out_dir")
+
+
+def load_dataset(config):
+    """(train, val) token arrays (memory-mapped) and the vocabulary of data/<dataset>."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', config['dataset'])
+    prepare = (f'python data/{config["dataset"]}/prepare.py' if config['dataset'] == 'shakespeare_char'
+               else f'python data/char/prepare.py --input YOUR.txt --name {config["dataset"]}')
+    paths = {name: os.path.join(folder, name) for name in ('train.bin', 'val.bin', 'meta.pkl')}
+    missing = [name for name, path in paths.items() if not os.path.exists(path)]
+    if missing:
+        raise TrainingError(f"dataset {config['dataset']!r} is not prepared ({', '.join(missing)} missing "
+                            f'in {folder}); run: {prepare}')
+    with open(paths['meta.pkl'], 'rb') as f:
+        meta = pickle.load(f)
+    splits = [np.memmap(paths[name], dtype=np.uint16, mode='r') for name in ('train.bin', 'val.bin')]
+    for name, data in zip(('train', 'val'), splits):
+        if len(data) < config['block_size'] + 1:
+            raise TrainingError(f"the {name} split of {config['dataset']!r} has {len(data)} tokens, fewer than "
+                                f"block_size + 1 = {config['block_size'] + 1}; lower --block_size or use more text")
+    return splits[0], splits[1], meta
+
+
+def get_batch(data, batch_size, block_size, generator, device):
+    """batch_size random windows of block_size tokens and their next-token targets."""
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
+    x = torch.from_numpy(np.stack([data[i:i + block_size] for i in starts]).astype(np.int64))
+    y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block_size] for i in starts]).astype(np.int64))
+    if device.startswith('cuda'):
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+def learning_rate_at(step, config):
+    """Linear warm-up for warmup_iters, cosine decay to min_lr at lr_decay_iters, then flat."""
+    if not config['decay_lr']:
+        return config['learning_rate']
+    if step < config['warmup_iters']:
+        return config['learning_rate'] * (step + 1) / (config['warmup_iters'] + 1)
+    if step > config['lr_decay_iters']:
+        return config['min_lr']
+    progress = (step - config['warmup_iters']) / max(1, config['lr_decay_iters'] - config['warmup_iters'])
+    return config['min_lr'] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config['learning_rate'] - config['min_lr'])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(payload, path):
+    """Write to path.tmp, fsync, rename: a reader sees the old file or the new one, never half."""
+    tmp = path + '.tmp'
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        kept = f'the previous {os.path.basename(path)} is intact' if os.path.exists(path) else 'no earlier checkpoint exists'
+        raise TrainingError(f'could not write checkpoint {path} ({e.strerror or e}); {kept}. '
+                            f'Free disk space or choose another --out_dir, then resume') from e
+
+
+def load_checkpoint(path, hint='train first with: python train.py CONFIG'):
+    """The checkpoint dict at path, or a TrainingError that says what is wrong with it."""
+    if not os.path.exists(path):
+        raise TrainingError(f'no checkpoint at {path}; {hint}')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise TrainingError(f'{path} is not a readable checkpoint (truncated or corrupt? {type(e).__name__}); '
+                            f'use the other checkpoint of the run (ckpt.pt / best.pt) or train again') from e
+    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
+        raise TrainingError(f'{path} is not a checkpoint of this project (format {CHECKPOINT_FORMAT})')
+    return ckpt
+
+
+def model_from_checkpoint(ckpt):
+    model = CharLM(ModelConfig(**ckpt['model_config']))
+    model.load_state_dict(ckpt['model'])
+    return model
+
+
+def check_resumable(ckpt, model_config, meta):
+    """Resuming with another block, width or vocabulary would fail deep inside load_state_dict."""
+    saved = ckpt['model_config']
+    differ = [f'{k}: checkpoint {saved[k]!r}, now {v!r}' for k, v in dataclasses.asdict(model_config).items()
+              if k in saved and saved[k] != v and k not in ('dropout', 'scan_backend', 'scan_chunk_elems')]
+    if differ:
+        raise TrainingError('the checkpoint was trained with another model configuration (' + '; '.join(differ) +
+                            '); resume with the config the run started with, or train into a new --out_dir')
+    if ckpt['vocab']['itos'] != meta['itos']:
+        raise TrainingError('the checkpoint was trained on another vocabulary; resume with its --dataset')
+
+
+# ----------------------------------------------------------------------------- logging
+
+class RunLog:
+    """out_dir/log.jsonl, the record plot_curves.py reads; one JSON object a line."""
+
+    def __init__(self, path, resume_step=None):
+        """A fresh log, or with resume_step, the old one cut back to what that checkpoint had seen."""
+        self.path = path
+        if resume_step is not None and os.path.exists(path):
+            self._truncate_after(resume_step)
+        self.file = open(path, 'a' if resume_step is not None else 'w')
+
+    def _truncate_after(self, step):
+        """Drop what the interrupted run logged past its checkpoint: the resumed run logs it again."""
+        kept = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by the kill
+                if row.get('kind') == 'meta' or row.get('step', 0) < step or (row.get('kind') == 'train' and row['step'] == step):
+                    kept.append(line if line.endswith('\n') else line + '\n')
+        with open(self.path + '.tmp', 'w') as f:
+            f.writelines(kept)
+        os.replace(self.path + '.tmp', self.path)
+
+    def write(self, **row):
+        self.file.write(json.dumps(row) + '\n')
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+@torch.no_grad()
+def estimate_loss(model, splits, config, device, autocast, rank, world):
+    """Mean loss over the same eval_iters batches of each split at every evaluation (a generator
+    seeded afresh), shared among the processes, so curves are comparable step to step."""
+    model.eval()
+    losses = {}
+    for name, data in splits.items():
+        generator = torch.Generator().manual_seed(config['seed'])
+        total = torch.zeros((), device=device, dtype=torch.float64)
+        for k in range(config['eval_iters']):
+            x, y = get_batch(data, config['batch_size'], config['block_size'], generator, device)
+            if k % world == rank:
+                with autocast:
+                    total += model(x, y)[1].double()
+        if world > 1:
+            dist.all_reduce(total)
+        losses[name] = total.item() / config['eval_iters']
+    model.train()
+    return losses
+
+
+# ----------------------------------------------------------------------------- training
+
+class StopRequest:
+    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint after the current step and exits."""
+
+    def __init__(self):
+        self.signal = None
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def train(config, command='python train.py ...'):
+    check_config(config)
+    rank, world, device = setup_distributed(config)
+    master = rank == 0
+    dtype = resolve_dtype(config, device)
+    device_type = 'cuda' if device.startswith('cuda') else device.split(':')[0]
+    torch.manual_seed(config['seed'] + rank)
+    data_generator = torch.Generator().manual_seed(config['seed'] + rank)
+
+    train_data, val_data, meta = load_dataset(config)
+    model_config = ModelConfig.from_dict({**config, 'vocab_size': meta['vocab_size']})
+    try:
+        model_config.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    model = CharLM(model_config).to(device)
+    optimizer = model.configure_optimizer(config['weight_decay'], config['learning_rate'],
+                                          (config['beta1'], config['beta2']), device_type)
+    scaler = torch.amp.GradScaler(device_type if device_type == 'cuda' else 'cpu', enabled=(dtype == 'float16'))
+
+    out_dir, ckpt_path = config['out_dir'], os.path.join(config['out_dir'], 'ckpt.pt')
+    step, best_val, elapsed, tokens_seen = 0, float('inf'), 0.0, 0
+    if config['init_from'] == 'resume':
+        ckpt = load_checkpoint(ckpt_path, hint=f"nothing to resume in {out_dir}; start with --init_from=scratch")
+        check_resumable(ckpt, model_config, meta)
+        model.load_state_dict(ckpt['model'])
+        optimizer.load_state_dict(ckpt['optimizer'])
+        scaler.load_state_dict(ckpt['scaler'])
+        step, best_val, elapsed, tokens_seen = ckpt['step'], ckpt['best_val_loss'], ckpt['elapsed'], ckpt['tokens']
+        rng = ckpt['rng'][rank] if rank < len(ckpt['rng']) else ckpt['rng'][0]
+        torch.set_rng_state(rng['torch'])
+        data_generator.set_state(rng['data'])
+        if device_type == 'cuda' and rng.get('cuda') is not None:
+            torch.cuda.set_rng_state(rng['cuda'])
+        del ckpt
+
+    raw_model = model
+    if config['compile']:
+        model = torch.compile(model)
+    if world > 1:
+        model = DDP(model, device_ids=[torch.device(device).index] if device_type == 'cuda' else None)
+    autocast = (torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
+                if dtype != 'float32' else contextlib.nullcontext())
+
+    n_params, n_non_emb = raw_model.num_params(), raw_model.num_params(non_embedding=True)
+    tokens_per_step = config['batch_size'] * config['block_size'] * config['gradient_accumulation_steps'] * world
+    log = None
+    if master:
+        os.makedirs(out_dir, exist_ok=True)
+        resolved = {**config, 'vocab_size': meta['vocab_size'], 'world_size': world, 'device_resolved': device,
+                    'dtype_resolved': dtype, 'torch_version': torch.__version__, 'params': n_params,
+                    'params_non_embedding': n_non_emb}
+        print('configuration:\n' + '\n'.join(f'  {k} = {v!r}' for k, v in resolved.items()))
+        print(f'parameters: {n_params:,} total, {n_non_emb:,} non-embedding; {tokens_per_step:,} tokens per step')
+        with open(os.path.join(out_dir, 'config.json'), 'w') as f:
+            json.dump(resolved, f, indent=1)
+        log = RunLog(os.path.join(out_dir, 'log.jsonl'), resume_step=step if config['init_from'] == 'resume' else None)
+        if config['init_from'] == 'scratch':
+            log.write(kind='meta', format=1, block=config['block'], params=n_params,
+                      params_non_embedding=n_non_emb, tokens_per_step=tokens_per_step, config=resolved)
+
+    def checkpoint(path):
+        if not master:
+            return
+        rng_here = {'torch': torch.get_rng_state(), 'data': data_generator.get_state(),
+                    'cuda': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
+        save_checkpoint({'format': CHECKPOINT_FORMAT, 'model': raw_model.state_dict(),
+                         'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+                         'model_config': dataclasses.asdict(model_config), 'config': config,
+                         'step': step, 'best_val_loss': best_val, 'elapsed': elapsed, 'tokens': tokens_seen,
+                         'rng': [rng_here], 'vocab': {'stoi': meta['stoi'], 'itos': meta['itos']}}, path)
+
+    splits = {'train': train_data, 'val': val_data}
+    bar = tqdm(total=config['max_iters'], initial=step, disable=not (master and config['progress']),
+               dynamic_ncols=True, desc=config['block'])
+    bad_steps, window_seconds, window_steps = 0, 0.0, 0
+    accumulate = config['gradient_accumulation_steps']
+    with StopRequest() as stop:
+        while True:
+            lr = learning_rate_at(step, config)
+            for group in optimizer.param_groups:
+                group['lr'] = lr
+
+            if step % config['eval_interval'] == 0 or step == config['max_iters'] or config['eval_only']:
+                t0 = time.perf_counter()
+                losses = estimate_loss(raw_model, splits, config, device, autocast, rank, world)
+                if master:
+                    log.write(kind='eval', step=step, tokens=tokens_seen, time=round(elapsed, 3), lr=lr,
+                              train_loss=losses['train'], val_loss=losses['val'])
+                    bar.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                if losses['val'] < best_val:
+                    best_val = losses['val']
+                    checkpoint(os.path.join(out_dir, 'best.pt'))
+                if config['always_save_checkpoint'] or step == config['max_iters']:
+                    checkpoint(ckpt_path)
+                elapsed += time.perf_counter() - t0
+            if step >= config['max_iters'] or config['eval_only']:
+                break
+
+            t0 = time.perf_counter()
+            for micro in range(accumulate):
+                x, y = get_batch(train_data, config['batch_size'], config['block_size'], data_generator, device)
+                sync = world == 1 or micro == accumulate - 1
+                with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
+                    loss = model(x, y)[1] / accumulate
+                scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config['grad_clip'] or float('inf'))
+            loss_value = loss.item() * accumulate
+            finite = math.isfinite(loss_value) and (scaler.is_enabled() or math.isfinite(grad_norm.item()))
+            if finite:
+                scaler.step(optimizer)
+                bad_steps = 0
+            else:
+                bad_steps += 1
+                if master:
+                    bar.write(f'warning: step {step}: non-finite loss or gradient (loss {loss_value}, grad norm '
+                              f'{grad_norm.item()}); step skipped ({bad_steps}/{config["max_bad_steps"]})')
+                if bad_steps >= config['max_bad_steps']:
+                    raise TrainingError(
+                        f'{bad_steps} consecutive non-finite steps, the first at step {step - bad_steps + 1}; the last '
+                        f'good checkpoint {ckpt_path} is kept. Lower --learning_rate, use --dtype=float32 (or '
+                        f'bfloat16 instead of float16), or try --scan_backend=sequential')
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+            seconds = time.perf_counter() - t0
+            elapsed += seconds
+            window_seconds, window_steps = window_seconds + seconds, window_steps + 1
+            if master and step % config['log_interval'] == 0:
+                log.write(kind='train', step=step, loss=loss_value, lr=lr,
+                          ms_per_iter=round(1000 * window_seconds / window_steps, 2))
+                window_seconds, window_steps = 0.0, 0
+            bar.update(1)
+            bar.set_postfix(loss=f'{loss_value:.4f}', tok_s=f'{tokens_per_step / seconds:,.0f}', refresh=False)
+
+            if stop.signal:
+                checkpoint(ckpt_path)
+                if master:
+                    bar.close()
+                    print(f'{stop.signal}: saved {ckpt_path} at step {step}. Resume with: {command} --init_from=resume')
+                break
+    bar.close()
+    if log is not None:
+        log.close()
+    return {'step': step, 'best_val_loss': best_val}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return train(resolve(DEFAULTS, argv), command=' '.join(['python train.py', *argv]))
+    except (ConfigError, TrainingError) as e:
+        sys.exit(f'error: {e}')
+    except RuntimeError as e:  # torch.distributed's errors are RuntimeErrors
+        if dist.is_available() and dist.is_initialized():
+            sys.exit(f'error: a process of this distributed run failed or stopped answering ({type(e).__name__}: '
+                     f'{str(e).splitlines()[0] if str(e) else ""}); the last checkpoint in the out_dir is intact: '
+                     f'resume with --init_from=resume')
+        raise
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == '__main__':
+    main()
