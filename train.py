@@ -46,7 +46,7 @@ DEFAULTS = dict(
     init_from='scratch',          # 'scratch' or 'resume' (from out_dir/ckpt.pt)
     progress=True,                # tqdm bar
     # data
-    dataset='shakespeare_char',   # data/<dataset>/{train,val}.bin and meta.pkl
+    dataset='shakespeare_char',   # data/<dataset>/{train,val}.bin and meta.pkl, or a path to such a folder
     batch_size=64,                # per process and micro-step
     gradient_accumulation_steps=1,
     # model (see model.ModelConfig)
@@ -112,13 +112,18 @@ def check_config(config):
         raise ConfigError(f"init_from must be 'scratch' or 'resume', got {config['init_from']!r}")
     if os.path.exists(config['out_dir']) and not os.path.isdir(config['out_dir']):
         raise ConfigError(f"out_dir {config['out_dir']!r} is a file, not a folder; choose another --out_dir")
+    try:
+        ModelConfig.from_dict(config).validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_dataset(config):
     """(train, val) token arrays (memory-mapped) and the vocabulary of data/<dataset>."""
-    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', config['dataset'])
-    prepare = (f'python data/{config["dataset"]}/prepare.py' if config['dataset'] == 'shakespeare_char'
-               else f'python data/char/prepare.py --input YOUR.txt --name {config["dataset"]}')
+    name = config['dataset']
+    folder = name if os.sep in name else os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name)
+    prepare = ('python data/shakespeare_char/prepare.py' if name == 'shakespeare_char'
+               else f'python data/char/prepare.py --input YOUR.txt --name {name}')
     paths = {name: os.path.join(folder, name) for name in ('train.bin', 'val.bin', 'meta.pkl')}
     missing = [name for name, path in paths.items() if not os.path.exists(path)]
     if missing:
@@ -297,10 +302,6 @@ def train(config, command='python train.py ...'):
 
     train_data, val_data, meta = load_dataset(config)
     model_config = ModelConfig.from_dict({**config, 'vocab_size': meta['vocab_size']})
-    try:
-        model_config.validate()
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     model = CharLM(model_config).to(device)
     optimizer = model.configure_optimizer(config['weight_decay'], config['learning_rate'],
                                           (config['beta1'], config['beta2']), device_type)

@@ -1,0 +1,90 @@
+"""
+Generate text from a trained run, streaming it as it comes:
+
+    python sample.py --out_dir=out/shakespeare_char_mingru_cpu --start="ROMEO:" --max_new_tokens=300
+    python sample.py --out_dir=out/... --start=FILE:prompt.txt --num_samples=3 --temperature=0.8
+
+Every block generates with its step path: the recurrent blocks carry a fixed-size state, so each
+new character costs the same; the Transformer carries a key/value cache.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+from train import TrainingError, load_checkpoint, model_from_checkpoint
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out_dir', default='out/shakespeare_char_transformer_cpu', help='the run to sample from')
+    parser.add_argument('--checkpoint', default='best', choices=['best', 'latest'],
+                        help='best.pt (lowest val loss) or ckpt.pt (latest)')
+    parser.add_argument('--start', default='\n', help='prompt text, or FILE:path to read it from a file')
+    parser.add_argument('--num_samples', type=int, default=1)
+    parser.add_argument('--max_new_tokens', type=int, default=500)
+    parser.add_argument('--temperature', type=float, default=0.8, help='> 0; lower is more conservative')
+    parser.add_argument('--top_k', type=int, default=200, help='keep the k likeliest characters (>= 1)')
+    parser.add_argument('--seed', type=int, default=1337)
+    parser.add_argument('--device', default='cpu')
+    args = parser.parse_args(argv)
+    for name, ok, rule in [('num_samples', args.num_samples >= 1, '>= 1'),
+                           ('max_new_tokens', args.max_new_tokens >= 1, '>= 1'),
+                           ('temperature', args.temperature > 0, '> 0'),
+                           ('top_k', args.top_k >= 1, '>= 1')]:
+        if not ok:
+            parser.error(f'--{name} must be {rule}, got {getattr(args, name)}')
+    return args
+
+
+def encode_prompt(start, stoi):
+    if start.startswith('FILE:'):
+        path = start[len('FILE:'):]
+        try:
+            with open(path, encoding='utf-8') as f:
+                start = f.read()
+        except OSError as e:
+            raise TrainingError(f'cannot read the prompt file {path!r} ({e.strerror})') from e
+    if not start:
+        raise TrainingError('the prompt is empty; give at least one character with --start')
+    unknown = sorted(set(ch for ch in start if ch not in stoi))
+    if unknown:
+        raise TrainingError(f'the prompt has characters the model never saw: {unknown!r}; '
+                            f'use only these: {"".join(sorted(stoi))!r}')
+    return [stoi[ch] for ch in start]
+
+
+def sample(args, write=sys.stdout.write):
+    """Generate args.num_samples texts; write() receives each piece as it is produced. Returns them."""
+    name = 'best.pt' if args.checkpoint == 'best' else 'ckpt.pt'
+    ckpt = load_checkpoint(os.path.join(args.out_dir, name),
+                           hint=f'train a model into {args.out_dir} first (python train.py CONFIG --out_dir={args.out_dir})')
+    stoi, itos = ckpt['vocab']['stoi'], ckpt['vocab']['itos']
+    ids = encode_prompt(args.start, stoi)
+    prompt, prompt_text = torch.tensor([ids], device=args.device), ''.join(itos[i] for i in ids)
+    model = model_from_checkpoint(ckpt).to(args.device).eval()
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    texts = []
+    for k in range(args.num_samples):
+        pieces = []
+        write(prompt_text)
+        for token in model.generate(prompt, args.max_new_tokens, args.temperature, args.top_k, generator):
+            pieces.append(itos[token.item()])
+            write(pieces[-1])
+        write('\n' + '-' * 40 + '\n' if k < args.num_samples - 1 else '\n')
+        texts.append(''.join(pieces))
+    return texts
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        with torch.no_grad():
+            sample(args, write=lambda s: print(s, end='', flush=True))
+    except TrainingError as e:
+        sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+    main()

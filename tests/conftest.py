@@ -1,0 +1,40 @@
+"""Shared fixtures: the repository on sys.path, a small character dataset, tiny model configs."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHAKESPEARE = os.environ.get('TINY_SHAKESPEARE',
+                             os.path.join(ROOT, '..', 'shared', 'data', 'tinyshakespeare', 'input.txt'))
+
+# A model small enough for a CPU test to train in seconds.
+TINY = ['--n_layer=2', '--n_embd=32', '--n_head=2', '--block_size=32', '--batch_size=8', '--eval_iters=4',
+        '--device=cpu', '--progress=False', '--warmup_iters=5', '--dropout=0.0']
+
+
+def small_text():
+    """The first 60k characters of Tiny Shakespeare if present, else a synthetic text."""
+    if os.path.exists(SHAKESPEARE):
+        with open(SHAKESPEARE, encoding='utf-8') as f:
+            return f.read(60_000)
+    import random
+    rng = random.Random(0)
+    words = ['thou', 'art', 'the', 'king', 'of', 'rome', 'and', 'love', 'my', 'lord', 'sweet', 'night']
+    return '\n'.join(' '.join(rng.choice(words) for _ in range(10)) for _ in range(1200))
+
+
+@pytest.fixture(scope='session')
+def tiny_dataset(tmp_path_factory):
+    from data.char.prepare import write_char_dataset
+    folder = str(tmp_path_factory.mktemp('tiny_dataset'))
+    write_char_dataset(small_text(), folder)
+    return folder
+
+
+def run_script(*args, timeout=300, **kwargs):
+    """Run a repository script in a fresh interpreter; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)

@@ -1,0 +1,62 @@
+import pytest
+
+from configurator import ConfigError, resolve
+from conftest import run_script
+
+DEFAULTS = {'batch_size': 64, 'learning_rate': 1e-3, 'block': 'transformer', 'compile': False}
+
+
+def test_file_then_command_line_overrides(tmp_path):
+    path = tmp_path / 'c.py'
+    path.write_text("batch_size = 12\nblock = 'mingru'\nimport math\n_private = 3\n")
+    config = resolve(DEFAULTS, [str(path), '--learning_rate=3e-3', '--compile=True', '--batch_size=16'])
+    assert config == {'batch_size': 16, 'learning_rate': 3e-3, 'block': 'mingru', 'compile': True}
+    assert DEFAULTS['batch_size'] == 64  # defaults untouched
+
+
+def test_int_is_accepted_for_float_and_bare_words_are_strings():
+    config = resolve(DEFAULTS, ['--learning_rate=1', '--block=minlstm'])
+    assert config['learning_rate'] == 1.0 and isinstance(config['learning_rate'], float)
+    assert config['block'] == 'minlstm'
+
+
+def test_unknown_key_lists_valid_keys_and_suggests():
+    with pytest.raises(ConfigError, match=r"batch_sise.*did you mean batch_size.*valid keys: batch_size, block"):
+        resolve(DEFAULTS, ['--batch_sise=3'])
+
+
+def test_unknown_key_in_a_config_file(tmp_path):
+    path = tmp_path / 'c.py'
+    path.write_text('n_layers = 3\n')
+    with pytest.raises(ConfigError, match='unknown config key .n_layers.'):
+        resolve(DEFAULTS, [str(path)])
+
+
+@pytest.mark.parametrize('arg', ['--batch_size=1.5', '--batch_size=big', '--compile=1', '--learning_rate=fast'])
+def test_wrong_type_names_the_expected_type(arg):
+    with pytest.raises(ConfigError, match='expects'):
+        resolve(DEFAULTS, [arg])
+
+
+def test_missing_config_file_lists_the_folder(tmp_path):
+    (tmp_path / 'real.py').write_text('')
+    with pytest.raises(ConfigError, match=r'does not exist; files in .*: real\.py'):
+        resolve(DEFAULTS, [str(tmp_path / 'nope.py')])
+
+
+def test_malformed_argument():
+    with pytest.raises(ConfigError, match='expected --key=value'):
+        resolve(DEFAULTS, ['--batch_size'])
+
+
+@pytest.mark.parametrize('args, message', [
+    (['config/nope.py'], 'does not exist'),
+    (['--batch_sise=3'], 'unknown config key'),
+    (['--n_layer=two'], 'expects int'),
+    (['--block=gru'], "unknown block 'gru'; choose one of transformer, mingru, minlstm, mamba"),
+])
+def test_train_reports_config_errors_in_one_line(args, message):
+    result = run_script('train.py', *args, '--device=cpu', '--progress=False')
+    assert result.returncode != 0
+    assert result.stderr.strip().startswith('error:') and message in result.stderr, result.stderr
+    assert 'Traceback' not in result.stderr

@@ -1,0 +1,151 @@
+"""Every block: the parallel (training) path and the step (generation) path compute one function."""
+import pytest
+import torch
+
+from model import BLOCKS, CharLM, Mamba, ModelConfig
+
+VARIANTS = [('transformer', {}), ('mingru', {}), ('mingru', {'conv_kernel': 4}), ('minlstm', {}),
+            ('minlstm', {'conv_kernel': 3, 'norm': 'rmsnorm'}), ('mamba', {'ff_mult': 0})]
+IDS = [f'{b}-{"-".join(f"{k}{v}" for k, v in kw.items())}' for b, kw in VARIANTS]
+
+
+def tiny_model(block, seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = ModelConfig(block=block, vocab_size=11, block_size=24, n_layer=2, n_embd=16, n_head=2, **overrides)
+    return CharLM(config).double().eval()
+
+
+def step_logits(model, idx):
+    states, out = [None] * len(model.blocks), []
+    for pos in range(idx.shape[1]):
+        logits, states = model.step(idx[:, pos], states, pos)
+        out.append(logits)
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
+@pytest.mark.parametrize('backend', ['log', 'sequential'])
+def test_parallel_equals_step(block, overrides, backend):
+    model = tiny_model(block, scan_backend=backend, **overrides)
+    idx = torch.randint(0, 11, (3, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        parallel = model(idx)[0]
+        stepped = step_logits(model, idx)
+    torch.testing.assert_close(stepped, parallel, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
+def test_generation_logits_equal_a_full_forward_of_the_prefix(block, overrides):
+    """generate() steps a state (or KV cache); a fresh forward of the whole prefix must agree."""
+    model = tiny_model(block, **overrides)
+    prompt = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(2))
+    seen = []
+    original_step = model.step
+
+    def recording_step(token, states, pos):
+        logits, states = original_step(token, states, pos)
+        seen.append(logits)
+        return logits, states
+
+    model.step = recording_step
+    tokens = list(model.generate(prompt, 12, generator=torch.Generator().manual_seed(3)))
+    sequence = torch.cat([prompt, torch.stack(tokens, dim=1)], dim=1)
+    with torch.no_grad():
+        full = model(sequence)[0]
+    # seen[i] is the prediction after sequence[:, :i+1]; the last token's prediction is never needed.
+    torch.testing.assert_close(torch.stack(seen, dim=1), full[:, :len(seen)], rtol=1e-10, atol=1e-10)
+
+
+def test_transformer_generation_past_block_size_slides_the_window():
+    model = tiny_model('transformer')
+    prompt = torch.randint(0, 11, (1, 20), generator=torch.Generator().manual_seed(4))
+    tokens = list(model.generate(prompt, 30, generator=torch.Generator().manual_seed(5)))
+    assert len(tokens) == 30  # 50 tokens > block_size 24: no error, nanoGPT's cropping
+
+
+@pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
+def test_causality(block, overrides):
+    """Changing token t changes no output before t."""
+    model = tiny_model(block, **overrides)
+    idx = torch.randint(0, 11, (1, 24), generator=torch.Generator().manual_seed(6))
+    changed = idx.clone()
+    changed[0, 15] = (idx[0, 15] + 1) % 11
+    with torch.no_grad():
+        a, b = model(idx)[0], model(changed)[0]
+    assert torch.equal(a[:, :15], b[:, :15])
+    assert not torch.allclose(a[:, 15], b[:, 15])
+
+
+def test_unknown_block_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown block 'gru'; choose one of " + ', '.join(BLOCKS)):
+        CharLM(ModelConfig(block='gru'))
+
+
+def test_weight_tying_and_parameter_count():
+    model = tiny_model('mingru')
+    assert model.head.weight is model.tok_emb.weight
+    assert model.num_params() == sum(p.numel() for p in model.parameters())
+    assert model.num_params(non_embedding=True) == model.num_params() - 11 * 16
+
+
+# ----------------------------------------------------------------------------- Mamba's selective scan
+
+def selective_scan_reference(x, delta, A, B, C, D):
+    """Mamba's recurrence one step at a time in float64: h_t = exp(delta A) h + delta B x, y = C.h + D x."""
+    batch, T, E = x.shape
+    h = torch.zeros(batch, E, A.shape[1], dtype=torch.float64)
+    ys = []
+    for t in range(T):
+        dA = torch.exp(delta[:, t, :, None] * A)
+        h = dA * h + (delta[:, t] * x[:, t])[:, :, None] * B[:, t, None, :]
+        ys.append((h * C[:, t, None, :]).sum(-1) + D * x[:, t])
+    return torch.stack(ys, dim=1)
+
+
+def mamba_inputs(T, seed=0, E=6, N=4, batch=2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, T, E, generator=g, dtype=torch.float64)
+    delta = torch.nn.functional.softplus(torch.randn(batch, T, E, generator=g, dtype=torch.float64))
+    B, C = (torch.randn(batch, T, N, generator=g, dtype=torch.float64) for _ in range(2))
+    return x, delta, B, C
+
+
+def mamba_layer(backend, chunk_elems=1 << 26, E=6, N=4):
+    config = ModelConfig(block='mamba', n_embd=E // 2, d_state=N, scan_backend=backend, scan_chunk_elems=chunk_elems)
+    layer = Mamba(config).double()
+    with torch.no_grad():
+        layer.A_log.add_(torch.randn_like(layer.A_log) * 0.3)
+        layer.D.add_(torch.randn_like(layer.D))
+    return layer
+
+
+@pytest.mark.parametrize('backend', ['log', 'sequential'])
+@pytest.mark.parametrize('chunk_elems', [1 << 26, 2 * 64 * 4], ids=['whole', 'chunked'])
+def test_selective_scan_matches_the_per_step_reference(backend, chunk_elems):
+    layer = mamba_layer(backend, chunk_elems)
+    inputs = [t.requires_grad_() for t in mamba_inputs(64)]
+    y = layer.selective_scan(*inputs)
+    weights = torch.randn_like(y)
+    grads = torch.autograd.grad((y * weights).sum(), [*inputs, layer.A_log, layer.D])
+
+    ref_inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    A_log, D = layer.A_log.detach().clone().requires_grad_(), layer.D.detach().clone().requires_grad_()
+    y_ref = selective_scan_reference(*ref_inputs[:2], -A_log.exp(), *ref_inputs[2:], D)
+    ref_grads = torch.autograd.grad((y_ref * weights).sum(), [*ref_inputs, A_log, D])
+
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize('backend', ['log', 'sequential'])
+@pytest.mark.parametrize('T', [1024, pytest.param(4096, marks=pytest.mark.slow)])
+def test_selective_scan_finite_with_delta_at_its_extremes(backend, T):
+    layer = mamba_layer(backend).float()
+    x, delta, B, C = (t.float() for t in mamba_inputs(T, seed=7))
+    extremes = torch.tensor([1e-6, 1e3])[torch.randint(0, 2, delta.shape, generator=torch.Generator().manual_seed(8))]
+    inputs = [t.requires_grad_() for t in (x * 30, extremes, B * 30, C)]
+    y = layer.selective_scan(*inputs)
+    y.sum().backward()
+    assert torch.isfinite(y).all()
+    assert all(torch.isfinite(t.grad).all() for t in inputs)

@@ -1,0 +1,102 @@
+"""The shared scan against a float64 loop that states the recurrence h_t = a_t h_{t-1} + b_t plainly."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scan import linear_scan
+
+BACKENDS = ['log', 'sequential']
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def reference(log_a, b, h0=None):
+    a, b = log_a.double().exp(), b.double()
+    h = torch.zeros_like(b[:, 0]) if h0 is None else h0.double()
+    out = []
+    for t in range(b.shape[1]):
+        h = a[:, t] * h + b[:, t]
+        out.append(h)
+    return torch.stack(out, dim=1)
+
+
+def coefficients(T, dtype, signed, seed=0, batch=3, channels=5):
+    """Gate-like log a (as minGRU makes it) and b either positive (given as log b) or of any sign."""
+    g = torch.Generator().manual_seed(seed)
+    log_a = -F.softplus(torch.randn(batch, T, channels, generator=g, dtype=torch.float64))
+    b = torch.randn(batch, T, channels, generator=g, dtype=torch.float64)
+    h0 = torch.rand(batch, channels, generator=g, dtype=torch.float64) + 0.1
+    if not signed:
+        b = b.exp()
+    else:
+        h0 = h0 - 0.6  # either sign
+    return log_a.to(dtype), b.to(dtype), h0.to(dtype)
+
+
+def scan(backend, log_a, b, h0, signed):
+    if signed:
+        return linear_scan(log_a, b, h0=h0, backend=backend)
+    return linear_scan(log_a, log_b=b.log(), h0=h0, backend=backend)
+
+
+def assert_close(actual, expected, tol):
+    """Relative error against max(|expected|, 1): relative for large values, absolute for those that
+    pass near zero (a signed h crossing zero keeps the rounding of its O(1) terms)."""
+    rel = ((actual.double() - expected).abs() / expected.abs().clamp_min(1.0)).max().item()
+    assert rel < tol, f'relative error {rel:.2e} >= {tol:.0e}'
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('T', [1, 2, 7, 64, 1024, pytest.param(4096, marks=pytest.mark.slow)])
+@pytest.mark.parametrize('with_h0', [False, True])
+@pytest.mark.parametrize('signed', [False, True])
+def test_values_match_the_loop(backend, dtype, T, with_h0, signed):
+    log_a, b, h0 = coefficients(T, dtype, signed)
+    h0 = h0 if with_h0 else None
+    assert_close(scan(backend, log_a, b, h0, signed), reference(log_a, b, h0), TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('T', [1, 7, 64, 1024])
+@pytest.mark.parametrize('signed', [False, True])
+def test_gradients_match_the_loop(backend, dtype, T, signed):
+    """Gradients with respect to log a, b and h0 of a random projection of h."""
+    log_a, b, h0 = coefficients(T, dtype, signed, seed=1)
+    weights = torch.randn(b.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+    def grads(fn, *inputs):
+        inputs = [x.detach().clone().requires_grad_() for x in inputs]
+        (fn(*inputs).double() * weights).sum().backward()
+        return [x.grad for x in inputs]
+
+    ours = grads(lambda la, bb, hh: scan(backend, la, bb, hh, signed), log_a, b, h0)
+    ref = grads(reference, log_a.double(), b.double(), h0.double())
+    for g, r in zip(ours, ref):
+        assert_close(g, r, TOLERANCE[dtype] * 10)  # a sum over T terms: allow one more digit
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('signed', [False, True])
+def test_gradcheck(backend, signed):
+    log_a, b, h0 = coefficients(6, torch.float64, signed, batch=2, channels=3)
+    inputs = [x.clone().requires_grad_() for x in (log_a, b, h0)]
+    assert torch.autograd.gradcheck(lambda la, bb, hh: scan(backend, la, bb, hh, signed), inputs)
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('T', [1024, pytest.param(4096, marks=pytest.mark.slow)])
+def test_extreme_gates_stay_finite(backend, T):
+    """Pre-activations of +-30 (gates saturated to 1e-13 or 1 - 1e-13) in a minGRU's log form."""
+    g = torch.Generator().manual_seed(3)
+    k_z = (torch.randint(0, 2, (2, T, 8), generator=g) * 60 - 30).float().requires_grad_()
+    k_h = (torch.randint(0, 2, (2, T, 8), generator=g) * 60 - 30).float().requires_grad_()
+    log_h_tilde = torch.where(k_h >= 0, (F.relu(k_h) + 0.5).log(), -F.softplus(-k_h))
+    h = linear_scan(-F.softplus(k_z), log_b=-F.softplus(-k_z) + log_h_tilde, backend=backend)
+    h.sum().backward()
+    assert torch.isfinite(h).all() and torch.isfinite(k_z.grad).all() and torch.isfinite(k_h.grad).all()
+
+
+def test_unknown_backend_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown scan backend 'fast'; choose one of auto, log, sequential"):
+        linear_scan(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), backend='fast')

@@ -1,0 +1,137 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from conftest import ROOT, TINY, run_script
+
+
+def run_train(tmp_path, dataset, *extra, name='run'):
+    out_dir = str(tmp_path / name)
+    result = train.main([f'--dataset={dataset}', f'--out_dir={out_dir}', *TINY, *extra])
+    return out_dir, result
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, 'log.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def evals(out_dir):
+    return {row['step']: (row['train_loss'], row['val_loss']) for row in read_log(out_dir) if row['kind'] == 'eval'}
+
+
+def test_thirty_iterations_learn_and_leave_a_log_and_checkpoints(tmp_path, tiny_dataset):
+    out_dir, result = run_train(tmp_path, tiny_dataset, '--max_iters=30', '--eval_interval=10',
+                                '--log_interval=5', '--lr_decay_iters=30', '--learning_rate=3e-3')
+    rows = read_log(out_dir)
+    assert rows[0]['kind'] == 'meta' and rows[0]['params'] > 0
+    losses = evals(out_dir)
+    assert sorted(losses) == [0, 10, 20, 30]
+    assert losses[30][1] < losses[0][1] - 0.5  # val loss fell
+    train_rows = [r for r in rows if r['kind'] == 'train']
+    assert [r['step'] for r in train_rows] == [5, 10, 15, 20, 25, 30]
+    assert all(r['ms_per_iter'] > 0 for r in train_rows)
+    for name in ('ckpt.pt', 'best.pt', 'config.json'):
+        assert os.path.exists(os.path.join(out_dir, name))
+    ckpt = train.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
+    assert ckpt['step'] == 30 and ckpt['best_val_loss'] == min(v for _, v in losses.values())
+    assert result['best_val_loss'] == ckpt['best_val_loss']
+
+
+@pytest.mark.parametrize('block', ['transformer', 'mingru'])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_dataset, block):
+    common = [f'--block={block}', '--eval_interval=10', '--lr_decay_iters=40', '--dropout=0.1']
+    full, _ = run_train(tmp_path, tiny_dataset, *common, '--max_iters=40', name='full')
+    part, _ = run_train(tmp_path, tiny_dataset, *common, '--max_iters=20', name='part')
+    run_train(tmp_path, tiny_dataset, *common, '--max_iters=40', '--init_from=resume', name='part')
+    assert evals(part) == evals(full)  # every eval, bit for bit, the resumed ones included
+    steps = [r['step'] for r in read_log(part) if r['kind'] == 'eval']
+    assert steps == [0, 10, 20, 30, 40]  # nothing logged twice
+
+
+def test_resume_refuses_another_block(tmp_path, tiny_dataset):
+    run_train(tmp_path, tiny_dataset, '--max_iters=2', '--eval_interval=2')
+    with pytest.raises(SystemExit, match="another model configuration .block: checkpoint 'transformer', now 'mingru'"):
+        run_train(tmp_path, tiny_dataset, '--max_iters=4', '--block=mingru', '--init_from=resume')
+
+
+def test_resume_without_a_checkpoint(tmp_path, tiny_dataset):
+    with pytest.raises(SystemExit, match='nothing to resume in .*init_from=scratch'):
+        run_train(tmp_path, tiny_dataset, '--init_from=resume')
+
+
+def test_missing_dataset_names_the_prepare_command(tmp_path):
+    with pytest.raises(SystemExit, match=r'not prepared .*python data/char/prepare.py --input YOUR.txt --name nodata'):
+        train.main(['--dataset=nodata', f'--out_dir={tmp_path}', *TINY])
+
+
+def test_out_dir_that_is_a_file(tmp_path, tiny_dataset):
+    (tmp_path / 'afile').write_text('')
+    with pytest.raises(SystemExit, match='is a file, not a folder'):
+        run_train(tmp_path, tiny_dataset, name='afile')
+
+
+def test_sigkill_during_a_checkpoint_write_leaves_the_last_one_loadable(tmp_path):
+    """A child process saves big checkpoints over and over; we kill it while a write is under way."""
+    path = str(tmp_path / 'ckpt.pt')
+    child = subprocess.Popen([sys.executable, '-c', f'''
+import sys, torch
+sys.path.insert(0, {ROOT!r})
+from train import save_checkpoint, CHECKPOINT_FORMAT
+i = 0
+while True:
+    save_checkpoint({{'format': CHECKPOINT_FORMAT, 'i': i, 'w': torch.full((30_000_000,), float(i))}}, {path!r})
+    i += 1
+'''])
+    try:
+        deadline = time.time() + 60
+        while not (os.path.exists(path) and os.path.exists(path + '.tmp')):  # one done, the next under way
+            assert time.time() < deadline and child.poll() is None
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+    ckpt = train.load_checkpoint(path)
+    assert torch.all(ckpt['w'] == ckpt['i'])
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / 'ckpt.pt'
+    train.save_checkpoint({'format': train.CHECKPOINT_FORMAT, 'w': torch.ones(1000)}, str(path))
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(train.TrainingError, match='not a readable checkpoint'):
+        train.load_checkpoint(str(path))
+    path.write_bytes(b'hello')
+    with pytest.raises(train.TrainingError, match='not a readable checkpoint'):
+        train.load_checkpoint(str(path))
+    torch.save({'something': 'else'}, str(path))
+    with pytest.raises(train.TrainingError, match='not a checkpoint of this project'):
+        train.load_checkpoint(str(path))
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path, tiny_dataset):
+    out_dir = tmp_path / 'ddp'
+    result = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py',
+         f'--dataset={tiny_dataset}', f'--out_dir={out_dir}', *TINY, '--max_iters=6', '--eval_interval=3',
+         '--log_interval=1'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_log(str(out_dir))
+    assert [r['step'] for r in rows if r['kind'] == 'train'] == [1, 2, 3, 4, 5, 6]  # one writer: rank 0
+    assert rows[0]['config']['world_size'] == 2
+    assert train.load_checkpoint(str(out_dir / 'ckpt.pt'))['step'] == 6
+
+
+@pytest.mark.parametrize('config_file', sorted(os.listdir(os.path.join(ROOT, 'config'))))
+def test_every_config_file_is_valid(config_file):
+    result = run_script('train.py', f'config/{config_file}', '--dataset=does_not_exist')
+    assert 'not prepared' in result.stderr, result.stderr  # it got past parsing: every key is valid
