@@ -1,0 +1,338 @@
+"""
+Speed and memory of every block, measured side by side in one run (never as timed tests):
+
+    python bench.py                                   # everything -> results/speed/<device>/
+    python bench.py --quick                           # a smoke run, well under a minute on a CPU
+    python bench.py --parts train --lengths 64 256 512 1024 2048    # the layer comparison only
+
+1. train: one layer's training step (forward + backward, batch 64, width 128) against sequence
+   length T, for minGRU / minLSTM with each scan backend; GRU / LSTM stepped in a Python loop with
+   backpropagation through time (the paper's sequential baselines); nn.GRU / nn.LSTM (cuDNN on a
+   GPU, oneDNN on a CPU: the strongest sequential baseline a user has); the Mamba-like mixer; causal
+   self-attention. Median of repeats after a warm-up. Memory of the same step: on CUDA the peak
+   allocated; on a CPU the bytes of the tensors autograd saves for backward (activations and the
+   weights they need, each storage counted once), which is what grows with T.
+2. generate: time per token of each block of the CPU recipe (config/*_cpu.py, untrained weights:
+   speed does not depend on them) at positions 10, 100, 1000, 10000, batch 1, stepping its state:
+   the recurrent blocks carry a fixed-size state, the Transformer a key/value cache that grows.
+
+Writes train.csv, generate.csv, ratios.csv, env.json and log-log plots (train.png, memory.png,
+generate.png) into the output folder, and prints the ratios the paper quotes.
+"""
+import argparse
+import csv
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from configurator import resolve
+from model import CausalSelfAttention, CharLM, Mamba, MinGRU, MinLSTM, ModelConfig
+
+
+# ----------------------------------------------------------------------------- baselines
+
+class GRULoop(nn.Module):
+    """A GRU as the paper's baseline runs it: GRUCell after GRUCell, backpropagation through time."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.cell = nn.GRUCell(width, width)
+
+    def forward(self, x):
+        h, out = x.new_zeros(x.shape[0], self.cell.hidden_size), []
+        for t in range(x.shape[1]):
+            h = self.cell(x[:, t], h)
+            out.append(h)
+        return torch.stack(out, dim=1)
+
+
+class LSTMLoop(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.cell = nn.LSTMCell(width, width)
+
+    def forward(self, x):
+        h = c = x.new_zeros(x.shape[0], self.cell.hidden_size)
+        out = []
+        for t in range(x.shape[1]):
+            h, c = self.cell(x[:, t], (h, c))
+            out.append(h)
+        return torch.stack(out, dim=1)
+
+
+class Fused(nn.Module):
+    """nn.GRU / nn.LSTM: the whole sequence in one library call (cuDNN, oneDNN)."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+def layer_variants(width):
+    """name -> a function making one layer of that kind at this width."""
+    def mixer(cls, block, backend='auto', **kw):
+        return lambda: cls(ModelConfig(block=block, n_embd=width, n_head=4, expansion=1.0, scan_backend=backend, **kw))
+    return {
+        'minGRU (log)': mixer(MinGRU, 'mingru', 'log'),
+        'minGRU (sequential)': mixer(MinGRU, 'mingru', 'sequential'),
+        'minLSTM (log)': mixer(MinLSTM, 'minlstm', 'log'),
+        'minLSTM (sequential)': mixer(MinLSTM, 'minlstm', 'sequential'),
+        'GRU (loop)': lambda: GRULoop(width),
+        'LSTM (loop)': lambda: LSTMLoop(width),
+        'nn.GRU': lambda: Fused(nn.GRU(width, width, batch_first=True)),
+        'nn.LSTM': lambda: Fused(nn.LSTM(width, width, batch_first=True)),
+        'Mamba (auto)': mixer(Mamba, 'mamba'),
+        'attention': mixer(CausalSelfAttention, 'transformer'),
+    }
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def synchronize(device):
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def training_step(layer, x):
+    layer.zero_grad(set_to_none=True)
+    x.grad = None
+    layer(x).square().mean().backward()
+
+
+def median_seconds(fn, repeats, device):
+    fn()  # warm-up: allocator, kernels, oneDNN primitives
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def step_memory_bytes(layer, x, device):
+    """CUDA: peak allocated during the step, above what was allocated before it.
+    CPU: bytes of the distinct storages autograd saves for backward."""
+    if device.startswith('cuda'):
+        training_step(layer, x)  # gradients exist afterwards in both runs
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        training_step(layer, x)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = layer(x).square().mean()
+    loss.backward()
+    return sum(storages.values())
+
+
+def bench_training(args, device, bar):
+    rows = []
+    variants = layer_variants(args.width)
+    for T in args.lengths:
+        for name, make in variants.items():
+            if name in ('GRU (loop)', 'LSTM (loop)') and T > args.max_loop_length:
+                bar.update(1)
+                continue
+            torch.manual_seed(0)
+            layer = make().to(device)
+            x = torch.randn(args.batch, T, args.width, device=device, requires_grad=True)
+            seconds = median_seconds(lambda: training_step(layer, x), args.repeats, device)
+            memory = step_memory_bytes(layer, x, device)
+            rows.append({'variant': name, 'T': T, 'batch': args.batch, 'width': args.width,
+                         'ms': round(1000 * seconds, 3), 'memory_mb': round(memory / 2 ** 20, 3),
+                         'memory_kind': 'cuda_peak' if device.startswith('cuda') else 'saved_for_backward',
+                         'repeats': args.repeats})
+            bar.set_postfix_str(f'{name} T={T}: {1000 * seconds:.1f} ms')
+            bar.update(1)
+            del layer, x
+    return rows
+
+
+def recipe_model_config(block, max_position):
+    """The model of config/shakespeare_char_<block>_cpu.py; the Transformer's table covers max_position."""
+    import train  # the defaults every config file is resolved against
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', f'shakespeare_char_{block}_cpu.py')
+    config = ModelConfig.from_dict(resolve(train.DEFAULTS, [path]))
+    config.vocab_size = 65
+    if block == 'transformer':
+        config.block_size = max(config.block_size, max_position + 1)
+    return config
+
+
+@torch.no_grad()
+def bench_generation(args, device, bar):
+    rows = []
+    window = args.window
+    for block in ('transformer', 'mingru', 'minlstm', 'mamba'):
+        torch.manual_seed(0)
+        model = CharLM(recipe_model_config(block, max(args.positions) + window)).to(device).eval()
+        token = torch.zeros(1, dtype=torch.long, device=device)
+        states, times = [None] * len(model.blocks), []
+        for pos in range(max(args.positions) + window):
+            start = time.perf_counter()
+            logits, states = model.step(token, states, pos)
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+            token = logits.argmax(-1)
+        for p in args.positions:
+            ms = 1000 * statistics.median(times[p:p + window])
+            rows.append({'block': block, 'position': p, 'ms_per_token': round(ms, 4),
+                         'tokens_per_s': round(1000 / ms, 1), 'params': model.num_params()})
+        bar.set_postfix_str(f'{block}: {rows[-1]["ms_per_token"]:.2f} ms/token at {max(args.positions)}')
+        bar.update(1)
+    return rows
+
+
+# ----------------------------------------------------------------------------- reporting
+
+RATIOS = [  # (label, slower variant, faster variant, what)
+    ('GRU loop / minGRU', 'GRU (loop)', 'minGRU ({auto})', 'ms'),
+    ('LSTM loop / minLSTM', 'LSTM (loop)', 'minLSTM ({auto})', 'ms'),
+    ('nn.GRU / minGRU', 'nn.GRU', 'minGRU ({auto})', 'ms'),
+    ('nn.LSTM / minLSTM', 'nn.LSTM', 'minLSTM ({auto})', 'ms'),
+    ('minGRU log / sequential', 'minGRU (log)', 'minGRU (sequential)', 'ms'),
+    ('minLSTM log / sequential', 'minLSTM (log)', 'minLSTM (sequential)', 'ms'),
+    ('memory: minGRU / GRU loop', 'minGRU ({auto})', 'GRU (loop)', 'memory_mb'),
+    ('memory: minLSTM / LSTM loop', 'minLSTM ({auto})', 'LSTM (loop)', 'memory_mb'),
+    ('memory: Mamba / minGRU', 'Mamba (auto)', 'minGRU ({auto})', 'memory_mb'),
+]
+
+
+def ratio_rows(train_rows, auto_backend):
+    by_key = {(r['variant'], r['T']): r for r in train_rows}
+    rows = []
+    for T in sorted({r['T'] for r in train_rows}):
+        for label, top, bottom, what in RATIOS:
+            top, bottom = top.format(auto=auto_backend), bottom.format(auto=auto_backend)
+            if (top, T) in by_key and (bottom, T) in by_key and by_key[(bottom, T)][what] > 0:
+                rows.append({'T': T, 'ratio': label, 'numerator': top, 'denominator': bottom,
+                             'value': round(by_key[(top, T)][what] / by_key[(bottom, T)][what], 3)})
+    return rows
+
+
+def write_csv(path, rows):
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(train_rows, generate_rows, out, device_name):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    for what, ylabel, name in (('ms', 'training step (ms)', 'train'), ('memory_mb', 'memory (MiB)', 'memory')):
+        if not train_rows:
+            break
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for variant in dict.fromkeys(r['variant'] for r in train_rows):
+            pts = [(r['T'], r[what]) for r in train_rows if r['variant'] == variant]
+            style = '--' if 'loop' in variant or variant.startswith('nn.') else '-'
+            ax.plot(*zip(*pts), style, marker='o', label=variant)
+        ax.set(xscale='log', yscale='log', xlabel='sequence length T', ylabel=ylabel,
+               title=f'one layer, fwd+bwd, {device_name}')
+        ax.grid(True, which='both', alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, f'{name}.png'), dpi=120)
+        plt.close(fig)
+    if generate_rows:
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for block in dict.fromkeys(r['block'] for r in generate_rows):
+            pts = [(r['position'], r['ms_per_token']) for r in generate_rows if r['block'] == block]
+            ax.plot(*zip(*pts), marker='o', label=block)
+        ax.set(xscale='log', yscale='log', xlabel='position of the generated token', ylabel='ms per token',
+               title=f'generation, batch 1, CPU-recipe models, {device_name}')
+        ax.grid(True, which='both', alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, 'generate.png'), dpi=120)
+        plt.close(fig)
+
+
+def device_name(device):
+    if device.startswith('cuda'):
+        return re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(device).lower()).strip('-')
+    return 'cpu'
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--parts', nargs='+', default=['train', 'generate'], choices=['train', 'generate'])
+    parser.add_argument('--lengths', nargs='+', type=int, default=[64, 128, 256, 512, 1024, 2048, 4096])
+    parser.add_argument('--positions', nargs='+', type=int, default=[10, 100, 1000, 10000])
+    parser.add_argument('--batch', type=int, default=64)
+    parser.add_argument('--width', type=int, default=128)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--window', type=int, default=20, help='generated tokens timed at each position')
+    parser.add_argument('--max_loop_length', type=int, default=1 << 30,
+                        help='skip the GRU/LSTM loops above this T (they dominate the run time)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--out', help='output folder (default results/speed/<device>)')
+    parser.add_argument('--quick', action='store_true', help='tiny sizes: checks the script, measures nothing useful')
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.lengths, args.positions, args.batch, args.width = [16, 32], [10, 100], 4, 32
+        args.repeats, args.window = 1, 3
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device, name = args.device, device_name(args.device)
+    out = args.out or os.path.join('results', 'speed', name + ('-quick' if args.quick else ''))
+    os.makedirs(out, exist_ok=True)
+    auto_backend = 'log' if device.startswith('cuda') else 'sequential'
+    total = len(args.lengths) * len(layer_variants(args.width)) * ('train' in args.parts) + 4 * ('generate' in args.parts)
+    with tqdm(total=total, desc='bench', dynamic_ncols=True) as bar:
+        train_rows = bench_training(args, device, bar) if 'train' in args.parts else []
+        generate_rows = bench_generation(args, device, bar) if 'generate' in args.parts else []
+    env = {'command': 'python bench.py ' + ' '.join(sys.argv[1:] if argv is None else argv), 'device': name,
+           'device_detail': torch.cuda.get_device_name(device) if device.startswith('cuda') else platform.processor() or platform.machine(),
+           'cpu_threads': torch.get_num_threads(), 'torch': torch.__version__, 'python': platform.python_version(),
+           'auto_backend': auto_backend, 'date': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
+    with open(os.path.join(out, 'env.json'), 'w') as f:
+        json.dump(env, f, indent=1)
+    if train_rows:
+        write_csv(os.path.join(out, 'train.csv'), train_rows)
+        ratios = ratio_rows(train_rows, auto_backend)
+        write_csv(os.path.join(out, 'ratios.csv'), ratios)
+        print(f"\nratios on {name} (batch {args.batch}, width {args.width}; 'auto' = {auto_backend}):")
+        for label in dict.fromkeys(r['ratio'] for r in ratios):
+            print(f'  {label:30s}' + '  '.join(f"T={r['T']}: {r['value']:.2f}x" for r in ratios if r['ratio'] == label))
+    if generate_rows:
+        write_csv(os.path.join(out, 'generate.csv'), generate_rows)
+        print('\nms per generated token by position:')
+        for block in dict.fromkeys(r['block'] for r in generate_rows):
+            cells = [r for r in generate_rows if r['block'] == block]
+            growth = cells[-1]['ms_per_token'] / cells[0]['ms_per_token']
+            print(f'  {block:12s}' + '  '.join(f"{r['position']}: {r['ms_per_token']:.3f}" for r in cells)
+                  + f'   (last / first: {growth:.2f}x)')
+    plot(train_rows, generate_rows, out, name)
+    print(f'\nwrote {out}/')
+    return out
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,58 @@
+import os
+
+import pytest
+
+import sample
+import train
+from conftest import TINY, run_script
+
+
+@pytest.fixture(scope='module', params=['transformer', 'mingru'])
+def run_dir(request, tmp_path_factory, tiny_dataset):
+    out_dir = str(tmp_path_factory.mktemp(f'sample_{request.param}'))
+    train.main([f'--dataset={tiny_dataset}', f'--out_dir={out_dir}', *TINY, f'--block={request.param}',
+                '--max_iters=4', '--eval_interval=2'])
+    return out_dir
+
+
+def generate(run_dir, *args):
+    return sample.sample(sample.parse_args([f'--out_dir={run_dir}', *args]), write=lambda s: None)
+
+
+def test_length_and_count(run_dir):
+    texts = generate(run_dir, '--start=ROMEO:', '--max_new_tokens=37', '--num_samples=3')
+    assert len(texts) == 3 and all(len(t) == 37 for t in texts)
+
+
+def test_same_seed_same_text_other_seed_other_text(run_dir):
+    a = generate(run_dir, '--seed=7', '--max_new_tokens=60')
+    assert a == generate(run_dir, '--seed=7', '--max_new_tokens=60')
+    assert a != generate(run_dir, '--seed=8', '--max_new_tokens=60')
+
+
+def test_prompt_from_a_file(run_dir, tmp_path):
+    prompt = tmp_path / 'prompt.txt'
+    prompt.write_text('KING:\n')
+    pieces = []
+    sample.sample(sample.parse_args([f'--out_dir={run_dir}', f'--start=FILE:{prompt}', '--max_new_tokens=5']),
+                  write=pieces.append)
+    assert ''.join(pieces).startswith('KING:\n') and len(''.join(pieces)) == len('KING:\n') + 5 + 1
+
+
+def test_cli_streams_and_reports_errors_in_one_line(run_dir, tmp_path):
+    result = run_script('sample.py', f'--out_dir={run_dir}', '--start=ROMEO:', '--max_new_tokens=20')
+    assert result.returncode == 0 and result.stdout.startswith('ROMEO:') and len(result.stdout) == 6 + 20 + 1
+    for args, message in [(['--start=ROMEO€'], "never saw: ['€']"),
+                          (['--max_new_tokens=0'], '--max_new_tokens must be >= 1'),
+                          (['--temperature=0'], '--temperature must be > 0'),
+                          (['--top_k=0'], '--top_k must be >= 1'),
+                          ([f'--out_dir={tmp_path}'], 'no checkpoint at')]:
+        result = run_script('sample.py', f'--out_dir={run_dir}', *args)
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+        assert 'Traceback' not in result.stderr
+
+
+def test_corrupt_checkpoint(tmp_path):
+    (tmp_path / 'best.pt').write_bytes(b'\x00' * 100)
+    with pytest.raises(train.TrainingError, match='not a readable checkpoint'):
+        generate(str(tmp_path))
