@@ -268,6 +268,28 @@ def estimate_loss(model, splits, config, device, autocast, rank, world):
     return losses
 
 
+@torch.no_grad()
+def full_split_loss(model, data, block_size, batch_size, device):
+    """Mean loss over every token of a split exactly once: consecutive windows of block_size tokens
+    (the last one shorter), each token predicted from the context inside its window, as in training.
+    estimate_loss samples random windows instead; this is the deterministic number for tables."""
+    model.eval()
+    tokens = torch.from_numpy(np.asarray(data, dtype=np.int64))
+    starts = list(range(0, len(tokens) - 1, block_size))
+    total, count = 0.0, 0
+    for i in range(0, len(starts), batch_size):
+        group = starts[i:i + batch_size]
+        lengths = [min(block_size, len(tokens) - 1 - s) for s in group]
+        for length in sorted(set(lengths)):  # the short last window forms its own batch
+            rows = [s for s, n in zip(group, lengths) if n == length]
+            x = torch.stack([tokens[s:s + length] for s in rows]).to(device)
+            y = torch.stack([tokens[s + 1:s + 1 + length] for s in rows]).to(device)
+            logits = model(x)[0]
+            total += torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction='sum').item()
+            count += y.numel()
+    return total / count
+
+
 # ----------------------------------------------------------------------------- training
 
 class StopRequest:

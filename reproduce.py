@@ -1,0 +1,120 @@
+"""
+The paper's comparison in one command: every block's config for N seeds, one run after another,
+then the figure and the table.
+
+    python reproduce.py --scale cpu --seeds 3                 # -> out/cpu/<block>_seed<k>, results/cpu/
+    python reproduce.py --scale paper --seeds 3 --results results/gpu -- --device=cuda
+
+Runs already complete are skipped, interrupted ones resumed (so rerunning after a crash or Ctrl-C
+continues where it stopped). After each run its best checkpoint is evaluated on the whole val split
+(every token once, train.full_split_loss) into full_val.json. Logs, configs and full_val.json are
+copied to <results>/runs/ (checkpoints stay in out/), then plot_curves.py draws the figure and table.
+Arguments after -- go to every train.py call.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import torch
+
+import plot_curves
+import train
+from configurator import resolve
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+BLOCKS = ('transformer', 'mingru', 'minlstm', 'mamba')
+
+
+def config_file(block, scale):
+    return os.path.join('config', f'shakespeare_char_{block}{"_cpu" if scale == "cpu" else ""}.py')
+
+
+def run_state(out_dir, max_iters):
+    """'done', 'partial' (a checkpoint short of max_iters) or 'new'."""
+    path = os.path.join(out_dir, 'ckpt.pt')
+    if not os.path.exists(path):
+        return 'new'
+    try:
+        step = train.load_checkpoint(path)['step']
+    except train.TrainingError:
+        return 'new'  # unreadable: start again rather than fail the whole reproduction
+    if step < max_iters:
+        return 'partial'
+    return 'done' if os.path.exists(os.path.join(out_dir, 'full_val.json')) else 'evaluate'
+
+
+def evaluate_full(out_dir, device):
+    """val (full) of the run's best checkpoint, written to out_dir/full_val.json."""
+    ckpt = train.load_checkpoint(os.path.join(out_dir, 'best.pt'))
+    config = ckpt['config']
+    _, val_data, _ = train.load_dataset(config)
+    model = train.model_from_checkpoint(ckpt).to(device)
+    loss = train.full_split_loss(model, val_data, config['block_size'], config['batch_size'], device)
+    result = {'val_loss_full': loss, 'checkpoint': 'best.pt', 'checkpoint_step': ckpt['step'],
+              'tokens': len(val_data) - 1}
+    with open(os.path.join(out_dir, 'full_val.json'), 'w') as f:
+        json.dump(result, f, indent=1)
+    return loss
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index('--') + 1:] if '--' in argv else []
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--scale', choices=['cpu', 'paper'], default='cpu', help='the _cpu configs or the paper-scale ones')
+    parser.add_argument('--seeds', type=int, default=3)
+    parser.add_argument('--blocks', nargs='+', choices=BLOCKS, default=list(BLOCKS))
+    parser.add_argument('--out_root', help='where runs go (default out/<scale>)')
+    parser.add_argument('--results', help='where logs, figure and table go (default results/<scale>)')
+    args = parser.parse_args(argv[:argv.index('--')] if '--' in argv else argv)
+    out_root = args.out_root or os.path.join('out', args.scale)
+    results = args.results or os.path.join('results', args.scale)
+
+    plan = []
+    for seed in range(args.seeds):
+        for block in args.blocks:
+            name = f'{block}_seed{seed}'
+            overrides = [f'--out_dir={os.path.join(out_root, name)}', f'--seed={1337 + seed}', *extra]
+            config = resolve(train.DEFAULTS, [config_file(block, args.scale), *overrides])
+            plan.append((name, [config_file(block, args.scale), *overrides], config))
+
+    states = [run_state(config['out_dir'], config['max_iters']) for _, _, config in plan]
+    durations, started = [], time.time()
+    for i, ((name, train_args, config), state) in enumerate(zip(plan, states), 1):
+        out_dir = config['out_dir']
+        remaining = sum(s in ('new', 'partial') for s in states[i - 1:])
+        eta = f', ETA {eta_text(durations, remaining)}' if durations else ''
+        print(f'[{i}/{len(plan)}] {name}: {state}{eta}', flush=True)
+        if state in ('new', 'partial'):
+            t0 = time.time()
+            command = [sys.executable, 'train.py', *train_args] + (['--init_from=resume'] if state == 'partial' else [])
+            print('  ' + ' '.join(command[1:]), flush=True)
+            if subprocess.run(command, cwd=ROOT).returncode != 0:
+                sys.exit(f'error: {name} failed (see above); rerun this command to resume it')
+            durations.append(time.time() - t0)
+        if state != 'done':
+            loss = evaluate_full(out_dir, config['device'] if config['device'] != 'auto' else
+                                 ('cuda' if torch.cuda.is_available() else 'cpu'))
+            print(f'  val (full) of best.pt: {loss:.4f}', flush=True)
+        copy = os.path.join(results, 'runs', name)
+        os.makedirs(copy, exist_ok=True)
+        for file in ('log.jsonl', 'config.json', 'full_val.json'):
+            shutil.copy2(os.path.join(out_dir, file), os.path.join(copy, file))
+
+    print(f'all {len(plan)} runs complete ({(time.time() - started) / 60:.1f} min this session)')
+    runs = [os.path.join(results, 'runs', name) for name, _, _ in plan]
+    for x in ('step', 'time'):
+        plot_curves.main([*runs, '--out', results, '--x', x])
+
+
+def eta_text(durations, remaining):
+    seconds = sum(durations) / len(durations) * remaining
+    return f'{seconds / 60:.0f} min' if seconds >= 60 else f'{seconds:.0f} s'
+
+
+if __name__ == '__main__':
+    main()
