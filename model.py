@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from scan import BACKENDS, linear_scan
+from scan import BACKENDS, linear_scan, resolve_backend
 
 
 @dataclass
@@ -93,24 +93,31 @@ class FeedForward(nn.Module):
 
 
 class CausalDepthwiseConv(nn.Module):
-    """Per-channel convolution over the last `kernel` time steps (no look-ahead)."""
+    """Per-channel convolution over the last `kernel` time steps (no look-ahead):
+        y_t = bias + sum_j weight_j * x_{t - kernel + 1 + j}      (inputs before t = 1 are zero)
+    written as a weighted sum of shifted copies, which on a CPU beats a depthwise nn.Conv1d and
+    needs no transposes; the step path applies the same sum to a window of the last inputs."""
 
     def __init__(self, channels, kernel):
         super().__init__()
         self.kernel = kernel
-        self.conv = nn.Conv1d(channels, channels, kernel, groups=channels, padding=kernel - 1)
+        self.weight = nn.Parameter(torch.empty(kernel, channels).uniform_(-kernel ** -0.5, kernel ** -0.5))
+        self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x):  # (B, T, C)
-        return self.conv(x.transpose(1, 2))[..., :x.shape[1]].transpose(1, 2)
+        T = x.shape[1]
+        padded = F.pad(x, (0, 0, self.kernel - 1, 0))
+        y = self.bias + padded[:, :T] * self.weight[0]
+        for j in range(1, self.kernel):
+            y = y + padded[:, j:j + T] * self.weight[j]
+        return y
 
     def step(self, x, window):
         """x: (B, C); window: the previous kernel-1 inputs, oldest first, (B, kernel-1, C) or None."""
         if window is None:
             window = x.new_zeros(x.shape[0], self.kernel - 1, x.shape[1])
         window = torch.cat([window, x.unsqueeze(1)], dim=1)
-        # Conv1d is a cross-correlation: weight[j] meets the input kernel-1-j steps back.
-        y = torch.einsum('bkc,ck->bc', window, self.conv.weight[:, 0]) + self.conv.bias
-        return y, window[:, 1:]
+        return self.bias + (window * self.weight).sum(dim=1), window[:, 1:]
 
 
 # ----------------------------------------------------------------------------- Transformer
@@ -150,9 +157,15 @@ class CausalSelfAttention(nn.Module):
 
 # ----------------------------------------------------------------------------- minGRU / minLSTM
 
+def g(x):
+    """g(x) = x + 0.5 for x >= 0, sigmoid(x) otherwise: the paper's positive, continuous candidate
+    state (appendix), so that log h~ exists. Written as relu(x) + sigmoid(min(x, 0)), which is the
+    same function, without evaluating and selecting both branches (a third of minGRU's CPU time)."""
+    return F.relu(x) + torch.sigmoid(x.clamp(max=0))
+
+
 def log_g(x):
-    """log of g(x) = x + 0.5 for x >= 0, sigmoid(x) otherwise: the paper's positive, continuous
-    replacement for the candidate state, so that log h~ exists (appendix, log-space minGRU)."""
+    """log g(x), computed without leaving log space: log(x + 0.5) or -softplus(-x)."""
     return torch.where(x >= 0, (F.relu(x) + 0.5).log(), -F.softplus(-x))
 
 
@@ -160,7 +173,9 @@ class MinRNN(nn.Module):
     """A recurrent layer h_t = a_t * h_{t-1} + b_t whose a_t, b_t come from x_t alone.
 
     Projects n_embd -> inner width, runs the recurrence on the shared scan, projects back.
-    Subclasses say how many projections of x_t they need and how they make log a_t and log b_t.
+    Subclasses say how many projections of x_t they need and turn them into (a_t, b_t) twice: as
+    the paper's plain equations (coefficients: the sequential scan and the step path) and in log
+    space (log_coefficients: the log scan, the paper's appendix). The tests hold the two equal.
     """
     n_projections = None
 
@@ -173,32 +188,44 @@ class MinRNN(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.backend = config.scan_backend
 
-    def log_coefficients(self, x):
-        """(log a_t, log b_t) from x_t, in float32 or wider (they are logs of products)."""
+    def coefficients(self, gates):
+        """(a_t, b_t) from the projections of x_t."""
+        raise NotImplementedError
+
+    def log_coefficients(self, gates):
+        """(log a_t, log b_t) from the same projections, never leaving log space."""
         raise NotImplementedError
 
     def forward(self, x):
         if self.conv is not None:
             x = self.conv(x)
-        log_a, log_b = self.log_coefficients(widen(self.to_gates(x)))
-        h = linear_scan(log_a, log_b=log_b, backend=self.backend)
+        gates = widen(self.to_gates(x))
+        if resolve_backend(self.backend, x.device) == 'log':
+            log_a, log_b = self.log_coefficients(gates)
+            h = linear_scan(log_a=log_a, log_b=log_b, backend='log')
+        else:
+            h = linear_scan(*self.coefficients(gates), backend=self.backend)
         return self.dropout(self.out(h.to(x.dtype)))
 
     def step(self, x, state):
         h, window = state if state is not None else (None, None)
         if self.conv is not None:
             x, window = self.conv.step(x, window)
-        log_a, log_b = self.log_coefficients(widen(self.to_gates(x)))
-        h = log_b.exp() if h is None else log_a.exp() * h + log_b.exp()  # h_0 = 0
+        a, b = self.coefficients(widen(self.to_gates(x)))
+        h = b if h is None else a * h + b  # h_0 = 0
         return self.dropout(self.out(h.to(x.dtype))), (h, window)
 
 
 class MinGRU(MinRNN):
     """minGRU (paper eq. in section 3.1.2):
         z_t = sigmoid(Linear(x_t)),  h~_t = g(Linear(x_t)),  h_t = (1 - z_t) h_{t-1} + z_t h~_t
-    so a_t = 1 - z_t and b_t = z_t h~_t, taken in log space as the appendix does:
+    so a_t = 1 - z_t and b_t = z_t h~_t; in log space, as the appendix does:
         log z = -softplus(-k),  log(1 - z) = -softplus(k)."""
     n_projections = 2
+
+    def coefficients(self, gates):
+        k_z, k_h = gates.chunk(2, dim=-1)
+        return torch.sigmoid(-k_z), torch.sigmoid(k_z) * g(k_h)  # 1 - sigmoid(k) = sigmoid(-k)
 
     def log_coefficients(self, gates):
         k_z, k_h = gates.chunk(2, dim=-1)
@@ -212,6 +239,11 @@ class MinLSTM(MinRNN):
     In log space (appendix): with d = log i - log f = softplus(-k_f) - softplus(-k_i),
         log f' = -softplus(d),  log i' = -softplus(-d)."""
     n_projections = 3
+
+    def coefficients(self, gates):
+        k_f, k_i, k_h = gates.chunk(3, dim=-1)
+        f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
+        return f / (f + i), i / (f + i) * g(k_h)
 
     def log_coefficients(self, gates):
         k_f, k_i, k_h = gates.chunk(3, dim=-1)
@@ -275,7 +307,7 @@ class Mamba(nn.Module):
         batch, T, E = x.shape
         log_a = delta.unsqueeze(-1) * -A_log.exp()             # log exp(delta A)
         b = (delta * x).unsqueeze(-1) * B.unsqueeze(2)                   # delta B x
-        h = linear_scan(log_a.reshape(batch, T, -1), b.reshape(batch, T, -1), backend=self.backend)
+        h = linear_scan(log_a=log_a.reshape(batch, T, -1), b=b.reshape(batch, T, -1), backend=self.backend)
         return (h.view(batch, T, E, -1) * C.unsqueeze(2)).sum(-1) + D * x
 
     def selective_scan(self, x, delta, B, C):

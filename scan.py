@@ -7,9 +7,10 @@ over tensors of shape (batch, time, channels). minGRU, minLSTM (Feng et al. 2024
 h_t in sections 3.1.2 and 3.2.2) and the Mamba-like selective SSM all reduce to it, because their
 gates read only x_t, never h_{t-1}.
 
-Every block already holds log a_t (a gate in (0, 1), or exp(delta * A) in Mamba), so the primitive
-takes log_a. The input b_t comes either as log_b (positive b: minGRU, minLSTM) or as plain values
-b of any sign (Mamba's delta * B * x).
+a_t is given as values (a=) or as logs (log_a=; a gate in (0, 1), or exp(delta * A) in Mamba), b_t as
+values of any sign (b=; Mamba's delta * B * x) or as logs of positive values (log_b=). Each backend
+takes whichever form it needs, so a block can hand the log backend logs that never left log space
+(the paper's appendix) and the sequential backend plain values (no exp/log round trip).
 
 Backends, chosen by name:
   'log'        the paper's parallel scan in log space (Heinsen 2023; the paper's appendix):
@@ -28,30 +29,41 @@ import torch
 BACKENDS = ('auto', 'log', 'sequential')
 
 
-def linear_scan(log_a, b=None, *, log_b=None, h0=None, backend='auto'):
-    """Return h (batch, time, channels) with h_t = exp(log_a_t) * h_{t-1} + b_t.
-
-    Give exactly one of b (values) or log_b (log of positive values). h0: (batch, channels) or None.
-    """
-    if (b is None) == (log_b is None):
-        raise ValueError('linear_scan: give exactly one of b= or log_b=')
+def resolve_backend(backend, device):
+    """The backend 'auto' stands for on this device; other names are checked and returned."""
     if backend == 'auto':
-        backend = 'log' if log_a.device.type == 'cuda' else 'sequential'
+        return 'log' if torch.device(device).type == 'cuda' else 'sequential'
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def linear_scan(a=None, b=None, *, log_a=None, log_b=None, h0=None, backend='auto'):
+    """Return h (batch, time, channels) with h_t = a_t * h_{t-1} + b_t.
+
+    Give a (positive values) or log_a, and b (values of any sign) or log_b (logs of positive
+    values), each (batch, time, channels). h0: (batch, channels) or None for zero; positive when
+    log_b is given to the log backend.
+    """
+    if (a is None) == (log_a is None) or (b is None) == (log_b is None):
+        raise ValueError('linear_scan: give exactly one of a= or log_a=, and one of b= or log_b=')
+    reference = a if a is not None else log_a
+    backend = resolve_backend(backend, reference.device)
     if backend == 'sequential':
-        values = b if b is not None else log_b.exp()
+        a = a if a is not None else log_a.exp()
+        b = b if b is not None else log_b.exp()
         if h0 is None:
-            h0 = values.new_zeros(values.shape[0], values.shape[2])
-        return SequentialScan.apply(log_a.exp(), values, h0)
-    if backend == 'log':
-        wide = torch.float64
-        if h0 is not None:
-            h0 = h0.to(wide)
-        if log_b is not None:
-            h = heinsen_scan(log_a.to(wide), log_b.to(wide), None if h0 is None else h0.log())
-        else:
-            h = _signed_heinsen_scan(log_a.to(wide), b.to(wide), h0)
-        return h.to(log_a.dtype)
-    raise ValueError(f"unknown scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+            h0 = b.new_zeros(b.shape[0], b.shape[2])
+        return SequentialScan.apply(a, b, h0)
+    wide = torch.float64  # backend == 'log'
+    log_a = (log_a if log_a is not None else a.log()).to(wide)
+    if h0 is not None:
+        h0 = h0.to(wide)
+    if log_b is not None:
+        h = heinsen_scan(log_a, log_b.to(wide), None if h0 is None else h0.log())
+    else:
+        h = _signed_heinsen_scan(log_a, b.to(wide), h0)
+    return h.to(reference.dtype)
 
 
 def heinsen_scan(log_a, log_b, log_h0=None):
@@ -95,9 +107,9 @@ class SequentialScan(torch.autograd.Function):
         a_t, b_t = a.transpose(0, 1).contiguous(), b.transpose(0, 1).contiguous()
         h = torch.empty_like(b_t)
         prev = h0
-        for t in range(h.shape[0]):
-            torch.addcmul(b_t[t], a_t[t], prev, out=h[t])
-            prev = h[t]
+        for a_i, b_i, h_i in zip(a_t.unbind(0), b_t.unbind(0), h.unbind(0)):
+            torch.addcmul(b_i, a_i, prev, out=h_i)
+            prev = h_i
         ctx.save_for_backward(a_t, h, h0)
         return h.transpose(0, 1)
 
@@ -106,8 +118,9 @@ class SequentialScan(torch.autograd.Function):
     def backward(ctx, grad_h):
         a_t, h, h0 = ctx.saved_tensors
         grad = grad_h.transpose(0, 1).contiguous()  # becomes g_t in place, from the end
-        for t in range(grad.shape[0] - 2, -1, -1):
-            grad[t].addcmul_(a_t[t + 1], grad[t + 1])
+        g_steps, a_steps = grad.unbind(0), a_t.unbind(0)
+        for t in range(len(g_steps) - 2, -1, -1):
+            g_steps[t].addcmul_(a_steps[t + 1], g_steps[t + 1])
         h_prev = torch.cat([h0.unsqueeze(0), h[:-1]], dim=0)
         grad_a = (grad * h_prev).transpose(0, 1)
         grad_h0 = a_t[0] * grad[0]

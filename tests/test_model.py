@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from model import BLOCKS, CharLM, Mamba, ModelConfig
+from model import BLOCKS, CharLM, Mamba, MinGRU, MinLSTM, ModelConfig, g, log_g
 
 VARIANTS = [('transformer', {}), ('mingru', {}), ('mingru', {'conv_kernel': 4}), ('minlstm', {}),
             ('minlstm', {'conv_kernel': 3, 'norm': 'rmsnorm'}), ('mamba', {'ff_mult': 0})]
@@ -74,6 +74,26 @@ def test_causality(block, overrides):
         a, b = model(idx)[0], model(changed)[0]
     assert torch.equal(a[:, :15], b[:, :15])
     assert not torch.allclose(a[:, 15], b[:, 15])
+
+
+@pytest.mark.parametrize('cls', [MinGRU, MinLSTM])
+def test_plain_and_log_space_coefficients_agree(cls):
+    """The paper's equations (sequential scan, step path) and their log form (log scan) are one function."""
+    layer = cls(ModelConfig(n_embd=4, expansion=1.0)).double()
+    pre = torch.cat([torch.linspace(-30, 30, 241, dtype=torch.float64),
+                     torch.randn(239, dtype=torch.float64, generator=torch.Generator().manual_seed(9)) * 3])
+    gates = pre[torch.randperm(480, generator=torch.Generator().manual_seed(10))].view(1, -1, 1)
+    gates = gates.expand(1, 480, 4 * cls.n_projections).contiguous()
+    for plain, log in zip(layer.coefficients(gates), layer.log_coefficients(gates)):
+        # 1e-8: F.softplus is linear above 20, dropping a log(1 + e^-20) = 2e-9 term.
+        torch.testing.assert_close(log.exp(), plain, rtol=1e-8, atol=0)
+
+
+def test_g_is_the_papers_piecewise_function():
+    x = torch.linspace(-20, 20, 401, dtype=torch.float64)
+    expected = torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+    torch.testing.assert_close(g(x), expected, rtol=1e-15, atol=0)
+    torch.testing.assert_close(log_g(x), expected.log(), rtol=1e-12, atol=0)
 
 
 def test_unknown_block_lists_the_choices():

@@ -34,8 +34,8 @@ def coefficients(T, dtype, signed, seed=0, batch=3, channels=5):
 
 def scan(backend, log_a, b, h0, signed):
     if signed:
-        return linear_scan(log_a, b, h0=h0, backend=backend)
-    return linear_scan(log_a, log_b=b.log(), h0=h0, backend=backend)
+        return linear_scan(log_a=log_a, b=b, h0=h0, backend=backend)
+    return linear_scan(log_a=log_a, log_b=b.log(), h0=h0, backend=backend)
 
 
 def assert_close(actual, expected, tol):
@@ -92,11 +92,19 @@ def test_extreme_gates_stay_finite(backend, T):
     k_z = (torch.randint(0, 2, (2, T, 8), generator=g) * 60 - 30).float().requires_grad_()
     k_h = (torch.randint(0, 2, (2, T, 8), generator=g) * 60 - 30).float().requires_grad_()
     log_h_tilde = torch.where(k_h >= 0, (F.relu(k_h) + 0.5).log(), -F.softplus(-k_h))
-    h = linear_scan(-F.softplus(k_z), log_b=-F.softplus(-k_z) + log_h_tilde, backend=backend)
+    h = linear_scan(log_a=-F.softplus(k_z), log_b=-F.softplus(-k_z) + log_h_tilde, backend=backend)
     h.sum().backward()
     assert torch.isfinite(h).all() and torch.isfinite(k_z.grad).all() and torch.isfinite(k_h.grad).all()
 
 
 def test_unknown_backend_lists_the_choices():
     with pytest.raises(ValueError, match="unknown scan backend 'fast'; choose one of auto, log, sequential"):
-        linear_scan(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), backend='fast')
+        linear_scan(torch.ones(1, 2, 3), torch.zeros(1, 2, 3), backend='fast')
+
+
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_values_and_logs_are_interchangeable(backend):
+    log_a, b, h0 = coefficients(50, torch.float64, signed=False)
+    expected = reference(log_a, b, h0)
+    for kwargs in ({'a': log_a.exp(), 'b': b}, {'log_a': log_a, 'log_b': b.log()}, {'a': log_a.exp(), 'log_b': b.log()}):
+        assert_close(linear_scan(**kwargs, h0=h0, backend=backend), expected, 1e-10)
