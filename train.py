@@ -308,6 +308,15 @@ class StopRequest:
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
 
+    def requested(self, world, device):
+        """Whether any process was asked to stop: all stop after the same step, or one would wait forever."""
+        if world == 1:
+            return self.signal is not None
+        flag = torch.tensor(float(self.signal is not None), device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.signal = self.signal or ('SIGTERM' if flag.item() else None)
+        return self.signal is not None
+
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
@@ -446,7 +455,7 @@ def train(config, command='python train.py ...'):
             bar.update(1)
             bar.set_postfix(loss=f'{loss_value:.4f}', tok_s=f'{tokens_per_step / seconds:,.0f}', refresh=False)
 
-            if stop.signal:
+            if stop.requested(world, device):
                 checkpoint(ckpt_path)
                 if master:
                     bar.close()
@@ -466,9 +475,9 @@ def main(argv=None):
         sys.exit(f'error: {e}')
     except RuntimeError as e:  # torch.distributed's errors are RuntimeErrors
         if dist.is_available() and dist.is_initialized():
+            detail = (str(e).splitlines() or [''])[0][:160]
             sys.exit(f'error: a process of this distributed run failed or stopped answering ({type(e).__name__}: '
-                     f'{str(e).splitlines()[0] if str(e) else ""}); the last checkpoint in the out_dir is intact: '
-                     f'resume with --init_from=resume')
+                     f'{detail}); the last checkpoint in the out_dir is intact: resume with --init_from=resume')
         raise
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -1,0 +1,204 @@
+"""Interruptions, numerical faults, bad input, determinism, distributed failure and a soak."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import model
+import sample
+import train
+from conftest import ROOT, TINY
+
+SLOW_TINY = [a for a in TINY if not a.startswith('--batch_size')] + ['--batch_size=16']
+
+
+def log_rows(out_dir, kind):
+    with open(os.path.join(out_dir, 'log.jsonl')) as f:
+        return [r for r in map(json.loads, f) if r['kind'] == kind]
+
+
+def train_command(dataset, out_dir, *extra):
+    return [sys.executable, 'train.py', f'--dataset={dataset}', f'--out_dir={out_dir}', *SLOW_TINY, *extra]
+
+
+def wait_for_step(out_dir, step, process, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, 'training ended before it could be interrupted'
+        try:
+            if any(r['step'] >= step for r in log_rows(out_dir, 'train')):
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f'no step {step} within {timeout} s')
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_exits_zero_and_resume_matches_the_uninterrupted_run(tmp_path, tiny_dataset, sig):
+    run = ['--max_iters=600', '--lr_decay_iters=600', '--eval_interval=100', '--log_interval=1']
+    full = tmp_path / 'full'
+    subprocess.run(train_command(tiny_dataset, full, *run), cwd=ROOT, check=True, capture_output=True)
+
+    part = tmp_path / 'part'
+    process = subprocess.Popen(train_command(tiny_dataset, part, *run), cwd=ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_step(str(part), 30, process)
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    message = stdout.strip().splitlines()[-1]
+    assert message.startswith(f'{sig.name}: saved') and message.endswith('--init_from=resume'), message
+    stopped_at = train.load_checkpoint(str(part / 'ckpt.pt'))['step']
+    assert f'at step {stopped_at}.' in message and stopped_at < 600
+
+    subprocess.run(train_command(tiny_dataset, part, *run, '--init_from=resume'), cwd=ROOT, check=True,
+                   capture_output=True)
+    evals = lambda d: [(r['step'], r['train_loss'], r['val_loss']) for r in log_rows(str(d), 'eval')]
+    assert evals(part) == evals(full)
+    losses = lambda d: [(r['step'], r['loss']) for r in log_rows(str(d), 'train')]
+    assert losses(part) == losses(full)  # every step's loss, bit for bit, and none logged twice
+
+
+def poison_training_losses(monkeypatch, bad_calls):
+    """Make the training forward pass return a NaN loss on the given calls (1-based)."""
+    original, calls = model.CharLM.forward, [0]
+
+    def forward(self, idx, targets=None):
+        logits, loss = original(self, idx, targets)
+        if self.training:
+            calls[0] += 1
+            if calls[0] in bad_calls:
+                loss = loss * float('nan')
+        return logits, loss
+
+    monkeypatch.setattr(model.CharLM, 'forward', forward)
+
+
+def test_a_non_finite_step_is_skipped_with_a_warning(tmp_path, tiny_dataset, monkeypatch, capsys):
+    poison_training_losses(monkeypatch, {5})
+    train.main([f'--dataset={tiny_dataset}', f'--out_dir={tmp_path}', *TINY, '--max_iters=10', '--eval_interval=5'])
+    assert 'warning: step 4: non-finite loss or gradient' in capsys.readouterr().out
+    ckpt = train.load_checkpoint(str(tmp_path / 'ckpt.pt'))
+    assert ckpt['step'] == 10 and all(torch.isfinite(p).all() for p in ckpt['model'].values())
+
+
+def test_consecutive_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tmp_path, tiny_dataset, monkeypatch):
+    poison_training_losses(monkeypatch, set(range(8, 100)))
+    with pytest.raises(SystemExit) as stop:
+        train.main([f'--dataset={tiny_dataset}', f'--out_dir={tmp_path}', *TINY, '--max_iters=50',
+                    '--eval_interval=5', '--max_bad_steps=3'])
+    message = str(stop.value)
+    assert message.startswith('error: 3 consecutive non-finite steps, the first at step 7')
+    assert '--learning_rate' in message and '--dtype' in message and '--scan_backend' in message
+    ckpt = train.load_checkpoint(str(tmp_path / 'ckpt.pt'))
+    assert ckpt['step'] == 5 and all(torch.isfinite(p).all() for p in ckpt['model'].values())
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_dataset, monkeypatch):
+    real_save, saves = torch.save, [0]
+
+    def save(obj, f, *args, **kwargs):
+        saves[0] += 1
+        if saves[0] > 2:  # step 0 wrote best.pt and ckpt.pt; the next write fails half-way
+            f.write(b'partial bytes')
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, 'save', save)
+    with pytest.raises(SystemExit, match=r'could not write checkpoint .*best.pt \(No space left on device\); '
+                                         r'the previous best.pt is intact'):
+        train.main([f'--dataset={tiny_dataset}', f'--out_dir={tmp_path}', *TINY, '--max_iters=20', '--eval_interval=5'])
+    monkeypatch.undo()
+    for name in ('best.pt', 'ckpt.pt'):
+        assert train.load_checkpoint(str(tmp_path / name))['step'] == 0
+    assert not any(name.endswith('.tmp') for name in os.listdir(tmp_path))
+
+
+def test_dataset_shorter_than_the_context(tmp_path):
+    from data.char.prepare import write_char_dataset
+    write_char_dataset('abcdefghij' * 3, str(tmp_path / 'short'))
+    with pytest.raises(SystemExit, match=r'train split .* has 27 tokens, fewer than block_size \+ 1 = 33'):
+        train.main([f'--dataset={tmp_path / "short"}', f'--out_dir={tmp_path / "out"}', *TINY])
+
+
+def test_missing_meta_names_the_prepare_command(tmp_path, tiny_dataset):
+    import shutil
+    copy = tmp_path / 'data'
+    shutil.copytree(tiny_dataset, copy)
+    os.remove(copy / 'meta.pkl')
+    with pytest.raises(SystemExit, match=r'\(meta.pkl missing in .*\); run: python data/char/prepare.py'):
+        train.main([f'--dataset={copy}', f'--out_dir={tmp_path / "out"}', *TINY])
+
+
+@pytest.mark.parametrize('block', ['transformer', 'mamba'])
+def test_same_seed_same_losses_bit_for_bit(tmp_path, tiny_dataset, block):
+    args = [f'--dataset={tiny_dataset}', *TINY, f'--block={block}', '--max_iters=12', '--eval_interval=4',
+            '--log_interval=1', '--dropout=0.1']
+    runs = []
+    for name in ('a', 'b'):
+        train.main([*args, f'--out_dir={tmp_path / name}'])
+        runs.append([(r['step'], r['val_loss']) for r in log_rows(str(tmp_path / name), 'eval')] +
+                    [(r['step'], r['loss']) for r in log_rows(str(tmp_path / name), 'train')])
+    assert runs[0] == runs[1]
+
+
+def rank_pid(rank, marker):
+    """The pid of the torchrun worker with this RANK whose command line contains marker (Linux /proc)."""
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                if marker.encode() not in f.read():
+                    continue
+            with open(f'/proc/{pid}/environ', 'rb') as f:
+                if f'RANK={rank}'.encode() in f.read().split(b'\0'):
+                    return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='finds the worker through /proc')
+def test_a_killed_rank_makes_rank_zero_fail_clearly_without_hanging(tmp_path, tiny_dataset):
+    out_dir = tmp_path / 'ddp'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py',
+         f'--dataset={tiny_dataset}', f'--out_dir={out_dir}', *TINY, '--max_iters=100000', '--eval_interval=20',
+         '--log_interval=1', '--ddp_timeout=60'],
+        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    try:
+        wait_for_step(str(out_dir), 25, process)
+        os.kill(rank_pid(1, str(out_dir)), signal.SIGKILL)
+        started = time.time()
+        _, stderr = process.communicate(timeout=90)
+    finally:
+        process.kill()
+    assert process.returncode != 0 and time.time() - started < 90
+    assert 'error: a process of this distributed run failed or stopped answering' in stderr
+    assert train.load_checkpoint(str(out_dir / 'ckpt.pt'))['step'] >= 20
+
+
+def resident_mb():
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith('VmRSS')) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/status'), reason='reads VmRSS from /proc')
+def test_soak_three_runs_with_sampling_do_not_grow_memory(tmp_path, tiny_dataset):
+    """Bound: resident memory after the third train+sample cycle within 40 MB of the first's."""
+    after = []
+    for cycle, block in enumerate(['mingru', 'mamba', 'transformer']):
+        out_dir = str(tmp_path / f'run{cycle}')
+        train.main([f'--dataset={tiny_dataset}', f'--out_dir={out_dir}', *TINY, f'--block={block}',
+                    '--max_iters=30', '--eval_interval=10'])
+        for other in range(cycle + 1):
+            sample.sample(sample.parse_args([f'--out_dir={tmp_path / f"run{other}"}', '--max_new_tokens=300',
+                                             '--num_samples=2']), write=lambda s: None)
+        after.append(resident_mb())
+    assert after[2] - after[0] < 40, f'resident memory after each cycle (MB): {after}'
