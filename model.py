@@ -157,11 +157,13 @@ class CausalSelfAttention(nn.Module):
 
 # ----------------------------------------------------------------------------- minGRU / minLSTM
 
-def g(x):
+def g(x, sigmoid_x=None):
     """g(x) = x + 0.5 for x >= 0, sigmoid(x) otherwise: the paper's positive, continuous candidate
-    state (appendix), so that log h~ exists. Written as relu(x) + sigmoid(min(x, 0)), which is the
-    same function, without evaluating and selecting both branches (a third of minGRU's CPU time)."""
-    return F.relu(x) + torch.sigmoid(x.clamp(max=0))
+    state (appendix), so that log h~ exists. Written as relu(x) + min(sigmoid(x), 0.5), the same
+    function (sigmoid is increasing, sigmoid(0) = 0.5), without evaluating and selecting two
+    branches; a caller that already has sigmoid(x) passes it."""
+    sigmoid_x = torch.sigmoid(x) if sigmoid_x is None else sigmoid_x
+    return F.relu(x) + sigmoid_x.clamp(max=0.5)
 
 
 def log_g(x):
@@ -225,7 +227,8 @@ class MinGRU(MinRNN):
 
     def coefficients(self, gates):
         k_z, k_h = gates.chunk(2, dim=-1)
-        return torch.sigmoid(-k_z), torch.sigmoid(k_z) * g(k_h)  # 1 - sigmoid(k) = sigmoid(-k)
+        z, sigmoid_h = torch.sigmoid(gates).chunk(2, dim=-1)  # one call for both projections
+        return torch.sigmoid(-k_z), z * g(k_h, sigmoid_h)  # 1 - z as sigmoid(-k): no cancellation near z = 1
 
     def log_coefficients(self, gates):
         k_z, k_h = gates.chunk(2, dim=-1)
@@ -241,9 +244,9 @@ class MinLSTM(MinRNN):
     n_projections = 3
 
     def coefficients(self, gates):
-        k_f, k_i, k_h = gates.chunk(3, dim=-1)
-        f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
-        return f / (f + i), i / (f + i) * g(k_h)
+        f, i, sigmoid_h = torch.sigmoid(gates).chunk(3, dim=-1)  # one call for all three projections
+        total = f + i
+        return f / total, i / total * g(gates[..., 2 * f.shape[-1]:], sigmoid_h)
 
     def log_coefficients(self, gates):
         k_f, k_i, k_h = gates.chunk(3, dim=-1)

@@ -103,25 +103,23 @@ class SequentialScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, h0):
-        # Time-major copies make every step's slice contiguous.
-        a_t, b_t = a.transpose(0, 1).contiguous(), b.transpose(0, 1).contiguous()
-        h = torch.empty_like(b_t)
+        h = torch.empty_like(b)
         prev = h0
-        for a_i, b_i, h_i in zip(a_t.unbind(0), b_t.unbind(0), h.unbind(0)):
-            torch.addcmul(b_i, a_i, prev, out=h_i)
-            prev = h_i
-        ctx.save_for_backward(a_t, h, h0)
-        return h.transpose(0, 1)
+        for a_t, b_t, h_t in zip(a.unbind(1), b.unbind(1), h.unbind(1)):  # views, one step of time each
+            torch.addcmul(b_t, a_t, prev, out=h_t)
+            prev = h_t
+        ctx.save_for_backward(a, h, h0)
+        return h
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h):
-        a_t, h, h0 = ctx.saved_tensors
-        grad = grad_h.transpose(0, 1).contiguous()  # becomes g_t in place, from the end
-        g_steps, a_steps = grad.unbind(0), a_t.unbind(0)
+        a, h, h0 = ctx.saved_tensors
+        grad = grad_h.clone(memory_format=torch.contiguous_format)  # becomes g_t in place, from the end
+        g_steps, a_steps = grad.unbind(1), a.unbind(1)
         for t in range(len(g_steps) - 2, -1, -1):
             g_steps[t].addcmul_(a_steps[t + 1], g_steps[t + 1])
-        h_prev = torch.cat([h0.unsqueeze(0), h[:-1]], dim=0)
-        grad_a = (grad * h_prev).transpose(0, 1)
-        grad_h0 = a_t[0] * grad[0]
-        return grad_a, grad.transpose(0, 1), grad_h0
+        grad_a = torch.empty_like(a)
+        torch.mul(grad[:, 1:], h[:, :-1], out=grad_a[:, 1:])  # g_t * h_{t-1}
+        torch.mul(grad[:, 0], h0, out=grad_a[:, 0])
+        return grad_a, grad, a[:, 0] * grad[:, 0]

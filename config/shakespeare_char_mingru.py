@@ -13,8 +13,8 @@ block_size = 256
 n_layer = 6
 n_embd = 384
 dropout = 0.2
-expansion = 1.5      # recurrent width 576: 12.5 d^2 a layer with the feed-forward (Transformer: 12 d^2)
-ff_mult = 4.0
+expansion = 1.0      # gates 2 d^2 + out d^2 + feed-forward 9 d^2 = 12 d^2 a layer, as the Transformer's
+ff_mult = 4.5
 conv_kernel = 4
 
 learning_rate = 1e-3
