@@ -347,11 +347,18 @@ def train(config, command='python train.py ...'):
         optimizer.load_state_dict(ckpt['optimizer'])
         scaler.load_state_dict(ckpt['scaler'])
         step, best_val, elapsed, tokens_seen = ckpt['step'], ckpt['best_val_loss'], ckpt['elapsed'], ckpt['tokens']
-        rng = ckpt['rng'][rank] if rank < len(ckpt['rng']) else ckpt['rng'][0]
-        torch.set_rng_state(rng['torch'])
-        data_generator.set_state(rng['data'])
-        if device_type == 'cuda' and rng.get('cuda') is not None:
-            torch.cuda.set_rng_state(rng['cuda'])
+        if len(ckpt['rng']) == world:  # exact: every process continues its own random streams
+            rng = ckpt['rng'][rank]
+            torch.set_rng_state(rng['torch'])
+            data_generator.set_state(rng['data'])
+            if device_type == 'cuda' and rng.get('cuda') is not None:
+                torch.cuda.set_rng_state(rng['cuda'])
+        else:
+            torch.manual_seed(config['seed'] + rank + 1000 * step)
+            data_generator.manual_seed(config['seed'] + rank + 1000 * step)
+            if master:
+                print(f"warning: the checkpoint was written by {len(ckpt['rng'])} process(es), this run has {world}: "
+                      f'training continues with fresh random streams (not bit-exact)')
         del ckpt
 
     raw_model = model
@@ -379,16 +386,23 @@ def train(config, command='python train.py ...'):
             log.write(kind='meta', format=1, block=config['block'], params=n_params,
                       params_non_embedding=n_non_emb, tokens_per_step=tokens_per_step, config=resolved)
 
+    def rng_state():
+        return {'torch': torch.get_rng_state(), 'data': data_generator.get_state(),
+                'cuda': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
+
     def checkpoint(path):
+        """Called by every process at the same points: each one's RNG states go into the file."""
+        rng_states = [rng_state()]
+        if world > 1:
+            rng_states = [None] * world
+            dist.all_gather_object(rng_states, rng_state())
         if not master:
             return
-        rng_here = {'torch': torch.get_rng_state(), 'data': data_generator.get_state(),
-                    'cuda': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
         save_checkpoint({'format': CHECKPOINT_FORMAT, 'model': raw_model.state_dict(),
                          'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
                          'model_config': dataclasses.asdict(model_config), 'config': config,
                          'step': step, 'best_val_loss': best_val, 'elapsed': elapsed, 'tokens': tokens_seen,
-                         'rng': [rng_here], 'vocab': {'stoi': meta['stoi'], 'itos': meta['itos']}}, path)
+                         'rng': rng_states, 'vocab': {'stoi': meta['stoi'], 'itos': meta['itos']}}, path)
 
     splits = {'train': train_data, 'val': val_data}
     bar = tqdm(total=config['max_iters'], initial=step, disable=not (master and config['progress']),

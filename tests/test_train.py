@@ -117,18 +117,30 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
         train.load_checkpoint(str(path))
 
 
-def test_torchrun_two_processes_on_cpu(tmp_path, tiny_dataset):
-    out_dir = tmp_path / 'ddp'
-    result = subprocess.run(
+def torchrun(tiny_dataset, out_dir, *extra):
+    return subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py',
-         f'--dataset={tiny_dataset}', f'--out_dir={out_dir}', *TINY, '--max_iters=6', '--eval_interval=3',
-         '--log_interval=1'],
+         f'--dataset={tiny_dataset}', f'--out_dir={out_dir}', *TINY, '--eval_interval=3', '--log_interval=1',
+         '--lr_decay_iters=6', '--dropout=0.1', *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+
+
+def test_torchrun_two_processes_on_cpu_write_one_log_and_resume_exactly(tmp_path, tiny_dataset):
+    full = tmp_path / 'full'
+    result = torchrun(tiny_dataset, full, '--max_iters=6')
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = read_log(str(out_dir))
+    rows = read_log(str(full))
     assert [r['step'] for r in rows if r['kind'] == 'train'] == [1, 2, 3, 4, 5, 6]  # one writer: rank 0
     assert rows[0]['config']['world_size'] == 2
-    assert train.load_checkpoint(str(out_dir / 'ckpt.pt'))['step'] == 6
+    ckpt = train.load_checkpoint(str(full / 'ckpt.pt'))
+    assert ckpt['step'] == 6 and len(ckpt['rng']) == 2
+    assert not torch.equal(ckpt['rng'][0]['data'], ckpt['rng'][1]['data'])  # each rank its own batches
+
+    part = tmp_path / 'part'
+    assert torchrun(tiny_dataset, part, '--max_iters=3').returncode == 0
+    result = torchrun(tiny_dataset, part, '--max_iters=6', '--init_from=resume')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert evals(part) == evals(full)
 
 
 @pytest.mark.parametrize('config_file', sorted(os.listdir(os.path.join(ROOT, 'config'))))
