@@ -4,6 +4,7 @@ Speed and memory of every block, measured side by side in one run (never as time
     python bench.py                                   # everything -> results/speed/<device>/
     python bench.py --quick                           # a smoke run, well under a minute on a CPU
     python bench.py --parts train --lengths 64 256 512 1024 2048    # the layer comparison only
+    python bench.py --parts recipe                                     # ms per training iteration
 
 1. train: one layer's training step (forward + backward, batch 64, width 128) against sequence
    length T, for minGRU / minLSTM with each scan backend; GRU / LSTM stepped in a Python loop with
@@ -12,12 +13,15 @@ Speed and memory of every block, measured side by side in one run (never as time
    self-attention. Median of repeats after a warm-up. Memory of the same step: on CUDA the peak
    allocated; on a CPU the bytes of the tensors autograd saves for backward (activations and the
    weights they need, each storage counted once), which is what grows with T.
-2. generate: time per token of each block of the CPU recipe (config/*_cpu.py, untrained weights:
+2. recipe: one whole training iteration (forward, backward, clipping, AdamW) of each block's CPU
+   recipe model (config/*_cpu.py: batch 12, context 64), in interleaved rounds so that all four
+   see the same machine; the median, and the ratio to the Transformer.
+3. generate: time per token of each block of the CPU recipe (config/*_cpu.py, untrained weights:
    speed does not depend on them) at positions 10, 100, 1000, 10000, batch 1, stepping its state:
    the recurrent blocks carry a fixed-size state, the Transformer a key/value cache that grows.
 
-Writes train.csv, generate.csv, ratios.csv, env.json and log-log plots (train.png, memory.png,
-generate.png) into the output folder, and prints the ratios the paper quotes.
+Writes train.csv, recipe.csv, generate.csv, ratios.csv, env.json and log-log plots (train.png,
+memory.png, generate.png) into the output folder, and prints the ratios the paper quotes.
 """
 import argparse
 import csv
@@ -99,6 +103,8 @@ def layer_variants(width):
 
 # ----------------------------------------------------------------------------- measuring
 
+BLOCK_NAMES = ('transformer', 'mingru', 'minlstm', 'mamba')
+
 def synchronize(device):
     if device.startswith('cuda'):
         torch.cuda.synchronize()
@@ -110,16 +116,20 @@ def training_step(layer, x):
     layer(x).square().mean().backward()
 
 
-def median_seconds(fn, repeats, device):
+def median_seconds(fn, repeats, device, budget_seconds=None):
+    """Median time of fn after a warm-up call; with a budget, as many repeats (2 at least) as fit."""
+    start = time.perf_counter()
     fn()  # warm-up: allocator, kernels, oneDNN primitives
     synchronize(device)
+    if budget_seconds is not None:
+        repeats = max(2, min(repeats, int(budget_seconds / (time.perf_counter() - start))))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), repeats
 
 
 def step_memory_bytes(layer, x, device):
@@ -157,12 +167,13 @@ def bench_training(args, device, bar):
             torch.manual_seed(0)
             layer = make().to(device)
             x = torch.randn(args.batch, T, args.width, device=device, requires_grad=True)
-            seconds = median_seconds(lambda: training_step(layer, x), args.repeats, device)
+            seconds, repeats = median_seconds(lambda: training_step(layer, x), args.repeats, device,
+                                              args.seconds_per_point)
             memory = step_memory_bytes(layer, x, device)
             rows.append({'variant': name, 'T': T, 'batch': args.batch, 'width': args.width,
                          'ms': round(1000 * seconds, 3), 'memory_mb': round(memory / 2 ** 20, 3),
                          'memory_kind': 'cuda_peak' if device.startswith('cuda') else 'saved_for_backward',
-                         'repeats': args.repeats})
+                         'repeats': repeats})
             bar.set_postfix_str(f'{name} T={T}: {1000 * seconds:.1f} ms')
             bar.update(1)
             del layer, x
@@ -180,11 +191,40 @@ def recipe_model_config(block, max_position):
     return config
 
 
+def bench_recipe(args, device, bar):
+    """ms per training iteration of each CPU-recipe model, measured round-robin."""
+    steps = {}
+    for block in BLOCK_NAMES:
+        torch.manual_seed(0)
+        config = recipe_model_config(block, 0)
+        model = CharLM(config).to(device)
+        optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), device.split(':')[0])
+        x = torch.randint(0, 65, (12, config.block_size), device=device)
+
+        def step(model=model, optimizer=optimizer, x=x):
+            loss = model(x, x)[1]
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        step()
+        steps[block] = (step, model.num_params())
+    times = {block: [] for block in steps}
+    for _ in range(args.recipe_rounds):
+        for block, (step, _) in steps.items():
+            times[block].append(median_seconds(step, args.recipe_steps, device)[0])
+        bar.update(1)
+    base = statistics.median(times['transformer'])
+    return [{'block': block, 'ms_per_iter': round(1000 * statistics.median(t), 3),
+             'vs_transformer': round(statistics.median(t) / base, 3), 'params': steps[block][1],
+             'rounds': args.recipe_rounds, 'steps_per_round': args.recipe_steps} for block, t in times.items()]
+
+
 @torch.no_grad()
 def bench_generation(args, device, bar):
     rows = []
     window = args.window
-    for block in ('transformer', 'mingru', 'minlstm', 'mamba'):
+    for block in BLOCK_NAMES:
         torch.manual_seed(0)
         model = CharLM(recipe_model_config(block, max(args.positions) + window)).to(device).eval()
         token = torch.zeros(1, dtype=torch.long, device=device)
@@ -279,13 +319,18 @@ def device_name(device):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--parts', nargs='+', default=['train', 'generate'], choices=['train', 'generate'])
+    parser.add_argument('--parts', nargs='+', default=['train', 'recipe', 'generate'],
+                        choices=['train', 'recipe', 'generate'])
     parser.add_argument('--lengths', nargs='+', type=int, default=[64, 128, 256, 512, 1024, 2048, 4096])
     parser.add_argument('--positions', nargs='+', type=int, default=[10, 100, 1000, 10000])
     parser.add_argument('--batch', type=int, default=64)
     parser.add_argument('--width', type=int, default=128)
-    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--repeats', type=int, default=5, help='timed repeats per point (after a warm-up)')
+    parser.add_argument('--seconds_per_point', type=float, default=10.0,
+                        help='fewer repeats (2 at least) where one step is slow')
     parser.add_argument('--window', type=int, default=20, help='generated tokens timed at each position')
+    parser.add_argument('--recipe_rounds', type=int, default=7, help='round-robin rounds of the recipe part')
+    parser.add_argument('--recipe_steps', type=int, default=10, help='timed iterations per block and round')
     parser.add_argument('--max_loop_length', type=int, default=1 << 30,
                         help='skip the GRU/LSTM loops above this T (they dominate the run time)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -294,7 +339,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.lengths, args.positions, args.batch, args.width = [16, 32], [10, 100], 4, 32
-        args.repeats, args.window = 1, 3
+        args.repeats, args.window, args.recipe_rounds, args.recipe_steps = 1, 3, 1, 1
     return args
 
 
@@ -304,9 +349,11 @@ def main(argv=None):
     out = args.out or os.path.join('results', 'speed', name + ('-quick' if args.quick else ''))
     os.makedirs(out, exist_ok=True)
     auto_backend = 'log' if device.startswith('cuda') else 'sequential'
-    total = len(args.lengths) * len(layer_variants(args.width)) * ('train' in args.parts) + 4 * ('generate' in args.parts)
+    total = (len(args.lengths) * len(layer_variants(args.width)) * ('train' in args.parts)
+             + args.recipe_rounds * ('recipe' in args.parts) + len(BLOCK_NAMES) * ('generate' in args.parts))
     with tqdm(total=total, desc='bench', dynamic_ncols=True) as bar:
         train_rows = bench_training(args, device, bar) if 'train' in args.parts else []
+        recipe_rows = bench_recipe(args, device, bar) if 'recipe' in args.parts else []
         generate_rows = bench_generation(args, device, bar) if 'generate' in args.parts else []
     env = {'command': 'python bench.py ' + ' '.join(sys.argv[1:] if argv is None else argv), 'device': name,
            'device_detail': torch.cuda.get_device_name(device) if device.startswith('cuda') else platform.processor() or platform.machine(),
@@ -321,6 +368,11 @@ def main(argv=None):
         print(f"\nratios on {name} (batch {args.batch}, width {args.width}; 'auto' = {auto_backend}):")
         for label in dict.fromkeys(r['ratio'] for r in ratios):
             print(f'  {label:30s}' + '  '.join(f"T={r['T']}: {r['value']:.2f}x" for r in ratios if r['ratio'] == label))
+    if recipe_rows:
+        write_csv(os.path.join(out, 'recipe.csv'), recipe_rows)
+        print('\nms per training iteration of the CPU-recipe models (batch 12, context 64):')
+        for r in recipe_rows:
+            print(f"  {r['block']:12s} {r['ms_per_iter']:8.2f} ms   {r['vs_transformer']:.2f}x the Transformer's")
     if generate_rows:
         write_csv(os.path.join(out, 'generate.csv'), generate_rows)
         print('\nms per generated token by position:')
