@@ -52,8 +52,8 @@ class GRULoop(nn.Module):
 
     def forward(self, x):
         h, out = x.new_zeros(x.shape[0], self.cell.hidden_size), []
-        for t in range(x.shape[1]):
-            h = self.cell(x[:, t], h)
+        for x_t in x.unbind(1):  # one backward for all slices (x[:, t] would allocate x's size per step)
+            h = self.cell(x_t, h)
             out.append(h)
         return torch.stack(out, dim=1)
 
@@ -66,8 +66,8 @@ class LSTMLoop(nn.Module):
     def forward(self, x):
         h = c = x.new_zeros(x.shape[0], self.cell.hidden_size)
         out = []
-        for t in range(x.shape[1]):
-            h, c = self.cell(x[:, t], (h, c))
+        for x_t in x.unbind(1):
+            h, c = self.cell(x_t, (h, c))
             out.append(h)
         return torch.stack(out, dim=1)
 
