@@ -25,6 +25,7 @@ memory.png, generate.png) into the output folder, and prints the ratios the pape
 """
 import argparse
 import csv
+import functools
 import json
 import os
 import platform
@@ -161,13 +162,10 @@ def bench_training(args, device, bar):
     variants = layer_variants(args.width)
     for T in args.lengths:
         for name, make in variants.items():
-            if name in ('GRU (loop)', 'LSTM (loop)') and T > args.max_loop_length:
-                bar.update(1)
-                continue
             torch.manual_seed(0)
             layer = make().to(device)
             x = torch.randn(args.batch, T, args.width, device=device, requires_grad=True)
-            seconds, repeats = median_seconds(lambda: training_step(layer, x), args.repeats, device,
+            seconds, repeats = median_seconds(functools.partial(training_step, layer, x), args.repeats, device,
                                               args.seconds_per_point)
             memory = step_memory_bytes(layer, x, device)
             rows.append({'variant': name, 'T': T, 'batch': args.batch, 'width': args.width,
@@ -331,8 +329,6 @@ def parse_args(argv=None):
     parser.add_argument('--window', type=int, default=20, help='generated tokens timed at each position')
     parser.add_argument('--recipe_rounds', type=int, default=7, help='round-robin rounds of the recipe part')
     parser.add_argument('--recipe_steps', type=int, default=10, help='timed iterations per block and round')
-    parser.add_argument('--max_loop_length', type=int, default=1 << 30,
-                        help='skip the GRU/LSTM loops above this T (they dominate the run time)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--out', help='output folder (default results/speed/<device>)')
     parser.add_argument('--quick', action='store_true', help='tiny sizes: checks the script, measures nothing useful')

@@ -154,8 +154,8 @@ def test_selective_scan_matches_the_per_step_reference(backend, chunk_elems):
     ref_grads = torch.autograd.grad((y_ref * weights).sum(), [*ref_inputs, A_log, D])
 
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
-    for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-9)
+    for got, expected in zip(grads, ref_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize('backend', ['log', 'sequential'])
