@@ -13,6 +13,7 @@ SIGINT / SIGTERM save a checkpoint at the current step and exit 0.
 """
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -478,6 +479,8 @@ def train(config, command='python train.py ...'):
     bar.close()
     if log is not None:
         log.close()
+    if world > 1:
+        dist.barrier()  # rank 0 may still be writing the checkpoint: tear gloo/nccl down together
     return {'step': step, 'best_val_loss': best_val}
 
 
@@ -490,11 +493,17 @@ def main(argv=None):
     except RuntimeError as e:  # torch.distributed's errors are RuntimeErrors
         if dist.is_available() and dist.is_initialized():
             detail = (str(e).splitlines() or [''])[0][:160]
-            sys.exit(f'error: a process of this distributed run failed or stopped answering ({type(e).__name__}: '
-                     f'{detail}); the last checkpoint in the out_dir is intact: resume with --init_from=resume')
+            # Printed now: torchrun may SIGTERM this process while it tears down, before exit could print.
+            print(f'error: a process of this distributed run failed or stopped answering ({type(e).__name__}: '
+                  f'{detail}); the last checkpoint in the out_dir is intact: resume with --init_from=resume',
+                  file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         raise
     finally:
         if dist.is_available() and dist.is_initialized():
+            # Free the DDP reducer (in reference cycles) and its gloo work while the interpreter is
+            # alive: freed at shutdown instead, gloo threads can abort the process (SIGABRT).
+            gc.collect()
             dist.destroy_process_group()
 
 
