@@ -244,9 +244,10 @@ class MinLSTM(MinRNN):
     n_projections = 3
 
     def coefficients(self, gates):
+        k_h = gates.chunk(3, dim=-1)[2]
         f, i, sigmoid_h = torch.sigmoid(gates).chunk(3, dim=-1)  # one call for all three projections
         total = f + i
-        return f / total, i / total * g(gates[..., 2 * f.shape[-1]:], sigmoid_h)
+        return f / total, i / total * g(k_h, sigmoid_h)
 
     def log_coefficients(self, gates):
         k_f, k_i, k_h = gates.chunk(3, dim=-1)
