@@ -19,8 +19,6 @@ import subprocess
 import sys
 import time
 
-import torch
-
 import plot_curves
 import train
 from configurator import resolve
@@ -79,8 +77,8 @@ def main(argv=None):
         for block in args.blocks:
             name = f'{block}_seed{seed}'
             overrides = [f'--out_dir={os.path.join(out_root, name)}', f'--seed={1337 + seed}', *extra]
-            config = resolve(train.DEFAULTS, [config_file(block, args.scale), *overrides])
-            plan.append((name, [config_file(block, args.scale), *overrides], config))
+            train_args = [config_file(block, args.scale), *overrides]
+            plan.append((name, train_args, resolve(train.DEFAULTS, train_args)))
 
     states = [run_state(config['out_dir'], config['max_iters']) for _, _, config in plan]
     durations, started = [], time.time()
@@ -97,8 +95,7 @@ def main(argv=None):
                 sys.exit(f'error: {name} failed (see above); rerun this command to resume it')
             durations.append(time.time() - t0)
         if state != 'done':
-            loss = evaluate_full(out_dir, config['device'] if config['device'] != 'auto' else
-                                 ('cuda' if torch.cuda.is_available() else 'cpu'))
+            loss = evaluate_full(out_dir, train.resolve_device(config['device']))
             print(f'  val (full) of best.pt: {loss:.4f}', flush=True)
         copy = os.path.join(results, 'runs', name)
         os.makedirs(copy, exist_ok=True)

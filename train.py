@@ -79,11 +79,16 @@ class TrainingError(Exception):
 
 # ----------------------------------------------------------------------------- set-up
 
+def resolve_device(device):
+    """'auto' becomes cuda, mps or cpu, the first available; other names pass unchanged."""
+    if device != 'auto':
+        return device
+    return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+
+
 def setup_distributed(config):
     """(rank, world_size, device); under torchrun also initialises the process group."""
-    device = config['device']
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    device = resolve_device(config['device'])
     if 'RANK' not in os.environ:
         return 0, 1, device
     rank, local_rank, world = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
@@ -125,8 +130,8 @@ def load_dataset(config):
     folder = name if os.sep in name else os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name)
     prepare = ('python data/shakespeare_char/prepare.py' if name == 'shakespeare_char'
                else f'python data/char/prepare.py --input YOUR.txt --name {name}')
-    paths = {name: os.path.join(folder, name) for name in ('train.bin', 'val.bin', 'meta.pkl')}
-    missing = [name for name, path in paths.items() if not os.path.exists(path)]
+    paths = {file: os.path.join(folder, file) for file in ('train.bin', 'val.bin', 'meta.pkl')}
+    missing = [file for file, path in paths.items() if not os.path.exists(path)]
     if missing:
         raise TrainingError(f"dataset {config['dataset']!r} is not prepared ({', '.join(missing)} missing "
                             f'in {folder}); run: {prepare}')
