@@ -1,4 +1,5 @@
 """Shared fixtures: the repository on sys.path, a small character dataset, tiny model configs."""
+import json
 import os
 import subprocess
 import sys
@@ -32,6 +33,13 @@ def tiny_dataset(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp('tiny_dataset'))
     write_char_dataset(small_text(), folder)
     return folder
+
+
+def read_log(out_dir, kind=None):
+    """The rows of a run's log.jsonl, or only those of one kind ('meta', 'eval', 'train')."""
+    with open(os.path.join(out_dir, 'log.jsonl')) as f:
+        rows = [json.loads(line) for line in f]
+    return rows if kind is None else [row for row in rows if row['kind'] == kind]
 
 
 def run_script(*args, timeout=300, **kwargs):

@@ -13,14 +13,9 @@ import torch
 import model
 import sample
 import train
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, read_log
 
 SLOW_TINY = [a for a in TINY if not a.startswith('--batch_size')] + ['--batch_size=16']
-
-
-def log_rows(out_dir, kind):
-    with open(os.path.join(out_dir, 'log.jsonl')) as f:
-        return [r for r in map(json.loads, f) if r['kind'] == kind]
 
 
 def train_command(dataset, out_dir, *extra):
@@ -32,7 +27,7 @@ def wait_for_step(out_dir, step, process, timeout=120):
     while time.time() < deadline:
         assert process.poll() is None, 'training ended before it could be interrupted'
         try:
-            if any(r['step'] >= step for r in log_rows(out_dir, 'train')):
+            if any(r['step'] >= step for r in read_log(out_dir, 'train')):
                 return
         except (FileNotFoundError, json.JSONDecodeError):
             pass
@@ -60,9 +55,9 @@ def test_signal_saves_exits_zero_and_resume_matches_the_uninterrupted_run(tmp_pa
 
     subprocess.run(train_command(tiny_dataset, part, *run, '--init_from=resume'), cwd=ROOT, check=True,
                    capture_output=True)
-    evals = lambda d: [(r['step'], r['train_loss'], r['val_loss']) for r in log_rows(str(d), 'eval')]
+    evals = lambda d: [(r['step'], r['train_loss'], r['val_loss']) for r in read_log(str(d), 'eval')]
     assert evals(part) == evals(full)
-    losses = lambda d: [(r['step'], r['loss']) for r in log_rows(str(d), 'train')]
+    losses = lambda d: [(r['step'], r['loss']) for r in read_log(str(d), 'train')]
     assert losses(part) == losses(full)  # every step's loss, bit for bit, and none logged twice
 
 
@@ -144,8 +139,8 @@ def test_same_seed_same_losses_bit_for_bit(tmp_path, tiny_dataset, block):
     runs = []
     for name in ('a', 'b'):
         train.main([*args, f'--out_dir={tmp_path / name}'])
-        runs.append([(r['step'], r['val_loss']) for r in log_rows(str(tmp_path / name), 'eval')] +
-                    [(r['step'], r['loss']) for r in log_rows(str(tmp_path / name), 'train')])
+        runs.append([(r['step'], r['val_loss']) for r in read_log(str(tmp_path / name), 'eval')] +
+                    [(r['step'], r['loss']) for r in read_log(str(tmp_path / name), 'train')])
     assert runs[0] == runs[1]
 
 

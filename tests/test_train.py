@@ -1,4 +1,3 @@
-import json
 import os
 import signal
 import subprocess
@@ -9,18 +8,13 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, TINY, run_script
+from conftest import ROOT, TINY, read_log, run_script
 
 
 def run_train(tmp_path, dataset, *extra, name='run'):
     out_dir = str(tmp_path / name)
     result = train.main([f'--dataset={dataset}', f'--out_dir={out_dir}', *TINY, *extra])
     return out_dir, result
-
-
-def read_log(out_dir):
-    with open(os.path.join(out_dir, 'log.jsonl')) as f:
-        return [json.loads(line) for line in f]
 
 
 def evals(out_dir):
