@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from scan import BACKENDS, linear_scan, resolve_backend
@@ -94,30 +95,54 @@ class FeedForward(nn.Module):
 
 class CausalDepthwiseConv(nn.Module):
     """Per-channel convolution over the last `kernel` time steps (no look-ahead):
-        y_t = bias + sum_j weight_j * x_{t - kernel + 1 + j}      (inputs before t = 1 are zero)
-    written as a weighted sum of shifted copies, which on a CPU beats a depthwise nn.Conv1d and
-    needs no transposes; the step path applies the same sum to a window of the last inputs."""
+        y_t = bias + sum_s weight_{kernel-1-s} * x_{t-s},  s = 0..kernel-1   (x before t = 1 is zero)
+    computed by ShiftedSum; the step path applies the same sum to a window of the last inputs."""
 
     def __init__(self, channels, kernel):
         super().__init__()
-        self.kernel = kernel
         self.weight = nn.Parameter(torch.empty(kernel, channels).uniform_(-kernel ** -0.5, kernel ** -0.5))
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x):  # (B, T, C)
-        T = x.shape[1]
-        padded = F.pad(x, (0, 0, self.kernel - 1, 0))
-        y = self.bias + padded[:, :T] * self.weight[0]
-        for j in range(1, self.kernel):
-            y = y + padded[:, j:j + T] * self.weight[j]
-        return y
+        return ShiftedSum.apply(x, self.weight, self.bias)
 
     def step(self, x, window):
         """x: (B, C); window: the previous kernel-1 inputs, oldest first, (B, kernel-1, C) or None."""
         if window is None:
-            window = x.new_zeros(x.shape[0], self.kernel - 1, x.shape[1])
+            window = x.new_zeros(x.shape[0], self.weight.shape[0] - 1, x.shape[1])
         window = torch.cat([window, x.unsqueeze(1)], dim=1)
         return self.bias + (window * self.weight).sum(dim=1), window[:, 1:]
+
+
+class ShiftedSum(torch.autograd.Function):
+    """The causal depthwise conv as a sum of time-shifted copies of x, with its derivative written out:
+        dL/dx_t = sum_s w_{k-1-s} dL/dy_{t+s},   dL/dw_{k-1-s} = sum_{b,t} dL/dy_t x_{t-s},   dL/dbias = sum dL/dy.
+    Each shift is one multiply-add into a slice, forward and backward. On a CPU this beats a depthwise
+    nn.Conv1d (no transposes) and autograd through padded slices (no padded copy, no zero-filled
+    gradient per slice): measured 1.4x at batch 12 x 64 steps, 3x at 64 x 512."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        kernel, T = weight.shape[0], x.shape[1]
+        y = torch.addcmul(bias, x, weight[kernel - 1])
+        for s in range(1, min(kernel, T)):
+            y[:, s:].addcmul_(x[:, :-s], weight[kernel - 1 - s])
+        ctx.save_for_backward(x, weight)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        x = x.to(grad_y.dtype)  # under autocast x may be half precision, y (and its gradient) float32
+        kernel, T = weight.shape[0], x.shape[1]
+        grad_x = grad_y * weight[kernel - 1]
+        grad_weight = torch.zeros_like(weight)
+        grad_weight[kernel - 1] = torch.linalg.vecdot(grad_y, x, dim=1).sum(0)
+        for s in range(1, min(kernel, T)):
+            grad_x[:, :-s].addcmul_(grad_y[:, s:], weight[kernel - 1 - s])
+            grad_weight[kernel - 1 - s] = torch.linalg.vecdot(grad_y[:, s:], x[:, :-s], dim=1).sum(0)
+        return grad_x, grad_weight, grad_y.sum((0, 1))
 
 
 # ----------------------------------------------------------------------------- Transformer
@@ -159,11 +184,18 @@ class CausalSelfAttention(nn.Module):
 
 def g(x, sigmoid_x=None):
     """g(x) = x + 0.5 for x >= 0, sigmoid(x) otherwise: the paper's positive, continuous candidate
-    state (appendix), so that log h~ exists. Written as relu(x) + min(sigmoid(x), 0.5), the same
-    function (sigmoid is increasing, sigmoid(0) = 0.5), without evaluating and selecting two
-    branches; a caller that already has sigmoid(x) passes it."""
-    sigmoid_x = torch.sigmoid(x) if sigmoid_x is None else sigmoid_x
-    return F.relu(x) + sigmoid_x.clamp(max=0.5)
+    state (appendix), so that log h~ exists. Computed as max(x + 0.5, sigmoid(x)), the same function:
+    the two branches meet at x = 0, where sigmoid's slope (at most 1/4) is below the line's (1).
+    A caller that already has sigmoid(x) passes it."""
+    line = x + 0.5
+    return torch.maximum(line, torch.sigmoid(x) if sigmoid_x is None else sigmoid_x, out=line)
+
+
+def g_derivative(x, sigmoid_x):
+    """g'(x): 1 for x > 0, sigmoid'(x) = sigmoid(x) (1 - sigmoid(x)) <= 1/4 otherwise; computed as
+    max(sign(x), sigmoid'(x)), since a boolean mask (where, masked_fill) measured 10x slower on a CPU."""
+    slope = torch.addcmul(sigmoid_x, sigmoid_x, sigmoid_x, value=-1)
+    return torch.maximum(slope, torch.sign(x), out=slope)
 
 
 def log_g(x):
@@ -226,13 +258,38 @@ class MinGRU(MinRNN):
     n_projections = 2
 
     def coefficients(self, gates):
-        k_z, k_h = gates.chunk(2, dim=-1)
-        z, sigmoid_h = torch.sigmoid(gates).chunk(2, dim=-1)  # one call for both projections
-        return torch.sigmoid(-k_z), z * g(k_h, sigmoid_h)  # 1 - z as sigmoid(-k): no cancellation near z = 1
+        return MinGRUCoefficients.apply(gates)
 
     def log_coefficients(self, gates):
         k_z, k_h = gates.chunk(2, dim=-1)
         return -F.softplus(k_z), -F.softplus(-k_z) + log_g(k_h)
+
+
+class MinGRUCoefficients(torch.autograd.Function):
+    """minGRU's a = 1 - z and b = z h~ from the projections (k_z, k_h), with the derivative written out
+    (autograd would record a dozen elementwise passes over memory and replay each one backwards,
+    which on a CPU costs more than the scan). With dz/dk_z = z (1 - z) = z a:
+        dL/dk_z = (dL/db h~ - dL/da) z a,      dL/dk_h = dL/db z g'(k_h).
+    """
+
+    @staticmethod
+    def forward(ctx, gates):
+        k_z, k_h = gates.chunk(2, dim=-1)
+        z, sigmoid_h = torch.sigmoid(gates).chunk(2, dim=-1)  # one call for both projections
+        a = torch.sigmoid(-k_z)  # 1 - z without cancellation near z = 1
+        candidate = g(k_h, sigmoid_h)
+        ctx.save_for_backward(k_h, sigmoid_h, z, a, candidate)
+        return a, z * candidate
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_a, grad_b):
+        k_h, sigmoid_h, z, a, candidate = ctx.saved_tensors
+        grad_gates = a.new_empty(*a.shape[:-1], 2 * a.shape[-1])
+        grad_kz, grad_kh = grad_gates.chunk(2, dim=-1)
+        torch.mul(grad_b, candidate, out=grad_kz).sub_(grad_a).mul_(z).mul_(a)
+        torch.mul(grad_b, z, out=grad_kh).mul_(g_derivative(k_h, sigmoid_h))
+        return grad_gates
 
 
 class MinLSTM(MinRNN):
@@ -244,15 +301,43 @@ class MinLSTM(MinRNN):
     n_projections = 3
 
     def coefficients(self, gates):
-        k_h = gates.chunk(3, dim=-1)[2]
-        f, i, sigmoid_h = torch.sigmoid(gates).chunk(3, dim=-1)  # one call for all three projections
-        total = f + i
-        return f / total, i / total * g(k_h, sigmoid_h)
+        return MinLSTMCoefficients.apply(gates)
 
     def log_coefficients(self, gates):
         k_f, k_i, k_h = gates.chunk(3, dim=-1)
         diff = F.softplus(-k_f) - F.softplus(-k_i)
         return -F.softplus(diff), -F.softplus(-diff) + log_g(k_h)
+
+
+class MinLSTMCoefficients(torch.autograd.Function):
+    """minLSTM's a = f' and b = i' h~ from the projections (k_f, k_i, k_h), with the derivative written
+    out (see MinGRUCoefficients for why). f' = f / (f + i) and i' = 1 - f', so with
+    q = (dL/da - dL/db h~) f' i':
+        dL/dk_f = q (1 - f),   dL/dk_i = -q (1 - i),   dL/dk_h = dL/db i' g'(k_h).
+    """
+
+    @staticmethod
+    def forward(ctx, gates):
+        k_h = gates.chunk(3, dim=-1)[2]
+        f, i, sigmoid_h = torch.sigmoid(gates).chunk(3, dim=-1)  # one call for all three projections
+        total = f + i
+        f_norm = f / total
+        i_norm = torch.div(i, total, out=total)  # in place: at long T each fresh buffer costs page faults
+        candidate = g(k_h, sigmoid_h)
+        ctx.save_for_backward(k_h, f, i, sigmoid_h, f_norm, i_norm, candidate)
+        return f_norm, i_norm * candidate
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_a, grad_b):
+        k_h, f, i, sigmoid_h, f_norm, i_norm, candidate = ctx.saved_tensors
+        grad_gates = f.new_empty(*f.shape[:-1], 3 * f.shape[-1])
+        grad_kf, grad_ki, grad_kh = grad_gates.chunk(3, dim=-1)
+        q = torch.addcmul(grad_a, grad_b, candidate, value=-1, out=grad_kf).mul_(f_norm).mul_(i_norm)
+        torch.mul(q, i, out=grad_ki).sub_(q)
+        q.addcmul_(q, f, value=-1)  # q lives in grad_kf's slot and becomes it
+        torch.mul(grad_b, i_norm, out=grad_kh).mul_(g_derivative(k_h, sigmoid_h))
+        return grad_gates
 
 
 # ----------------------------------------------------------------------------- Mamba

@@ -52,8 +52,6 @@ def linear_scan(a=None, b=None, *, log_a=None, log_b=None, h0=None, backend='aut
     if backend == 'sequential':
         a = a if a is not None else log_a.exp()
         b = b if b is not None else log_b.exp()
-        if h0 is None:
-            h0 = b.new_zeros(b.shape[0], b.shape[2])
         return SequentialScan.apply(a, b, h0)
     wide = torch.float64  # backend == 'log'
     log_a = (log_a if log_a is not None else a.log()).to(wide)
@@ -98,16 +96,17 @@ class SequentialScan(torch.autograd.Function):
 
     with g_t = dL/dh_t (total, through later steps too):  g_t = dL/dh_t|direct + a_{t+1} g_{t+1},
     dL/db_t = g_t,  dL/da_t = g_t h_{t-1},  dL/dh_0 = a_1 g_1.
-    Only a and h are saved; no graph is built per step.
+    Only a and h are saved; no graph is built per step. h0=None means zero and skips its terms.
     """
 
     @staticmethod
     def forward(ctx, a, b, h0):
-        h = torch.empty_like(b)
-        prev = h0
-        for a_t, b_t, h_t in zip(a.unbind(1), b.unbind(1), h.unbind(1)):  # views, one step of time each
-            torch.addcmul(b_t, a_t, prev, out=h_t)
-            prev = h_t
+        h = b.clone(memory_format=torch.contiguous_format)  # becomes h_t in place, from the start
+        a_steps, h_steps = a.unbind(1), h.unbind(1)  # views, one step of time each
+        if h0 is not None:
+            h_steps[0].addcmul_(a_steps[0], h0)
+        for a_t, h_prev, h_t in zip(a_steps[1:], h_steps, h_steps[1:]):
+            h_t.addcmul_(a_t, h_prev)
         ctx.save_for_backward(a, h, h0)
         return h
 
@@ -117,9 +116,12 @@ class SequentialScan(torch.autograd.Function):
         a, h, h0 = ctx.saved_tensors
         grad = grad_h.clone(memory_format=torch.contiguous_format)  # becomes g_t in place, from the end
         g_steps, a_steps = grad.unbind(1), a.unbind(1)
-        for t in range(len(g_steps) - 2, -1, -1):
-            g_steps[t].addcmul_(a_steps[t + 1], g_steps[t + 1])
+        for g_t, a_next, g_next in zip(g_steps[-2::-1], a_steps[:0:-1], g_steps[:0:-1]):
+            g_t.addcmul_(a_next, g_next)
         grad_a = torch.empty_like(a)
         torch.mul(grad[:, 1:], h[:, :-1], out=grad_a[:, 1:])  # g_t * h_{t-1}
+        if h0 is None:
+            grad_a[:, 0] = 0
+            return grad_a, grad, None
         torch.mul(grad[:, 0], h0, out=grad_a[:, 0])
         return grad_a, grad, a[:, 0] * grad[:, 0]

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from model import BLOCKS, CharLM, Mamba, MinGRU, MinLSTM, ModelConfig, g, log_g
+from model import (BLOCKS, CausalDepthwiseConv, CharLM, Mamba, MinGRU, MinGRUCoefficients, MinLSTM,
+                   MinLSTMCoefficients, ModelConfig, ShiftedSum, g, log_g)
 
 VARIANTS = [('transformer', {}), ('mingru', {}), ('mingru', {'conv_kernel': 4}), ('minlstm', {}),
             ('minlstm', {'conv_kernel': 3, 'norm': 'rmsnorm'}), ('mamba', {'ff_mult': 0})]
@@ -56,6 +57,20 @@ def test_generation_logits_equal_a_full_forward_of_the_prefix(block, overrides):
     torch.testing.assert_close(torch.stack(seen, dim=1), full[:, :len(seen)], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
+def test_training_step_under_bfloat16_autocast(block, overrides):
+    """train.py's dtype=bfloat16: half-precision activations meet the float32 hand-written backwards."""
+    torch.manual_seed(0)
+    model = CharLM(ModelConfig(block=block, vocab_size=11, block_size=24, n_layer=2, n_embd=16, n_head=2, **overrides))
+    idx = torch.randint(0, 11, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = model(idx, idx)[1]
+    loss.backward()
+    assert torch.isfinite(loss)
+    for p in model.parameters():
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+
+
 def test_transformer_generation_past_block_size_slides_the_window():
     model = tiny_model('transformer')
     prompt = torch.randint(0, 11, (1, 20), generator=torch.Generator().manual_seed(4))
@@ -87,6 +102,35 @@ def test_plain_and_log_space_coefficients_agree(cls):
     for plain, log in zip(layer.coefficients(gates), layer.log_coefficients(gates)):
         # 1e-8: F.softplus is linear above 20, dropping a log(1 + e^-20) = 2e-9 term.
         torch.testing.assert_close(log.exp(), plain, rtol=1e-8, atol=0)
+
+
+@pytest.mark.parametrize('function, n_projections', [(MinGRUCoefficients, 2), (MinLSTMCoefficients, 3)])
+def test_hand_written_coefficient_derivatives_pass_gradcheck(function, n_projections):
+    """Against finite differences, across the gates' range (|k| up to 8, where g switches branch at 0)."""
+    gates = torch.randn(2, 5, 3 * n_projections, dtype=torch.float64, generator=torch.Generator().manual_seed(11)) * 4
+    assert torch.autograd.gradcheck(function.apply, (gates.requires_grad_(),))
+
+
+@pytest.mark.parametrize('T', [1, 2, 3, 9])
+def test_hand_written_conv_derivative_passes_gradcheck(T):
+    """Including sequences shorter than the kernel (4), where some shifts fall off the start."""
+    conv = CausalDepthwiseConv(3, 4).double()
+    x = torch.randn(2, T, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ShiftedSum.apply, (x, conv.weight, conv.bias))
+
+
+@pytest.mark.parametrize('cls', [MinGRU, MinLSTM])
+def test_sequential_and_log_backends_give_one_gradient(cls):
+    """The hand-written derivatives (sequential path) against autograd through the log form (log path)."""
+    def gradients(backend):
+        torch.manual_seed(12)
+        layer = cls(ModelConfig(n_embd=8, expansion=1.5, conv_kernel=3, scan_backend=backend)).double()
+        x = torch.randn(2, 33, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(13)) * 3
+        x.requires_grad_()
+        (layer(x) * torch.linspace(-1, 1, 8, dtype=torch.float64)).sum().backward()
+        return [x.grad] + [p.grad for p in layer.parameters()]
+    for sequential, log in zip(gradients('sequential'), gradients('log')):
+        torch.testing.assert_close(sequential, log, rtol=1e-9, atol=1e-12)
 
 
 def test_g_is_the_papers_piecewise_function():
