@@ -278,17 +278,17 @@ class MinGRUCoefficients(torch.autograd.Function):
         z, sigmoid_h = torch.sigmoid(gates).chunk(2, dim=-1)  # one call for both projections
         a = torch.sigmoid(-k_z)  # 1 - z without cancellation near z = 1
         candidate = g(k_h, sigmoid_h)
-        ctx.save_for_backward(k_h, sigmoid_h, z, a, candidate)
+        ctx.save_for_backward(z, a, candidate, g_derivative(k_h, sigmoid_h))  # not the gates: less memory
         return a, z * candidate
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_a, grad_b):
-        k_h, sigmoid_h, z, a, candidate = ctx.saved_tensors
+        z, a, candidate, slope = ctx.saved_tensors
         grad_gates = a.new_empty(*a.shape[:-1], 2 * a.shape[-1])
         grad_kz, grad_kh = grad_gates.chunk(2, dim=-1)
         torch.mul(grad_b, candidate, out=grad_kz).sub_(grad_a).mul_(z).mul_(a)
-        torch.mul(grad_b, z, out=grad_kh).mul_(g_derivative(k_h, sigmoid_h))
+        torch.mul(grad_b, z, out=grad_kh).mul_(slope)
         return grad_gates
 
 
@@ -324,19 +324,19 @@ class MinLSTMCoefficients(torch.autograd.Function):
         f_norm = f / total
         i_norm = torch.div(i, total, out=total)  # in place: at long T each fresh buffer costs page faults
         candidate = g(k_h, sigmoid_h)
-        ctx.save_for_backward(k_h, f, i, sigmoid_h, f_norm, i_norm, candidate)
+        ctx.save_for_backward(f, i, f_norm, i_norm, candidate, g_derivative(k_h, sigmoid_h))
         return f_norm, i_norm * candidate
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_a, grad_b):
-        k_h, f, i, sigmoid_h, f_norm, i_norm, candidate = ctx.saved_tensors
+        f, i, f_norm, i_norm, candidate, slope = ctx.saved_tensors
         grad_gates = f.new_empty(*f.shape[:-1], 3 * f.shape[-1])
         grad_kf, grad_ki, grad_kh = grad_gates.chunk(3, dim=-1)
         q = torch.addcmul(grad_a, grad_b, candidate, value=-1, out=grad_kf).mul_(f_norm).mul_(i_norm)
         torch.mul(q, i, out=grad_ki).sub_(q)
         q.addcmul_(q, f, value=-1)  # q lives in grad_kf's slot and becomes it
-        torch.mul(grad_b, i_norm, out=grad_kh).mul_(g_derivative(k_h, sigmoid_h))
+        torch.mul(grad_b, i_norm, out=grad_kh).mul_(slope)
         return grad_gates
 
 
