@@ -10,7 +10,8 @@ Speed and memory of every block, measured side by side in one run (never as time
    length T, for minGRU / minLSTM with each scan backend; GRU / LSTM stepped in a Python loop with
    backpropagation through time (the paper's sequential baselines); nn.GRU / nn.LSTM (cuDNN on a
    GPU, oneDNN on a CPU: the strongest sequential baseline a user has); the Mamba-like mixer; causal
-   self-attention. Median of repeats after a warm-up. Memory of the same step: on CUDA the peak
+   self-attention. Median of repeats after a warm-up, the variants timed in interleaved rounds at
+   each T. Memory of the same step: on CUDA the peak
    allocated; on a CPU the bytes of the tensors autograd saves for backward (activations and the
    weights they need, each storage counted once), which is what grows with T.
 2. recipe: one whole training iteration (forward, backward, clipping, AdamW) of each block's CPU
@@ -117,20 +118,18 @@ def training_step(layer, x):
     layer(x).square().mean().backward()
 
 
-def median_seconds(fn, repeats, device, budget_seconds=None):
-    """Median time of fn after a warm-up call; with a budget, as many repeats (2 at least) as fit."""
+def seconds(fn, device):
+    """Wall time of one call of fn, the device synchronised."""
     start = time.perf_counter()
-    fn()  # warm-up: allocator, kernels, oneDNN primitives
+    fn()
     synchronize(device)
-    if budget_seconds is not None:
-        repeats = max(2, min(repeats, int(budget_seconds / (time.perf_counter() - start))))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), repeats
+    return time.perf_counter() - start
+
+
+def median_seconds(fn, repeats, device):
+    """Median time of fn over repeats, after a warm-up call (allocator, kernels, oneDNN primitives)."""
+    seconds(fn, device)
+    return statistics.median(seconds(fn, device) for _ in range(repeats))
 
 
 def step_memory_bytes(layer, x, device):
@@ -158,23 +157,34 @@ def step_memory_bytes(layer, x, device):
 
 
 def bench_training(args, device, bar):
+    """At each T, every variant's training step is timed in interleaved rounds, so that drift in the
+    machine's speed reaches all variants alike; a variant whose step is slow stops earlier
+    (2 repeats at least, then only while it stays within seconds_per_point)."""
     rows = []
     variants = layer_variants(args.width)
     for T in args.lengths:
+        x = torch.randn(args.batch, T, args.width, device=device, requires_grad=True)
+        steps, budget, times = {}, {}, {}
         for name, make in variants.items():
             torch.manual_seed(0)
-            layer = make().to(device)
-            x = torch.randn(args.batch, T, args.width, device=device, requires_grad=True)
-            seconds, repeats = median_seconds(functools.partial(training_step, layer, x), args.repeats, device,
-                                              args.seconds_per_point)
-            memory = step_memory_bytes(layer, x, device)
+            steps[name] = functools.partial(training_step, make().to(device), x)
+            warm_up = seconds(steps[name], device)
+            budget[name] = max(2, min(args.repeats, int(args.seconds_per_point / warm_up)))
+            times[name] = []
+        for round_ in range(args.repeats):
+            for name, step in steps.items():
+                if round_ < budget[name]:
+                    times[name].append(seconds(step, device))
+        for name, step in steps.items():
+            ms = 1000 * statistics.median(times[name])
+            memory = step_memory_bytes(step.args[0], x, device)
             rows.append({'variant': name, 'T': T, 'batch': args.batch, 'width': args.width,
-                         'ms': round(1000 * seconds, 3), 'memory_mb': round(memory / 2 ** 20, 3),
+                         'ms': round(ms, 3), 'memory_mb': round(memory / 2 ** 20, 3),
                          'memory_kind': 'cuda_peak' if device.startswith('cuda') else 'saved_for_backward',
-                         'repeats': repeats})
-            bar.set_postfix_str(f'{name} T={T}: {1000 * seconds:.1f} ms')
+                         'repeats': len(times[name])})
+            bar.set_postfix_str(f'{name} T={T}: {ms:.1f} ms')
             bar.update(1)
-            del layer, x
+        del steps, x
     return rows
 
 
@@ -210,7 +220,7 @@ def bench_recipe(args, device, bar):
     times = {block: [] for block in steps}
     for _ in range(args.recipe_rounds):
         for block, (step, _) in steps.items():
-            times[block].append(median_seconds(step, args.recipe_steps, device)[0])
+            times[block].append(median_seconds(step, args.recipe_steps, device))
         bar.update(1)
     base = statistics.median(times['transformer'])
     return [{'block': block, 'ms_per_iter': round(1000 * statistics.median(t), 3),
