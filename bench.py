@@ -40,7 +40,9 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from configurator import resolve
-from model import CausalSelfAttention, CharLM, Mamba, MinGRU, MinLSTM, ModelConfig
+from model import BLOCKS, CausalSelfAttention, CharLM, Mamba, MinGRU, MinLSTM, ModelConfig
+from reproduce import ROOT, config_file
+from train import DEFAULTS
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -104,8 +106,6 @@ def layer_variants(width):
 
 
 # ----------------------------------------------------------------------------- measuring
-
-BLOCK_NAMES = ('transformer', 'mingru', 'minlstm', 'mamba')
 
 def synchronize(device):
     if device.startswith('cuda'):
@@ -190,9 +190,8 @@ def bench_training(args, device, bar):
 
 def recipe_model_config(block, max_position):
     """The model of config/shakespeare_char_<block>_cpu.py; the Transformer's table covers max_position."""
-    import train  # the defaults every config file is resolved against
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', f'shakespeare_char_{block}_cpu.py')
-    config = ModelConfig.from_dict(resolve(train.DEFAULTS, [path]))
+    path = os.path.join(ROOT, config_file(block, 'cpu'))
+    config = ModelConfig.from_dict(resolve(DEFAULTS, [path]))  # train.py's defaults, as the config files expect
     config.vocab_size = 65
     if block == 'transformer':
         config.block_size = max(config.block_size, max_position + 1)
@@ -202,7 +201,7 @@ def recipe_model_config(block, max_position):
 def bench_recipe(args, device, bar):
     """ms per training iteration of each CPU-recipe model, measured round-robin."""
     steps = {}
-    for block in BLOCK_NAMES:
+    for block in BLOCKS:
         torch.manual_seed(0)
         config = recipe_model_config(block, 0)
         model = CharLM(config).to(device)
@@ -232,7 +231,7 @@ def bench_recipe(args, device, bar):
 def bench_generation(args, device, bar):
     rows = []
     window = args.window
-    for block in BLOCK_NAMES:
+    for block in BLOCKS:
         torch.manual_seed(0)
         model = CharLM(recipe_model_config(block, max(args.positions) + window)).to(device).eval()
         token = torch.zeros(1, dtype=torch.long, device=device)
@@ -356,7 +355,7 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     auto_backend = 'log' if device.startswith('cuda') else 'sequential'
     total = (len(args.lengths) * len(layer_variants(args.width)) * ('train' in args.parts)
-             + args.recipe_rounds * ('recipe' in args.parts) + len(BLOCK_NAMES) * ('generate' in args.parts))
+             + args.recipe_rounds * ('recipe' in args.parts) + len(BLOCKS) * ('generate' in args.parts))
     with tqdm(total=total, desc='bench', dynamic_ncols=True) as bar:
         train_rows = bench_training(args, device, bar) if 'train' in args.parts else []
         recipe_rows = bench_recipe(args, device, bar) if 'recipe' in args.parts else []

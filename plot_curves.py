@@ -67,6 +67,14 @@ def read_run(path):
             'config': config, 'evals': sorted(evals, key=lambda r: r['step']), 'trains': trains, 'full': full}
 
 
+def group_runs(runs):
+    """group -> its runs (the seeds of one config), in the order first seen."""
+    groups = {}
+    for run in runs:
+        groups.setdefault(run['group'], []).append(run)
+    return groups
+
+
 def mean_std(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -86,11 +94,8 @@ def is_paper_scale(config):
 
 def summarise(runs, at_steps):
     """One row per group: what the table shows."""
-    groups = {}
-    for run in runs:
-        groups.setdefault(run['group'], []).append(run)
     rows = []
-    for group, members in groups.items():
+    for group, members in group_runs(runs).items():
         block = members[0]['block']
         best_mean, best_std = mean_std([min(r['val_loss'] for r in m['evals']) for m in members])
         full_mean, full_std = mean_std([m['full'] for m in members])
@@ -132,9 +137,7 @@ def plot(runs, out, x='step', band='minmax', show_train=False):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     x_key, x_label = X_AXES[x]
-    groups = {}
-    for run in runs:
-        groups.setdefault(run['group'], []).append(run)
+    groups = group_runs(runs)
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for i, (group, members) in enumerate(groups.items()):
         block = members[0]['block']

@@ -22,9 +22,9 @@ import time
 import plot_curves
 import train
 from configurator import resolve
+from model import BLOCKS
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-BLOCKS = ('transformer', 'mingru', 'minlstm', 'mamba')
 
 
 def config_file(block, scale):

@@ -60,8 +60,7 @@ def test_generation_logits_equal_a_full_forward_of_the_prefix(block, overrides):
 @pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
 def test_training_step_under_bfloat16_autocast(block, overrides):
     """train.py's dtype=bfloat16: half-precision activations meet the float32 hand-written backwards."""
-    torch.manual_seed(0)
-    model = CharLM(ModelConfig(block=block, vocab_size=11, block_size=24, n_layer=2, n_embd=16, n_head=2, **overrides))
+    model = tiny_model(block, **overrides).float().train()
     idx = torch.randint(0, 11, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.autocast('cpu', dtype=torch.bfloat16):
         loss = model(idx, idx)[1]
