@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from configurator import resolve
 from model import BLOCKS, CausalSelfAttention, CharLM, Mamba, MinGRU, MinLSTM, ModelConfig
+from scan import BACKENDS, resolve_backend
 from reproduce import ROOT, config_file
 from train import DEFAULTS
 
@@ -87,15 +88,18 @@ class Fused(nn.Module):
         return self.rnn(x)[0]
 
 
-def layer_variants(width):
+def scan_backends(device):
+    """The scan backends that run on this device: 'compiled' only on a CPU where it builds."""
+    return [b for b in BACKENDS if b != 'auto' and (b != 'compiled' or resolve_backend('auto', device) == b)]
+
+
+def layer_variants(width, device):
     """name -> a function making one layer of that kind at this width."""
     def mixer(cls, block, backend='auto', **kw):
         return lambda: cls(ModelConfig(block=block, n_embd=width, n_head=4, expansion=1.0, scan_backend=backend, **kw))
     return {
-        'minGRU (log)': mixer(MinGRU, 'mingru', 'log'),
-        'minGRU (sequential)': mixer(MinGRU, 'mingru', 'sequential'),
-        'minLSTM (log)': mixer(MinLSTM, 'minlstm', 'log'),
-        'minLSTM (sequential)': mixer(MinLSTM, 'minlstm', 'sequential'),
+        **{f'minGRU ({b})': mixer(MinGRU, 'mingru', b) for b in scan_backends(device)},
+        **{f'minLSTM ({b})': mixer(MinLSTM, 'minlstm', b) for b in scan_backends(device)},
         'GRU (loop)': lambda: GRULoop(width),
         'LSTM (loop)': lambda: LSTMLoop(width),
         'nn.GRU': lambda: Fused(nn.GRU(width, width, batch_first=True)),
@@ -161,7 +165,7 @@ def bench_training(args, device, bar):
     machine's speed reaches all variants alike; a variant whose step is slow stops earlier
     (2 repeats at least, then only while it stays within seconds_per_point)."""
     rows = []
-    variants = layer_variants(args.width)
+    variants = layer_variants(args.width, device)
     for T in args.lengths:
         x = torch.randn(args.batch, T, args.width, device=device, requires_grad=True)
         steps, budget, times = {}, {}, {}
@@ -258,8 +262,10 @@ RATIOS = [  # (label, slower variant, faster variant, what)
     ('LSTM loop / minLSTM', 'LSTM (loop)', 'minLSTM ({auto})', 'ms'),
     ('nn.GRU / minGRU', 'nn.GRU', 'minGRU ({auto})', 'ms'),
     ('nn.LSTM / minLSTM', 'nn.LSTM', 'minLSTM ({auto})', 'ms'),
-    ('minGRU log / sequential', 'minGRU (log)', 'minGRU (sequential)', 'ms'),
-    ('minLSTM log / sequential', 'minLSTM (log)', 'minLSTM (sequential)', 'ms'),
+    ('minGRU log / auto', 'minGRU (log)', 'minGRU ({auto})', 'ms'),
+    ('minLSTM log / auto', 'minLSTM (log)', 'minLSTM ({auto})', 'ms'),
+    ('minGRU sequential / auto', 'minGRU (sequential)', 'minGRU ({auto})', 'ms'),
+    ('minLSTM sequential / auto', 'minLSTM (sequential)', 'minLSTM ({auto})', 'ms'),
     ('memory: minGRU / GRU loop', 'minGRU ({auto})', 'GRU (loop)', 'memory_mb'),
     ('memory: minLSTM / LSTM loop', 'minLSTM ({auto})', 'LSTM (loop)', 'memory_mb'),
     ('memory: Mamba / minGRU', 'Mamba (auto)', 'minGRU ({auto})', 'memory_mb'),
@@ -272,7 +278,7 @@ def ratio_rows(train_rows, auto_backend):
     for T in sorted({r['T'] for r in train_rows}):
         for label, top, bottom, what in RATIOS:
             top, bottom = top.format(auto=auto_backend), bottom.format(auto=auto_backend)
-            if (top, T) in by_key and (bottom, T) in by_key and by_key[(bottom, T)][what] > 0:
+            if top != bottom and (top, T) in by_key and (bottom, T) in by_key and by_key[(bottom, T)][what] > 0:
                 rows.append({'T': T, 'ratio': label, 'numerator': top, 'denominator': bottom,
                              'value': round(by_key[(top, T)][what] / by_key[(bottom, T)][what], 3)})
     return rows
@@ -353,8 +359,8 @@ def main(argv=None):
     device, name = args.device, device_name(args.device)
     out = args.out or os.path.join('results', 'speed', name + ('-quick' if args.quick else ''))
     os.makedirs(out, exist_ok=True)
-    auto_backend = 'log' if device.startswith('cuda') else 'sequential'
-    total = (len(args.lengths) * len(layer_variants(args.width)) * ('train' in args.parts)
+    auto_backend = resolve_backend('auto', device)
+    total = (len(args.lengths) * len(layer_variants(args.width, device)) * ('train' in args.parts)
              + args.recipe_rounds * ('recipe' in args.parts) + len(BLOCKS) * ('generate' in args.parts))
     with tqdm(total=total, desc='bench', dynamic_ncols=True) as bar:
         train_rows = bench_training(args, device, bar) if 'train' in args.parts else []

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
+import cpu_kernels
 from scan import BACKENDS, linear_scan, resolve_backend
 
 
@@ -212,6 +213,7 @@ class MinRNN(nn.Module):
     space (log_coefficients: the log scan, the paper's appendix). The tests hold the two equal.
     """
     n_projections = None
+    kind = None  # the block's name, which names its compiled coefficients (cpu_kernels.cpp)
 
     def __init__(self, config):
         super().__init__()
@@ -234,11 +236,14 @@ class MinRNN(nn.Module):
         if self.conv is not None:
             x = self.conv(x)
         gates = widen(self.to_gates(x))
-        if resolve_backend(self.backend, x.device) == 'log':
+        backend = resolve_backend(self.backend, x.device)
+        if backend == 'log':
             log_a, log_b = self.log_coefficients(gates)
             h = linear_scan(log_a=log_a, log_b=log_b, backend='log')
+        elif backend == 'compiled':  # the same coefficients, in one compiled pass (cpu_kernels.cpp)
+            h = linear_scan(*cpu_kernels.coefficients(self.kind, gates), backend='compiled')
         else:
-            h = linear_scan(*self.coefficients(gates), backend=self.backend)
+            h = linear_scan(*self.coefficients(gates), backend='sequential')
         return self.dropout(self.out(h.to(x.dtype)))
 
     def step(self, x, state):
@@ -255,7 +260,7 @@ class MinGRU(MinRNN):
         z_t = sigmoid(Linear(x_t)),  h~_t = g(Linear(x_t)),  h_t = (1 - z_t) h_{t-1} + z_t h~_t
     so a_t = 1 - z_t and b_t = z_t h~_t; in log space, as the appendix does:
         log z = -softplus(-k),  log(1 - z) = -softplus(k)."""
-    n_projections = 2
+    n_projections, kind = 2, 'mingru'
 
     def coefficients(self, gates):
         return MinGRUCoefficients.apply(gates)
@@ -298,7 +303,7 @@ class MinLSTM(MinRNN):
         f'_t = f_t / (f_t + i_t),  i'_t = i_t / (f_t + i_t),  h_t = f'_t h_{t-1} + i'_t h~_t.
     In log space (appendix): with d = log i - log f = softplus(-k_f) - softplus(-k_i),
         log f' = -softplus(d),  log i' = -softplus(-d)."""
-    n_projections = 3
+    n_projections, kind = 3, 'minlstm'
 
     def coefficients(self, gates):
         return MinLSTMCoefficients.apply(gates)

@@ -22,17 +22,26 @@ Backends, chosen by name:
   'sequential' a loop over time in a custom autograd Function: no per-step autograd graph, the
                backward pass runs the reverse recurrence. Exact for any sign; fastest on a CPU,
                which has no parallelism over time to win.
-  'auto'       'log' on CUDA; 'sequential' elsewhere (a CPU; MPS, which has no float64).
+  'compiled'   the same loop as 'sequential', and its backward, compiled from C++ (cpu_kernels.cpp;
+               CPU only, built on first use): one pass over memory instead of two PyTorch calls
+               per time step.
+  'auto'       'log' on CUDA; 'compiled' on a CPU where it builds, else 'sequential' (also on MPS,
+               which has no float64).
 """
 import torch
 
-BACKENDS = ('auto', 'log', 'sequential')
+import cpu_kernels
+
+BACKENDS = ('auto', 'log', 'sequential', 'compiled')
 
 
 def resolve_backend(backend, device):
     """The backend 'auto' stands for on this device; other names are checked and returned."""
     if backend == 'auto':
-        return 'log' if torch.device(device).type == 'cuda' else 'sequential'
+        device = torch.device(device).type
+        if device == 'cuda':
+            return 'log'
+        return 'compiled' if device == 'cpu' and cpu_kernels.available() else 'sequential'
     if backend not in BACKENDS:
         raise ValueError(f"unknown scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     return backend
@@ -49,10 +58,11 @@ def linear_scan(a=None, b=None, *, log_a=None, log_b=None, h0=None, backend='aut
         raise ValueError('linear_scan: give exactly one of a= or log_a=, and one of b= or log_b=')
     reference = a if a is not None else log_a
     backend = resolve_backend(backend, reference.device)
-    if backend == 'sequential':
+    if backend in ('sequential', 'compiled'):
         a = a if a is not None else log_a.exp()
         b = b if b is not None else log_b.exp()
-        return SequentialScan.apply(a, b, h0)
+        loop = SequentialScan if backend == 'sequential' else cpu_kernels.CompiledScan
+        return loop.apply(a, b, h0)
     wide = torch.float64  # backend == 'log'
     log_a = (log_a if log_a is not None else a.log()).to(wide)
     if h0 is not None:

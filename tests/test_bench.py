@@ -1,12 +1,19 @@
 import csv
 
+import bench
 from conftest import run_script
+from scan import resolve_backend
 
 
 def test_quick_bench_writes_every_column(tmp_path):
     result = run_script('bench.py', '--quick', '--out', str(tmp_path), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    for name, expected in [('train.csv', 10 * 2), ('recipe.csv', 4), ('generate.csv', 4 * 2), ('ratios.csv', 9 * 2)]:
+    auto = resolve_backend('auto', 'cpu')
+    ratios = [r for r in bench.RATIOS if r[1].format(auto=auto) != r[2].format(auto=auto)]
+    variants = bench.layer_variants(32, 'cpu')
+    assert f'minLSTM ({auto})' in variants and 'nn.LSTM' in variants
+    for name, expected in [('train.csv', len(variants) * 2), ('recipe.csv', 4), ('generate.csv', 4 * 2),
+                           ('ratios.csv', len(ratios) * 2)]:
         with open(tmp_path / name) as f:
             rows = list(csv.DictReader(f))
         assert len(rows) == expected, name

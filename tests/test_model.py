@@ -2,12 +2,15 @@
 import pytest
 import torch
 
+import cpu_kernels
 from model import (BLOCKS, CausalDepthwiseConv, CharLM, Mamba, MinGRU, MinGRUCoefficients, MinLSTM,
                    MinLSTMCoefficients, ModelConfig, ShiftedSum, g, log_g)
 
 VARIANTS = [('transformer', {}), ('mingru', {}), ('mingru', {'conv_kernel': 4}), ('minlstm', {}),
             ('minlstm', {'conv_kernel': 3, 'norm': 'rmsnorm'}), ('mamba', {'ff_mult': 0})]
 IDS = [f'{b}-{"-".join(f"{k}{v}" for k, v in kw.items())}' for b, kw in VARIANTS]
+COMPILED = pytest.param('compiled', marks=pytest.mark.skipif(not cpu_kernels.available(),
+                                                             reason='cpu_kernels.cpp does not build here'))
 
 
 def tiny_model(block, seed=0, **overrides):
@@ -25,7 +28,7 @@ def step_logits(model, idx):
 
 
 @pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
-@pytest.mark.parametrize('backend', ['log', 'sequential'])
+@pytest.mark.parametrize('backend', ['log', 'sequential', COMPILED])
 def test_parallel_equals_step(block, overrides, backend):
     model = tiny_model(block, scan_backend=backend, **overrides)
     idx = torch.randint(0, 11, (3, 24), generator=torch.Generator().manual_seed(1))
@@ -119,8 +122,9 @@ def test_hand_written_conv_derivative_passes_gradcheck(T):
 
 
 @pytest.mark.parametrize('cls', [MinGRU, MinLSTM])
-def test_sequential_and_log_backends_give_one_gradient(cls):
-    """The hand-written derivatives (sequential path) against autograd through the log form (log path)."""
+@pytest.mark.parametrize('backend', ['sequential', COMPILED])
+def test_plain_and_log_backends_give_one_gradient(cls, backend):
+    """The hand-written derivatives (sequential, compiled) against autograd through the log form (log)."""
     def gradients(backend):
         torch.manual_seed(12)
         layer = cls(ModelConfig(n_embd=8, expansion=1.5, conv_kernel=3, scan_backend=backend)).double()
@@ -128,8 +132,36 @@ def test_sequential_and_log_backends_give_one_gradient(cls):
         x.requires_grad_()
         (layer(x) * torch.linspace(-1, 1, 8, dtype=torch.float64)).sum().backward()
         return [x.grad] + [p.grad for p in layer.parameters()]
-    for sequential, log in zip(gradients('sequential'), gradients('log')):
-        torch.testing.assert_close(sequential, log, rtol=1e-9, atol=1e-12)
+    for plain, log in zip(gradients(backend), gradients('log')):
+        torch.testing.assert_close(plain, log, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason='cpu_kernels.cpp does not build here')
+@pytest.mark.parametrize('function, kind, n_projections', [(MinGRUCoefficients, 'mingru', 2),
+                                                           (MinLSTMCoefficients, 'minlstm', 3)])
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_compiled_coefficients_equal_the_plain_ones(function, kind, n_projections, dtype):
+    """Values and gradients, pre-activations up to +-100 (beyond where exp overflows a float, |k| > 88)."""
+    g = torch.Generator().manual_seed(14)
+    gates = torch.randn(3, 37, 21 * n_projections, dtype=torch.float64, generator=g) * 8
+    gates[0, 0] = torch.linspace(-100, 100, 21 * n_projections, dtype=torch.float64)
+    grads = [torch.randn(3, 37, 21, dtype=torch.float64, generator=g) for _ in range(2)]
+
+    def run(fn):
+        x = gates.to(dtype).requires_grad_()
+        outputs = fn(x)
+        return [*outputs, torch.autograd.grad(outputs, x, [r.to(dtype) for r in grads])[0]]
+    tolerance = {torch.float64: 1e-12, torch.float32: 1e-5}[dtype]
+    for compiled, plain in zip(run(lambda x: cpu_kernels.coefficients(kind, x)), run(function.apply)):
+        assert torch.isfinite(compiled).all()
+        torch.testing.assert_close(compiled, plain, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason='cpu_kernels.cpp does not build here')
+@pytest.mark.parametrize('kind, n_projections', [('mingru', 2), ('minlstm', 3)])
+def test_compiled_coefficient_derivatives_pass_gradcheck(kind, n_projections):
+    gates = torch.randn(2, 5, 3 * n_projections, dtype=torch.float64, generator=torch.Generator().manual_seed(11)) * 4
+    assert torch.autograd.gradcheck(lambda x: cpu_kernels.coefficients(kind, x), (gates.requires_grad_(),))
 
 
 def test_g_is_the_papers_piecewise_function():
@@ -182,7 +214,7 @@ def mamba_layer(backend, chunk_elems=1 << 26, E=6, N=4):
     return layer
 
 
-@pytest.mark.parametrize('backend', ['log', 'sequential'])
+@pytest.mark.parametrize('backend', ['log', 'sequential', COMPILED])
 @pytest.mark.parametrize('chunk_elems', [1 << 26, 2 * 64 * 4], ids=['whole', 'chunked'])
 def test_selective_scan_matches_the_per_step_reference(backend, chunk_elems):
     layer = mamba_layer(backend, chunk_elems)
@@ -201,7 +233,7 @@ def test_selective_scan_matches_the_per_step_reference(backend, chunk_elems):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize('backend', ['log', 'sequential'])
+@pytest.mark.parametrize('backend', ['log', 'sequential', COMPILED])
 @pytest.mark.parametrize('T', [1024, pytest.param(4096, marks=pytest.mark.slow)])
 def test_selective_scan_finite_with_delta_at_its_extremes(backend, T):
     layer = mamba_layer(backend).float()

@@ -1,11 +1,18 @@
 """The shared scan against a float64 loop that states the recurrence h_t = a_t h_{t-1} + b_t plainly."""
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from scan import linear_scan
+import cpu_kernels
+from scan import linear_scan, resolve_backend
 
-BACKENDS = ['log', 'sequential']
+# 'compiled' is tested wherever it builds; test_compiled_kernels_build_where_there_is_a_compiler makes a
+# failed build visible where it should have worked.
+COMPILED = pytest.param('compiled', marks=pytest.mark.skipif(not cpu_kernels.available(),
+                                                             reason='cpu_kernels.cpp does not build here'))
+BACKENDS = ['log', 'sequential', COMPILED]
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
@@ -98,7 +105,7 @@ def test_extreme_gates_stay_finite(backend, T):
 
 
 def test_unknown_backend_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown scan backend 'fast'; choose one of auto, log, sequential"):
+    with pytest.raises(ValueError, match="unknown scan backend 'fast'; choose one of auto, log, sequential, compiled"):
         linear_scan(torch.ones(1, 2, 3), torch.zeros(1, 2, 3), backend='fast')
 
 
@@ -108,3 +115,25 @@ def test_values_and_logs_are_interchangeable(backend):
     expected = reference(log_a, b, h0)
     for kwargs in ({'a': log_a.exp(), 'b': b}, {'log_a': log_a, 'log_b': b.log()}, {'a': log_a.exp(), 'log_b': b.log()}):
         assert_close(linear_scan(**kwargs, h0=h0, backend=backend), expected, 1e-10)
+
+
+def test_compiled_kernels_build_where_there_is_a_compiler():
+    """requirements.txt installs ninja; with a C++ compiler on the PATH the build must succeed."""
+    if shutil.which('c++') is None and shutil.which('g++') is None:
+        pytest.skip('no C++ compiler here')
+    cpu_kernels.load()  # raises with the compiler's message if the build fails
+
+
+def test_auto_falls_back_to_sequential_when_the_build_fails(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, '_build', {'error': 'RuntimeError: Ninja is required'})
+    with pytest.warns(UserWarning, match="(?s)pip install ninja.*'auto' uses 'sequential'"):
+        assert resolve_backend('auto', 'cpu') == 'sequential'
+    with pytest.raises(RuntimeError, match="(?s)Ninja is required.*or set scan_backend='sequential'"):
+        linear_scan(torch.ones(1, 2, 3), torch.zeros(1, 2, 3), backend='compiled')
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason='cpu_kernels.cpp does not build here')
+def test_compiled_backend_names_what_it_takes():
+    with pytest.raises(ValueError, match="CPU float32 / float64 tensors, got torch.float16"):
+        linear_scan(torch.ones(1, 2, 3, dtype=torch.float16), torch.zeros(1, 2, 3, dtype=torch.float16),
+                    backend='compiled')

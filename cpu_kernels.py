@@ -1,0 +1,122 @@
+"""
+The 'compiled' scan backend: cpu_kernels.cpp, built on first use by torch.utils.cpp_extension (a C++
+compiler with OpenMP and the `ninja` package; about 30 s, once per machine, cached in
+~/.cache/torch_extensions). It is an optional faster path on a CPU beside the plain-PyTorch one
+('sequential'), which it equals (tests/test_scan.py, tests/test_blocks.py):
+
+    CompiledScan          = scan.SequentialScan             h_t = a_t h_{t-1} + b_t
+    coefficients(kind, .) = model.MinGRUCoefficients, model.MinLSTMCoefficients
+
+Where it cannot be built, scan_backend='auto' falls back to 'sequential' with one warning, and
+scan_backend='compiled' raises an error that names the fix.
+"""
+import os
+import shutil
+import warnings
+
+import torch
+
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cpu_kernels.cpp')
+_build = {}  # 'module' or 'error', once per process
+
+
+# Vector instructions for the channel loops: the widest this CPU has, as PyTorch detects them. The
+# capability is in the build's name, so machines that share a home folder do not share a build.
+_VECTOR_FLAGS = {'AVX2': ['-mavx2', '-mfma'],
+                 'AVX512': ['-mavx512f', '-mavx512vl', '-mavx512dq', '-mavx2', '-mfma', '-mprefer-vector-width=512']}
+
+
+def load():
+    """The compiled module; builds it the first time. Raises RuntimeError if it cannot be built."""
+    if not _build:
+        try:
+            from torch.utils.cpp_extension import load as load_extension
+            _put_ninja_on_path()
+            capability = torch.backends.cpu.get_cpu_capability()
+            _build['module'] = load_extension(
+                f'minrnn_cpu_kernels_{capability.lower()}', [_SOURCE], extra_ldflags=['-fopenmp'],
+                extra_cflags=['-O3', '-fopenmp', '-fno-math-errno', '-fno-trapping-math',
+                              *_VECTOR_FLAGS.get(capability, [])])
+        except Exception as error:  # no compiler, no ninja, no OpenMP: every cause means 'not here'
+            _build['error'] = f'{type(error).__name__}: {error}'.strip()
+    if 'error' in _build:
+        raise RuntimeError(
+            "scan_backend='compiled' needs cpu_kernels.cpp built, which failed: "
+            f"{_build['error'][:500]}\nInstall a C++ compiler with OpenMP (g++) and `pip install ninja`, "
+            "or set scan_backend='sequential' (the same function in plain PyTorch).")
+    return _build['module']
+
+
+def _put_ninja_on_path():
+    """torch runs `ninja` from PATH; the pip package's copy lies beside python, which a virtual
+    environment used without activating it leaves off PATH."""
+    if shutil.which('ninja') is None:
+        try:
+            import ninja
+            os.environ['PATH'] = ninja.BIN_DIR + os.pathsep + os.environ.get('PATH', '')
+        except ImportError:
+            pass  # the build then fails with torch's own 'Ninja is required' message
+
+
+def available():
+    """Whether the compiled kernels can be used here; warns once when they cannot."""
+    try:
+        load()
+        return True
+    except RuntimeError as error:
+        if not _build.get('warned'):
+            _build['warned'] = True
+            warnings.warn(f"{error}\nscan_backend='auto' uses 'sequential' instead.", stacklevel=3)
+        return False
+
+
+def _check(*tensors):
+    for t in tensors:
+        if t is not None and (t.device.type != 'cpu' or t.dtype not in (torch.float32, torch.float64)):
+            raise ValueError(f"scan_backend='compiled' runs on CPU float32 / float64 tensors, got {t.dtype} "
+                             f"on {t.device}; use scan_backend='auto' on other devices")
+
+
+class CompiledScan(torch.autograd.Function):
+    """h_t = a_t h_{t-1} + b_t in compiled loops; the same function and derivative as scan.SequentialScan."""
+
+    @staticmethod
+    def forward(ctx, a, b, h0):
+        _check(a, b, h0)
+        a, b = a.contiguous(), b.contiguous()
+        h0 = None if h0 is None else h0.contiguous()
+        h = load().scan_forward(a, b, h0)
+        ctx.save_for_backward(a, h, h0)
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h):
+        a, h, h0 = ctx.saved_tensors
+        grad_a, grad_b, grad_h0 = load().scan_backward(a, h, h0, grad_h.contiguous())
+        return grad_a, grad_b, (grad_h0 if h0 is not None else None)
+
+
+class CompiledCoefficients(torch.autograd.Function):
+    """(a_t, b_t) of minGRU or minLSTM (kind) from the gate pre-activations, in compiled loops. Only
+    the pre-activations are saved; the backward recomputes the gates from them."""
+
+    @staticmethod
+    def forward(ctx, kind, gates):
+        _check(gates)
+        gates = gates.contiguous()
+        ctx.kind = kind
+        ctx.save_for_backward(gates)
+        return tuple(getattr(load(), f'{kind}_forward')(gates))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_a, grad_b):
+        gates, = ctx.saved_tensors
+        grad = getattr(load(), f'{ctx.kind}_backward')(gates, grad_a.contiguous(), grad_b.contiguous())
+        return None, grad
+
+
+def coefficients(kind, gates):
+    """(a_t, b_t) of kind 'mingru' or 'minlstm' from its gate pre-activations (batch, time, k * width)."""
+    return CompiledCoefficients.apply(kind, gates)
