@@ -41,8 +41,8 @@ from tqdm import tqdm
 
 from configurator import resolve
 from model import BLOCKS, CausalSelfAttention, CharLM, Mamba, MinGRU, MinLSTM, ModelConfig
-from scan import BACKENDS, resolve_backend
 from reproduce import ROOT, config_file
+from scan import BACKENDS, resolve_backend
 from train import DEFAULTS
 
 
