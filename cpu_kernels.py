@@ -38,11 +38,11 @@ def load():
                 extra_cflags=['-O3', '-fopenmp', '-fno-math-errno', '-fno-trapping-math',
                               *_VECTOR_FLAGS.get(capability, [])])
         except Exception as error:  # no compiler, no ninja, no OpenMP: every cause means 'not here'
-            _build['error'] = f'{type(error).__name__}: {error}'.strip()
+            _build['error'] = ' '.join(f'{type(error).__name__}: {error}'.split())  # one line
     if 'error' in _build:
         raise RuntimeError(
             "scan_backend='compiled' needs cpu_kernels.cpp built, which failed: "
-            f"{_build['error'][:500]}\nInstall a C++ compiler with OpenMP (g++) and `pip install ninja`, "
+            f"{_build['error'][:500]}; install a C++ compiler with OpenMP (g++) and `pip install ninja`, "
             "or set scan_backend='sequential' (the same function in plain PyTorch).")
     return _build['module']
 
@@ -66,7 +66,7 @@ def available():
     except RuntimeError as error:
         if not _build.get('warned'):
             _build['warned'] = True
-            warnings.warn(f"{error}\nscan_backend='auto' uses 'sequential' instead.", stacklevel=3)
+            warnings.warn(f"{error}. scan_backend='auto' uses 'sequential' instead.", stacklevel=3)
         return False
 
 

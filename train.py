@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import cpu_kernels
 from configurator import ConfigError, resolve
 from model import CharLM, ModelConfig
 
@@ -120,7 +121,11 @@ def check_config(config):
         raise ConfigError(f"out_dir {config['out_dir']!r} is a file, not a folder; choose another --out_dir")
     try:
         ModelConfig.from_dict(config).validate()
-    except ValueError as e:
+        if config['scan_backend'] == 'compiled':  # fail now, in one line, not at the first forward
+            if not config['device'].startswith('cpu'):
+                raise ValueError("scan_backend='compiled' runs on a CPU; on a GPU use 'auto' (the log scan)")
+            cpu_kernels.load()
+    except (ValueError, RuntimeError) as e:
         raise ConfigError(str(e)) from None
 
 

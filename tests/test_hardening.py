@@ -123,6 +123,14 @@ def test_dataset_shorter_than_the_context(tmp_path):
         train.main([f'--dataset={tmp_path / "short"}', f'--out_dir={tmp_path / "out"}', *TINY])
 
 
+def test_a_compiled_backend_that_cannot_build_is_a_one_line_error(tmp_path, tiny_dataset, monkeypatch):
+    import cpu_kernels
+    monkeypatch.setattr(cpu_kernels, '_build', {'error': 'RuntimeError: Ninja is required to load C++ extensions'})
+    with pytest.raises(SystemExit, match=r"^error: .*Ninja is required.*pip install ninja.*scan_backend='sequential'"):
+        train.main([f'--dataset={tiny_dataset}', f'--out_dir={tmp_path}', *TINY, '--block=mingru',
+                    '--scan_backend=compiled'])
+
+
 def test_missing_meta_names_the_prepare_command(tmp_path, tiny_dataset):
     import shutil
     copy = tmp_path / 'data'
