@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -91,7 +92,7 @@ def main(argv=None):
             t0 = time.time()
             command = [sys.executable, 'train.py', *train_args] + (['--init_from=resume'] if state == 'partial' else [])
             print('  ' + ' '.join(command[1:]), flush=True)
-            if subprocess.run(command, cwd=ROOT).returncode != 0:
+            if run_training(command) != 0:
                 sys.exit(f'error: {name} failed (see above); rerun this command to resume it')
             durations.append(time.time() - t0)
         if state != 'done':
@@ -108,10 +109,26 @@ def main(argv=None):
         plot_curves.main([*runs, '--out', results, '--x', x])
 
 
+def run_training(command):
+    """One train.py run. A Ctrl-C makes it save a checkpoint and stop (train.StopRequest): wait for that
+    rather than kill it after 0.25 s as subprocess.run does, so an interrupted run loses no steps."""
+    process = subprocess.Popen(command, cwd=ROOT)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGINT)  # a terminal's Ctrl-C reached it already; `kill -INT` on us did not
+        process.wait()
+        raise
+
+
 def eta_text(durations, remaining):
     seconds = sum(durations) / len(durations) * remaining
     return f'{seconds / 60:.0f} min' if seconds >= 60 else f'{seconds:.0f} s'
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit('interrupted: rerun the same command to go on (complete runs are skipped, the interrupted one '
+                 'resumes from its checkpoint)')

@@ -61,6 +61,22 @@ def test_signal_saves_exits_zero_and_resume_matches_the_uninterrupted_run(tmp_pa
     assert losses(part) == losses(full)  # every step's loss, bit for bit, and none logged twice
 
 
+def test_interrupting_reproduce_lets_the_run_save_and_stops_in_one_line(tmp_path, tiny_dataset):
+    out = tmp_path / 'out'
+    process = subprocess.Popen(
+        [sys.executable, 'reproduce.py', '--seeds', '1', '--blocks', 'mingru', '--out_root', str(out),
+         '--results', str(tmp_path / 'results'), '--', f'--dataset={tiny_dataset}', *TINY, '--max_iters=100000',
+         '--lr_decay_iters=100000', '--eval_interval=100000', '--log_interval=1'],
+        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_step(str(out / 'mingru_seed0'), 20, process)
+    process.send_signal(signal.SIGINT)  # to reproduce.py alone, as `kill -INT` would: it must pass it on
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1 and 'Traceback' not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith('interrupted: rerun the same command'), stderr
+    assert 'SIGINT: saved' in stdout  # train.py stopped at a step boundary and saved, it was not killed
+    assert train.load_checkpoint(str(out / 'mingru_seed0' / 'ckpt.pt'))['step'] >= 20
+
+
 def poison_training_losses(monkeypatch, bad_calls):
     """Make the training forward pass return a NaN loss on the given calls (1-based)."""
     original, calls = model.CharLM.forward, [0]
