@@ -354,6 +354,16 @@ def parse_args(argv=None):
     return args
 
 
+def cpu_model():
+    """The CPU's marketing name where Linux gives it (platform.processor() is empty there)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    except OSError:
+        names = []
+    return f'{names[0]} ({platform.machine()})' if names else platform.processor() or platform.machine()
+
+
 def main(argv=None):
     args = parse_args(argv)
     device, name = args.device, device_name(args.device)
@@ -367,7 +377,8 @@ def main(argv=None):
         recipe_rows = bench_recipe(args, device, bar) if 'recipe' in args.parts else []
         generate_rows = bench_generation(args, device, bar) if 'generate' in args.parts else []
     env = {'command': 'python bench.py ' + ' '.join(sys.argv[1:] if argv is None else argv), 'device': name,
-           'device_detail': torch.cuda.get_device_name(device) if device.startswith('cuda') else platform.processor() or platform.machine(),
+           'device_detail': torch.cuda.get_device_name(device) if device.startswith('cuda') else cpu_model(),
+           'cpu_capability': torch.backends.cpu.get_cpu_capability(),
            'cpu_threads': torch.get_num_threads(), 'torch': torch.__version__, 'python': platform.python_version(),
            'auto_backend': auto_backend, 'date': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
     with open(os.path.join(out, 'env.json'), 'w') as f:

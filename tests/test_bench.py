@@ -1,4 +1,7 @@
 import csv
+import json
+
+import torch
 
 import bench
 from conftest import run_script
@@ -20,4 +23,7 @@ def test_quick_bench_writes_every_column(tmp_path):
         assert all(value not in ('', None) for row in rows for value in row.values()), name
     for name in ('train.png', 'memory.png', 'generate.png', 'env.json'):
         assert (tmp_path / name).stat().st_size > 0
+    env = json.loads((tmp_path / 'env.json').read_text())  # results name the command, machine and torch
+    assert env['command'].startswith('python bench.py --quick') and env['torch'] == torch.__version__
+    assert env['device'] == 'cpu' and env['device_detail'] and env['cpu_capability'] and env['auto_backend'] == auto
     assert 'GRU loop / minGRU' in result.stdout and 'ms per generated token' in result.stdout
