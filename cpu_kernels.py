@@ -2,7 +2,7 @@
 The 'compiled' scan backend: cpu_kernels.cpp, built on first use by torch.utils.cpp_extension (a C++
 compiler with OpenMP and the `ninja` package; about 30 s, once per machine, cached in
 ~/.cache/torch_extensions). It is an optional faster path on a CPU beside the plain-PyTorch one
-('sequential'), which it equals (tests/test_scan.py, tests/test_blocks.py):
+('sequential'), which it equals (tests/test_scan.py, tests/test_model.py):
 
     CompiledScan          = scan.SequentialScan             h_t = a_t h_{t-1} + b_t
     coefficients(kind, .) = model.MinGRUCoefficients, model.MinLSTMCoefficients
