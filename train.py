@@ -122,7 +122,7 @@ def check_config(config):
     try:
         ModelConfig.from_dict(config).validate()
         if config['scan_backend'] == 'compiled':  # fail now, in one line, not at the first forward
-            if not config['device'].startswith('cpu'):
+            if not resolve_device(config['device']).startswith('cpu'):
                 raise ValueError("scan_backend='compiled' runs on a CPU; on a GPU use 'auto' (the log scan)")
             cpu_kernels.load()
     except (ValueError, RuntimeError) as e:

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+import cpu_kernels
 import model
 import sample
 import train
@@ -140,11 +141,20 @@ def test_dataset_shorter_than_the_context(tmp_path):
 
 
 def test_a_compiled_backend_that_cannot_build_is_a_one_line_error(tmp_path, tiny_dataset, monkeypatch):
-    import cpu_kernels
     monkeypatch.setattr(cpu_kernels, '_build', {'error': 'RuntimeError: Ninja is required to load C++ extensions'})
     with pytest.raises(SystemExit, match=r"^error: .*Ninja is required.*pip install ninja.*scan_backend='sequential'"):
         train.main([f'--dataset={tiny_dataset}', f'--out_dir={tmp_path}', *TINY, '--block=mingru',
                     '--scan_backend=compiled'])
+
+
+def test_the_compiled_backend_trains_with_device_auto_on_a_cpu(tmp_path, tiny_dataset, monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: False)
+    if not cpu_kernels.available():
+        pytest.skip('no C++ compiler here: the compiled backend cannot build')
+    train.main([f'--dataset={tiny_dataset}', f'--out_dir={tmp_path}', *TINY, '--block=mingru', '--device=auto',
+                '--scan_backend=compiled', '--max_iters=2', '--eval_interval=2'])
+    assert (tmp_path / 'ckpt.pt').exists()
 
 
 def test_missing_meta_names_the_prepare_command(tmp_path, tiny_dataset):
