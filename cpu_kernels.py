@@ -66,7 +66,7 @@ def available():
     except RuntimeError as error:
         if not _build.get('warned'):
             _build['warned'] = True
-            warnings.warn(f"{error}. scan_backend='auto' uses 'sequential' instead.", stacklevel=3)
+            warnings.warn(f"{error} scan_backend='auto' uses 'sequential' instead.", stacklevel=3)
         return False
 
 
