@@ -6,9 +6,9 @@ then the figure and the table.
     python reproduce.py --scale paper --seeds 3 --results results/gpu -- --device=cuda
 
 Runs already complete are skipped, interrupted ones resumed (so rerunning after a crash or Ctrl-C
-continues where it stopped). After each run its best checkpoint is evaluated on the whole val split
-(every token once, train.full_split_loss) into full_val.json. Logs, configs and full_val.json are
-copied to <results>/runs/ (checkpoints stay in out/), then plot_curves.py draws the figure and table.
+continues where it stopped). Every logged val loss is already on the whole val split (train.py), so
+the best one is the score of best.pt. Logs and configs are copied to <results>/runs/ (checkpoints
+stay in out/), then plot_curves.py draws the figure and table.
 Arguments after -- go to every train.py call.
 """
 import argparse
@@ -41,23 +41,7 @@ def run_state(out_dir, max_iters):
         step = train.load_checkpoint(path)['step']
     except train.TrainingError:
         return 'new'  # unreadable: start again rather than fail the whole reproduction
-    if step < max_iters:
-        return 'partial'
-    return 'done' if os.path.exists(os.path.join(out_dir, 'full_val.json')) else 'evaluate'
-
-
-def evaluate_full(out_dir, device):
-    """val (full) of the run's best checkpoint, written to out_dir/full_val.json."""
-    ckpt = train.load_checkpoint(os.path.join(out_dir, 'best.pt'))
-    config = ckpt['config']
-    _, val_data, _ = train.load_dataset(config)
-    model = train.model_from_checkpoint(ckpt).to(device)
-    loss = train.full_split_loss(model, val_data, config['block_size'], config['batch_size'], device)
-    result = {'val_loss_full': loss, 'checkpoint': 'best.pt', 'checkpoint_step': ckpt['step'],
-              'tokens': len(val_data) - 1}
-    with open(os.path.join(out_dir, 'full_val.json'), 'w') as f:
-        json.dump(result, f, indent=1)
-    return loss
+    return 'partial' if step < max_iters else 'done'
 
 
 def main(argv=None):
@@ -95,12 +79,9 @@ def main(argv=None):
             if run_training(command) != 0:
                 sys.exit(f'error: {name} failed (see above); rerun this command to resume it')
             durations.append(time.time() - t0)
-        if state != 'done':
-            loss = evaluate_full(out_dir, train.resolve_device(config['device']))
-            print(f'  val (full) of best.pt: {loss:.4f}', flush=True)
         copy = os.path.join(results, 'runs', name)
         os.makedirs(copy, exist_ok=True)
-        for file in ('log.jsonl', 'config.json', 'full_val.json'):
+        for file in ('log.jsonl', 'config.json'):
             shutil.copy2(os.path.join(out_dir, file), os.path.join(copy, file))
 
     print(f'all {len(plan)} runs complete ({(time.time() - started) / 60:.1f} min this session)')
