@@ -24,7 +24,6 @@ Speed and memory of every block, measured side by side in one run (never as time
 Writes train.csv, recipe.csv, generate.csv, ratios.csv, env.json and log-log plots (train.png,
 memory.png, generate.png) into the output folder, and prints the ratios the paper quotes.
 """
-import argparse
 import csv
 import functools
 import json
@@ -39,8 +38,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from configurator import resolve
+from configurator import ArgumentParser, resolve
 from model import BLOCKS, CausalSelfAttention, CharLM, Mamba, MinGRU, MinLSTM, ModelConfig
+from plot_curves import COLOURS as PLOT_COLOURS
 from reproduce import ROOT, config_file
 from scan import BACKENDS, resolve_backend
 from train import DEFAULTS
@@ -291,6 +291,22 @@ def write_csv(path, rows):
         writer.writerows(rows)
 
 
+# Colour by block, line style and marker by how it runs: every series of train.png tells apart.
+BLOCK_COLOURS = {'minGRU': 'tab:orange', 'minLSTM': 'tab:green', 'GRU': 'tab:purple', 'LSTM': 'tab:brown',
+                 'Mamba': 'tab:red', 'attention': 'tab:blue'}
+BACKEND_STYLES = {'log': ('-', 'o'), 'sequential': ('--', 's'), 'compiled': ('-.', 'D'), 'triton': ('-', '^'),
+                  'auto': ('-', 'o'), 'loop': (':', 'v'), 'nn': ((0, (5, 1)), 'x'), '': ('-', 'o')}
+
+
+def variant_style(variant):
+    """matplotlib keywords for a variant named 'Block (backend)', 'nn.Block' or 'block'."""
+    block, _, backend = variant.partition(' (')
+    if block.startswith('nn.'):
+        block, backend = block[3:], 'nn'
+    linestyle, marker = BACKEND_STYLES.get(backend.rstrip(')'), ('-', 'o'))
+    return {'color': BLOCK_COLOURS.get(block, 'tab:gray'), 'linestyle': linestyle, 'marker': marker}
+
+
 def plot(train_rows, generate_rows, out, device_name):
     import matplotlib
     matplotlib.use('Agg')
@@ -301,8 +317,7 @@ def plot(train_rows, generate_rows, out, device_name):
         fig, ax = plt.subplots(figsize=(7, 5))
         for variant in dict.fromkeys(r['variant'] for r in train_rows):
             pts = [(r['T'], r[what]) for r in train_rows if r['variant'] == variant]
-            style = '--' if 'loop' in variant or variant.startswith('nn.') else '-'
-            ax.plot(*zip(*pts), style, marker='o', label=variant)
+            ax.plot(*zip(*pts), **variant_style(variant), label=variant)
         ax.set(xscale='log', yscale='log', xlabel='sequence length T', ylabel=ylabel,
                title=f'one layer, fwd+bwd, {device_name}')
         ax.grid(True, which='both', alpha=0.3)
@@ -314,7 +329,7 @@ def plot(train_rows, generate_rows, out, device_name):
         fig, ax = plt.subplots(figsize=(7, 5))
         for block in dict.fromkeys(r['block'] for r in generate_rows):
             pts = [(r['position'], r['ms_per_token']) for r in generate_rows if r['block'] == block]
-            ax.plot(*zip(*pts), marker='o', label=block)
+            ax.plot(*zip(*pts), marker='o', label=block, color=PLOT_COLOURS.get(block))
         ax.set(xscale='log', yscale='log', xlabel='position of the generated token', ylabel='ms per token',
                title=f'generation, batch 1, CPU-recipe models, {device_name}')
         ax.grid(True, which='both', alpha=0.3)
@@ -331,7 +346,7 @@ def device_name(device):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument('--parts', nargs='+', default=['train', 'recipe', 'generate'],
                         choices=['train', 'recipe', 'generate'])
     parser.add_argument('--lengths', nargs='+', type=int, default=[64, 128, 256, 512, 1024, 2048, 4096])

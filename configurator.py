@@ -7,9 +7,12 @@ A config file is plain Python whose top-level assignments override defaults. Unl
 exec-into-globals, every name is checked: an unknown key or a value of the wrong type is a
 ConfigError that lists the valid choices, so a typo never silently trains the wrong model.
 """
+import argparse
 import ast
 import difflib
 import os
+import re
+import sys
 import types
 
 
@@ -64,11 +67,13 @@ def _read_config_file(path):
 def resolve(defaults, args):
     """Return a new dict: defaults updated by the config files and --key=value items of args."""
     config = dict(defaults)
-    for arg in args:
+    for i, arg in enumerate(args):
         if arg.startswith('--'):
             key, sep, text = arg[2:].partition('=')
             if not sep:
-                raise ConfigError(f'expected --key=value, got {arg!r}')
+                following = args[i + 1] if i + 1 < len(args) else None
+                hint = f'; write --{key}={following}' if following and key in defaults else ''
+                raise ConfigError(f'expected --key=value, got {arg!r}{hint} (python train.py --help lists the keys)')
             updates = {key: _parse_value(text)}
         else:
             updates = _read_config_file(arg)
@@ -77,3 +82,54 @@ def resolve(defaults, args):
                 raise ConfigError(_suggest(key, defaults))
             config[key] = _check_type(key, value, defaults[key])
     return config
+
+
+# ----------------------------------------------------------------------------- help
+
+_COMMENT = re.compile(r'^(\s*)# (.+)$')
+_KEY = re.compile(r'^(\s*)(\w+)\s*(?::[^=]*)?=[^#]*?(?:#\s*(.*))?$')
+
+
+def documented_keys(path, first, last):
+    """[(group, [(key, comment), ...]), ...] from the lines of a defaults table in a source file,
+    between the line that starts with `first` and the next that starts with `last`: a comment alone
+    on a line starts a group, `key=default,  # comment` (or `key: type = ...`) adds a key, and a
+    comment alone indented deeper than its key continues that key's comment."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(first)) + 1
+    stop = next(i for i in range(start, len(lines)) if lines[i].startswith(last))
+    groups, key_indent = [], None
+    for line in lines[start:stop]:
+        key, comment = _KEY.match(line), _COMMENT.match(line)
+        if key:
+            key_indent = len(key.group(1))
+            if not groups:
+                groups.append(('', []))
+            groups[-1][1].append([key.group(2), key.group(3) or ''])
+        elif comment and key_indent is not None and len(comment.group(1)) > key_indent:
+            groups[-1][1][-1][1] += ' ' + comment.group(2)
+        elif comment:
+            groups.append((comment.group(2), []))
+            key_indent = None
+    return [(name, [tuple(k) for k in keys]) for name, keys in groups]
+
+
+def help_text(usage, defaults, groups):
+    """usage, then every key of defaults with its default and comment, under its group's name."""
+    lines = [usage, '']
+    for name, keys in groups:
+        lines.append(f'{name}:')
+        lines += [f'  --{key}={defaults[key]!r}'.ljust(40) + f' {comment}' for key, comment in keys if key in defaults]
+    return '\n'.join(lines)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with train.py's error form: one `error:` line naming the fix, not usage + error; the
+    script's docstring as its description, laid out as written."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    def error(self, message):
+        sys.exit(f'error: {message} (see {self.prog} --help)')

@@ -30,19 +30,19 @@ from scan import BACKENDS, linear_scan, resolve_backend
 
 @dataclass
 class ModelConfig:
-    block: str = 'transformer'  # one of BLOCKS
-    vocab_size: int = 65
+    block: str = 'transformer'  # the mixer: 'transformer', 'mingru', 'minlstm' or 'mamba'
+    vocab_size: int = 65        # set from the dataset
     block_size: int = 256       # training context (the Transformer's positional table)
-    n_layer: int = 6
-    n_embd: int = 384
-    dropout: float = 0.0
+    n_layer: int = 6            # residual blocks
+    n_embd: int = 384           # width of the residual stream
+    dropout: float = 0.0        # in [0, 1): after embeddings, mixers and feed-forwards
     bias: bool = False          # biases in Linear layers and LayerNorm
     norm: str = 'layernorm'     # 'layernorm' or 'rmsnorm'
     ff_mult: float = 4.0        # feed-forward width = ff_mult * n_embd; 0 leaves it out
     n_head: int = 6             # transformer: attention heads
     expansion: float = 1.5      # mingru/minlstm: recurrent width = expansion * n_embd
     conv_kernel: int = 0        # mingru/minlstm: causal depthwise conv before the RNN (0: off)
-    scan_backend: str = 'auto'  # see scan.py
+    scan_backend: str = 'auto'  # mingru/minlstm/mamba: 'auto', 'log', 'sequential', 'compiled' (scan.py)
     d_state: int = 16           # mamba: SSM state size N per channel
     d_conv: int = 4             # mamba: causal conv width
     mamba_expand: int = 2       # mamba: inner width = mamba_expand * n_embd
@@ -439,6 +439,16 @@ class Mamba(nn.Module):
 
 MIXERS = {'transformer': CausalSelfAttention, 'mingru': MinGRU, 'minlstm': MinLSTM, 'mamba': Mamba}
 BLOCKS = tuple(MIXERS)
+# The config keys that only some blocks read (every other key is read by all).
+BLOCK_KEYS = {'transformer': {'n_head'},
+              'mingru': {'expansion', 'conv_kernel', 'scan_backend'},
+              'minlstm': {'expansion', 'conv_kernel', 'scan_backend'},
+              'mamba': {'d_state', 'd_conv', 'mamba_expand', 'dt_rank', 'scan_backend', 'scan_chunk_elems'}}
+
+
+def keys_unused_by(block):
+    """The block-specific keys that this block ignores."""
+    return set().union(*BLOCK_KEYS.values()) - BLOCK_KEYS.get(block, set())
 
 
 class Block(nn.Module):

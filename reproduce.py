@@ -11,7 +11,6 @@ the best one is the score of best.pt. Logs and configs are copied to <results>/r
 stay in out/), then plot_curves.py draws the figure and table.
 Arguments after -- go to every train.py call.
 """
-import argparse
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ import time
 
 import plot_curves
 import train
-from configurator import resolve
+from configurator import ArgumentParser, resolve
 from model import BLOCKS
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -47,7 +46,7 @@ def run_state(out_dir, max_iters):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index('--') + 1:] if '--' in argv else []
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument('--scale', choices=['cpu', 'paper'], default='cpu', help='the _cpu configs or the paper-scale ones')
     parser.add_argument('--seeds', type=int, default=3)
     parser.add_argument('--blocks', nargs='+', choices=BLOCKS, default=list(BLOCKS))

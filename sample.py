@@ -7,17 +7,17 @@ Generate text from a trained run, streaming it as it comes:
 Every block generates with its step path: the recurrent blocks carry a fixed-size state, so each
 new character costs the same; the Transformer carries a key/value cache.
 """
-import argparse
 import os
 import sys
 
 import torch
 
+from configurator import ArgumentParser
 from train import TrainingError, load_checkpoint, model_from_checkpoint
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument('--out_dir', default='out/shakespeare_char_transformer_cpu', help='the run to sample from')
     parser.add_argument('--checkpoint', default='best', choices=['best', 'latest'],
                         help='best.pt (lowest val loss) or ckpt.pt (latest)')

@@ -14,6 +14,7 @@ SIGINT / SIGTERM save a checkpoint at the current step and exit 0.
 import contextlib
 import dataclasses
 import gc
+import inspect
 import json
 import math
 import os
@@ -32,47 +33,61 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import cpu_kernels
-from configurator import ConfigError, resolve
-from model import CharLM, ModelConfig
+from configurator import ConfigError, documented_keys, help_text, resolve
+from model import CharLM, ModelConfig, keys_unused_by
 
 CHECKPOINT_FORMAT = 1
 _MODEL_DEFAULTS = {k: v for k, v in dataclasses.asdict(ModelConfig()).items() if k != 'vocab_size'}
 
 DEFAULTS = dict(
     # I/O
-    out_dir='out/run',
+    out_dir='out/run',            # where config.json, log.jsonl, ckpt.pt and best.pt go
     eval_interval=250,            # evaluate, log and checkpoint every this many steps
     log_interval=10,              # log the training loss every this many steps
     eval_iters=200,               # random batches for the train-loss estimate (val: the whole split)
-    eval_only=False,
+    eval_only=False,              # evaluate once (with init_from='resume': the checkpoint) and stop
     always_save_checkpoint=True,  # write ckpt.pt at every evaluation (best.pt only on improvement)
     init_from='scratch',          # 'scratch' or 'resume' (from out_dir/ckpt.pt)
     progress=True,                # tqdm bar
     # data
     dataset='shakespeare_char',   # data/<dataset>/{train,val}.bin and meta.pkl, or a path to such a folder
-    batch_size=64,                # per process and micro-step
-    gradient_accumulation_steps=1,
+    batch_size=64,                # sequences per process and micro-step
+    gradient_accumulation_steps=1,  # micro-steps per optimizer step
     # model (see model.ModelConfig)
     **_MODEL_DEFAULTS,
     # AdamW, linear warm-up then cosine decay to min_lr at lr_decay_iters
-    learning_rate=1e-3,
-    max_iters=5000,
-    weight_decay=0.1,
-    beta1=0.9,
-    beta2=0.99,
-    grad_clip=1.0,                # 0: no clipping
-    decay_lr=True,
-    warmup_iters=100,
-    lr_decay_iters=5000,
-    min_lr=1e-4,
+    learning_rate=1e-3,           # peak learning rate, reached after warmup_iters
+    max_iters=5000,               # optimizer steps in all
+    weight_decay=0.1,             # AdamW decay of matrices and embeddings (not biases, norms, A_log, D)
+    beta1=0.9,                    # AdamW's first-moment decay, in [0, 1)
+    beta2=0.99,                   # AdamW's second-moment decay, in [0, 1)
+    grad_clip=1.0,                # clip the gradient norm to this; 0: no clipping
+    decay_lr=True,                # False: learning_rate throughout
+    warmup_iters=100,             # steps of linear warm-up
+    lr_decay_iters=None,          # step where the cosine reaches min_lr; None: max_iters
+    min_lr=1e-4,                  # learning rate at and after lr_decay_iters
     max_bad_steps=5,              # stop after this many consecutive non-finite steps
     # system
     device='auto',                # 'auto' (cuda, mps, cpu), or a torch device string
     dtype='auto',                 # 'auto' (bfloat16 on capable CUDA, else float32), 'float32', 'bfloat16', 'float16'
     compile=False,                # torch.compile the model
-    seed=1337,
+    seed=1337,                    # seeds the initialisation and the batches (process k: seed + k)
     ddp_timeout=300,              # seconds a process waits for its peers before failing
 )
+
+USAGE = """usage: python train.py [CONFIG_FILE ...] [--key=value ...]
+
+Defaults (below), then each config file (Python assignments, e.g. config/shakespeare_char_mingru_cpu.py),
+then each --key=value, in order. Example:
+  python train.py config/shakespeare_char_mingru_cpu.py --max_iters=300 --device=cpu"""
+
+
+def usage():
+    """The --help text: USAGE, then every key with its default and comment, grouped as in DEFAULTS."""
+    groups = documented_keys(__file__, 'DEFAULTS = dict(', ')')
+    model_keys = [key for _, keys in documented_keys(inspect.getsourcefile(ModelConfig), 'class ModelConfig', '    def validate')
+                  for key in keys]
+    return help_text(USAGE, DEFAULTS, [(name, keys or model_keys) for name, keys in groups])
 
 
 class TrainingError(Exception):
@@ -369,7 +384,7 @@ def train(config, command='python train.py ...'):
     scaler = torch.amp.GradScaler(device_type if device_type == 'cuda' else 'cpu', enabled=(dtype == 'float16'))
 
     out_dir, ckpt_path = config['out_dir'], os.path.join(config['out_dir'], 'ckpt.pt')
-    step, best_val, elapsed, tokens_seen = 0, float('inf'), 0.0, 0
+    step, best_val, best_step, elapsed, tokens_seen = 0, float('inf'), None, 0.0, 0
     if config['init_from'] == 'resume':
         ckpt = load_checkpoint(ckpt_path, hint=f"nothing to resume in {out_dir}; start with --init_from=scratch")
         check_resumable(ckpt, model_config, meta)
@@ -377,6 +392,9 @@ def train(config, command='python train.py ...'):
         optimizer.load_state_dict(ckpt['optimizer'])
         scaler.load_state_dict(ckpt['scaler'])
         step, best_val, elapsed, tokens_seen = ckpt['step'], ckpt['best_val_loss'], ckpt['elapsed'], ckpt['tokens']
+        best_step = ckpt.get('best_val_step')
+        if master:
+            print(f'resuming from step {step} of {ckpt_path} (best val loss so far {best_val:.4f})')
         if len(ckpt['rng']) == world:  # exact: every process continues its own random streams
             rng = ckpt['rng'][rank]
             torch.set_rng_state(rng['torch'])
@@ -408,7 +426,12 @@ def train(config, command='python train.py ...'):
         resolved = {**config, 'vocab_size': meta['vocab_size'], 'world_size': world, 'device_resolved': device,
                     'dtype_resolved': dtype, 'torch_version': torch.__version__, 'params': n_params,
                     'params_non_embedding': n_non_emb}
-        print('configuration:\n' + '\n'.join(f'  {k} = {v!r}' for k, v in resolved.items()))
+        unused = keys_unused_by(config['block'])
+        print('configuration:\n' + '\n'.join(f'  {k} = {v!r}' for k, v in resolved.items() if k not in unused))
+        if config['decay_lr'] and config['lr_decay_iters'] > config['max_iters']:
+            print(f"warning: lr_decay_iters ({config['lr_decay_iters']}) > max_iters ({config['max_iters']}): the "
+                  f"learning rate ends at {learning_rate_at(config['max_iters'], config):.2e}, above min_lr; "
+                  f"leave lr_decay_iters out (it then follows max_iters) or set it <= max_iters")
         print(f'parameters: {n_params:,} total, {n_non_emb:,} non-embedding; {tokens_per_step:,} tokens per step')
         with open(os.path.join(out_dir, 'config.json'), 'w') as f:
             json.dump(resolved, f, indent=1)
@@ -432,7 +455,7 @@ def train(config, command='python train.py ...'):
         save_checkpoint({'format': CHECKPOINT_FORMAT, 'model': raw_model.state_dict(),
                          'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
                          'model_config': dataclasses.asdict(model_config), 'config': config,
-                         'step': step, 'best_val_loss': best_val, 'elapsed': elapsed, 'tokens': tokens_seen,
+                         'step': step, 'best_val_loss': best_val, 'best_val_step': best_step, 'elapsed': elapsed, 'tokens': tokens_seen,
                          'rng': rng_states, 'vocab': {'stoi': meta['stoi'], 'itos': meta['itos']}}, path)
 
     splits = {'train': train_data, 'val': val_data}
@@ -454,7 +477,7 @@ def train(config, command='python train.py ...'):
                               train_loss=losses['train'], val_loss=losses['val'])
                     bar.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
                 if losses['val'] < best_val:
-                    best_val = losses['val']
+                    best_val, best_step = losses['val'], step
                     checkpoint(os.path.join(out_dir, 'best.pt'))
                 if config['always_save_checkpoint'] or step == config['max_iters']:
                     checkpoint(ckpt_path)
@@ -509,15 +532,39 @@ def train(config, command='python train.py ...'):
     bar.close()
     if log is not None:
         log.close()
+    if master and stop.signal is None:
+        print(summary(out_dir, step, elapsed, best_val, best_step))
     if world > 1:
         dist.barrier()  # rank 0 may still be writing the checkpoint: tear gloo/nccl down together
-    return {'step': step, 'best_val_loss': best_val}
+    return {'step': step, 'best_val_loss': best_val, 'best_val_step': best_step}
+
+
+def summary(out_dir, step, elapsed, best_val, best_step):
+    """What a finished run prints: its best result, where its files are, what to do next."""
+    path = lambda name: os.path.join(out_dir, name)
+    at = f' at step {best_step}' if best_step is not None else ''
+    return (f'done: step {step}, {elapsed:.0f} s of training and evaluation; best val loss {best_val:.4f} '
+            f'(whole val split){at}\n'
+            f"  checkpoints: {path('best.pt')} (best), {path('ckpt.pt')} (latest); log: {path('log.jsonl')}\n"
+            f'  sample: python sample.py --out_dir={out_dir}\n'
+            f'  plot:   python plot_curves.py {out_dir}')
+
+
+def configure(argv):
+    """The run's configuration from the command line (see USAGE), its derived defaults filled in."""
+    config = resolve(DEFAULTS, argv)
+    if config['lr_decay_iters'] is None:
+        config['lr_decay_iters'] = config['max_iters']
+    return config
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if {'-h', '--help'} & set(argv):
+        print(usage())
+        return None
     try:
-        return train(resolve(DEFAULTS, argv), command=' '.join(['python train.py', *argv]))
+        return train(configure(argv), command=' '.join(['python train.py', *argv]))
     except (ConfigError, TrainingError) as e:
         sys.exit(f'error: {e}')
     except RuntimeError as e:  # torch.distributed's errors are RuntimeErrors

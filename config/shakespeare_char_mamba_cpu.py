@@ -23,8 +23,7 @@ d_conv = 4
 mamba_expand = 2
 
 learning_rate = 1e-3
-max_iters = 2000
-lr_decay_iters = 2000
+max_iters = 2000  # lr_decay_iters follows it
 min_lr = 1e-4
 beta2 = 0.99
 warmup_iters = 100

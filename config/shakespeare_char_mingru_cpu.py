@@ -28,8 +28,7 @@ ff_mult = 4.0
 conv_kernel = 4
 
 learning_rate = 3e-3
-max_iters = 2000
-lr_decay_iters = 2000
+max_iters = 2000  # lr_decay_iters follows it
 min_lr = 1e-4
 beta2 = 0.99
 warmup_iters = 100

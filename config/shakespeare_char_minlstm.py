@@ -18,8 +18,7 @@ ff_mult = 4.0
 conv_kernel = 4
 
 learning_rate = 1e-3
-max_iters = 5000
-lr_decay_iters = 5000
+max_iters = 5000  # lr_decay_iters follows it
 min_lr = 1e-4
 beta2 = 0.99
 warmup_iters = 100

@@ -60,3 +60,34 @@ def test_train_reports_config_errors_in_one_line(args, message):
     assert result.returncode != 0
     assert result.stderr.strip().startswith('error:') and message in result.stderr, result.stderr
     assert 'Traceback' not in result.stderr
+
+
+def test_key_space_value_gets_a_hint():
+    with pytest.raises(ConfigError, match=r"got '--batch_size'; write --batch_size=16"):
+        resolve(DEFAULTS, ['--batch_size', '16'])
+
+
+@pytest.mark.parametrize('flag', ['--help', '-h'])
+def test_train_help_lists_every_key_with_its_default_and_a_comment(flag):
+    import train
+    result = run_script('train.py', 'config/shakespeare_char_mingru_cpu.py', flag)
+    assert result.returncode == 0 and result.stdout.startswith('usage: python train.py'), result.stderr
+    lines = {line.split()[0].split('=')[0]: line for line in result.stdout.splitlines() if line.startswith('  --')}
+    assert set(lines) == {f'--{key}' for key in train.DEFAULTS}
+    for key, default in train.DEFAULTS.items():
+        line = lines[f'--{key}']
+        assert line.split()[0] == f'--{key}={default!r}' and len(line.split()) > 1, line  # a comment follows
+    assert result.stdout.index('I/O:') < result.stdout.index('--out_dir') < result.stdout.index('data:')
+
+
+@pytest.mark.parametrize('script, args', [
+    ('sample.py', ['--bogus']), ('sample.py', ['--num_samples=x']), ('sample.py', ['--top_k=0']),
+    ('reproduce.py', ['--scale', 'huge']), ('reproduce.py', ['--seeds', 'x']),
+    ('bench.py', ['--parts', 'nothing']), ('plot_curves.py', []), ('plot_curves.py', ['--x', 'y', 'run']),
+    ('data/char/prepare.py', ['--input']), ('data/shakespeare_char/prepare.py', ['--bogus']),
+])
+def test_every_script_reports_a_bad_argument_in_one_line(script, args):
+    result = run_script(script, *args, timeout=120)
+    assert result.returncode != 0 and result.stdout == ''
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: ') and '--help' in lines[0], result.stderr

@@ -10,7 +10,7 @@ import torch
 import plot_curves
 import reproduce
 import train
-from conftest import TINY
+from conftest import TINY, read_log
 
 # val losses per seed at steps 0, 100, 200, 300, 400
 CURVES = {
@@ -19,25 +19,23 @@ CURVES = {
 }
 
 
-def write_run(folder, block, seed, vals, ms=40.0, full=None):
-    run = folder / f'{block}_seed{seed}'
+def write_run(folder, block, seed, vals, ms=40.0, name=None, n_embd=128):
+    run = folder / (name or f'{block}_seed{seed}')
     run.mkdir(parents=True)
     rows = [{'kind': 'meta', 'format': 1, 'block': block, 'params': 1000,
-             'config': {'out_dir': f'out/x/{block}_seed{seed}', 'block_size': 64, 'n_embd': 128}}]
+             'config': {'out_dir': f'out/x/{block}_seed{seed}', 'block_size': 64, 'n_embd': n_embd, 'n_layer': 4}}]
     for i, v in enumerate(vals):
         rows.append({'kind': 'eval', 'step': 100 * i, 'tokens': 768 * 100 * i, 'time': 5.0 * i + seed,
                      'lr': 1e-3, 'train_loss': v - 0.1, 'val_loss': v})
         if i:
             rows.append({'kind': 'train', 'step': 100 * i, 'loss': v, 'lr': 1e-3, 'ms_per_iter': ms + seed})
     (run / 'log.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
-    if full is not None:
-        (run / 'full_val.json').write_text(json.dumps({'val_loss_full': full}))
     return str(run)
 
 
 @pytest.fixture
 def runs(tmp_path):
-    return [write_run(tmp_path / 'runs', block, seed, vals, full=min(vals) + 0.01 * seed)
+    return [write_run(tmp_path / 'runs', block, seed, vals)
             for block, seeds in CURVES.items() for seed, vals in enumerate(seeds)]
 
 
@@ -52,7 +50,6 @@ def test_table_numbers_come_from_the_logs(runs, tmp_path):
     assert rows['mingru']['step_near_best'] == statistics.fmean([200, 400, 200])
     assert math.isclose(rows['mingru']['val@100'], statistics.fmean([2.0, 2.1, 1.9]))
     assert math.isclose(rows['mingru']['ms_per_iter'], statistics.fmean([40, 41, 42]))
-    assert math.isclose(rows['mingru']['val_full_mean'], statistics.fmean([1.70, 1.70, 1.76]))
     assert rows['transformer']['paper_test_loss'] == 1.547 and rows['mingru']['paper_best_step'] == 575
     table = (tmp_path / 'plots' / 'results.md').read_text()
     assert '1.710 ± 0.026' in table  # mean ± std of [1.70, 1.69, 1.74]
@@ -66,26 +63,56 @@ def test_other_x_axes(runs, tmp_path, x):
     assert (tmp_path / f'curves_{x}.png').exists()
 
 
-def test_bad_logs_are_skipped_with_a_warning(runs, tmp_path):
+def test_bad_logs_and_rows_are_skipped_with_a_warning_line(runs, tmp_path, capsys):
     bad = tmp_path / 'bad'
     (bad / 'empty').mkdir(parents=True)
     (bad / 'empty' / 'log.jsonl').write_text('')
     (bad / 'old').mkdir()
     (bad / 'old' / 'log.jsonl').write_text('{"iter": 0, "val": 4.0}\n')
+    (bad / 'binary').mkdir()
+    (bad / 'binary' / 'log.jsonl').write_bytes(bytes(range(256)) * 4)
     half = write_run(bad, 'mamba', 0, [4.0, 2.0, 1.8])
     with open(os.path.join(half, 'log.jsonl'), 'a') as f:
         f.write('{"kind": "eval", "step": 3')  # cut short by a kill
-    with pytest.warns(UserWarning) as caught:
-        rows = plot_curves.main([*runs, str(bad / 'empty'), str(bad / 'old'), str(bad / 'missing'), half,
-                                 '--out', str(tmp_path / 'plots')])
-    messages = ' '.join(str(w.message) for w in caught)
-    for name in ('empty', 'old', 'missing', 'unreadable line'):
-        assert name in messages
-    assert {r['block'] for r in rows} == {'transformer', 'mingru', 'mamba'}  # the half-written one still counts
+    diverged = write_run(bad, 'minlstm', 0, [4.0, 2.0, 1.9])
+    with open(os.path.join(diverged, 'log.jsonl'), 'a') as f:  # json writes NaN and Infinity as such
+        f.write('{"kind": "eval", "step": 300, "val_loss": NaN, "train_loss": NaN}\n'
+                '{"kind": "eval", "step": 400, "val_loss": Infinity}\n{"kind": "eval", "step": 500, "val_loss": "x"}\n')
+    rows = plot_curves.main([*runs, str(bad / 'empty'), str(bad / 'old'), str(bad / 'missing'), str(bad / 'binary'),
+                             half, diverged, '--out', str(tmp_path / 'plots')])
+    err = capsys.readouterr().err
+    assert all(line.startswith('warning: ') for line in err.splitlines()) and 'Traceback' not in err
+    for name in ('empty', 'old', 'missing', 'binary', 'unreadable line', '3 eval row(s) without a finite val loss'):
+        assert name in err
+    # the half-written and the diverged runs still count, with their good rows
+    assert {r['block'] for r in rows} == {'transformer', 'mingru', 'mamba', 'minlstm'}
+    assert (tmp_path / 'plots' / 'curves_step.png').stat().st_size > 0
+    assert next(r for r in rows if r['block'] == 'minlstm')['best_val_mean'] == 1.9
+
+
+def test_groups_by_block_and_size_not_folder_name(tmp_path):
+    runs = [write_run(tmp_path / 'runs', 'minlstm', 0, [4.0, 2.0], name=name) for name in ('a', 'b', 'try3', 'x_seed9')]
+    runs.append(write_run(tmp_path / 'runs', 'minlstm', 0, [4.0, 1.5], name='wide', n_embd=256))
+    runs.append(write_run(tmp_path / 'runs', 'mingru', 0, [4.0, 1.8]))
+    rows = plot_curves.main([*runs, '--out', str(tmp_path / 'plots')])
+    assert [(r['group'], r['seeds']) for r in rows] == [
+        ('mingru', 1), ('minlstm (4 x 128, context 64)', 4), ('minlstm (4 x 256, context 64)', 1)]
+    lines = (tmp_path / 'plots' / 'results.md').read_text().splitlines()
+    assert lines[2].startswith('| mingru | 1 | 1,000 | 1.800 | 100 |')  # one seed: no ± 0.000
+
+
+def test_the_output_folder_is_not_read_as_a_run(runs, tmp_path, capsys):
+    out = tmp_path / 'runs' / 'plots'  # plot_curves.py out/* --out out/plots
+    plot_curves.main([*runs, '--out', str(out)])
+    plot_curves.main([*runs, str(out), '--out', str(out)])
+    assert 'warning' not in capsys.readouterr().err
+    (tmp_path / 'afile').write_text('')
+    with pytest.raises(SystemExit, match='is a file'):
+        plot_curves.main([*runs, '--out', str(tmp_path / 'afile')])
 
 
 def test_no_usable_runs_is_a_clear_error(tmp_path):
-    with pytest.warns(UserWarning), pytest.raises(SystemExit, match='none of the given runs'):
+    with pytest.raises(SystemExit, match='none of the given runs'):
         plot_curves.main([str(tmp_path / 'nothing'), '--out', str(tmp_path)])
 
 
@@ -112,15 +139,15 @@ def test_reproduce_runs_skips_resumes_and_reports(tmp_path, tiny_dataset, capsys
     assert table.count('\n') == 4 and '| transformer | 2 |' in table and '| mingru | 2 |' in table
     assert (tmp_path / 'results' / 'curves_step.png').exists() and (tmp_path / 'results' / 'curves_time.png').exists()
 
-    # val (full) is computed, not copied: score the checkpoint token by token with the step path.
+    # The logged val loss is the whole split, not an estimate: score best.pt token by token with the step path.
     run = tmp_path / 'out' / 'mingru_seed1'
     ckpt = train.load_checkpoint(str(run / 'best.pt'))
     model = train.model_from_checkpoint(ckpt).eval()
     _, val_data, _ = train.load_dataset(ckpt['config'])
     with torch.no_grad():
         expected = stepwise_loss(model, val_data[:], ckpt['config']['block_size'])
-    reported = json.loads((run / 'full_val.json').read_text())['val_loss_full']
-    assert math.isclose(reported, expected, rel_tol=1e-5)
+    logged = min(r['val_loss'] for r in read_log(str(tmp_path / 'results' / 'runs' / 'mingru_seed1'), 'eval'))
+    assert math.isclose(logged, expected, rel_tol=1e-5)
 
     # A rerun trains nothing; a run cut short is resumed.
     capsys.readouterr()

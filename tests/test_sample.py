@@ -2,7 +2,9 @@ import pytest
 
 import sample
 import train
-from conftest import TINY, run_script
+from conftest import TINY, run_script, small_text
+
+PROMPT = small_text()[:6]  # characters the dataset has, real or synthetic
 
 
 @pytest.fixture(scope='module', params=['transformer', 'mingru'])
@@ -18,7 +20,7 @@ def generate(run_dir, *args):
 
 
 def test_length_and_count(run_dir):
-    texts = generate(run_dir, '--start=ROMEO:', '--max_new_tokens=37', '--num_samples=3')
+    texts = generate(run_dir, f'--start={PROMPT}', '--max_new_tokens=37', '--num_samples=3')
     assert len(texts) == 3 and all(len(t) == 37 for t in texts)
 
 
@@ -30,17 +32,18 @@ def test_same_seed_same_text_other_seed_other_text(run_dir):
 
 def test_prompt_from_a_file(run_dir, tmp_path):
     prompt = tmp_path / 'prompt.txt'
-    prompt.write_text('KING:\n')
+    text = small_text()[:20]
+    prompt.write_text(text)
     pieces = []
     sample.sample(sample.parse_args([f'--out_dir={run_dir}', f'--start=FILE:{prompt}', '--max_new_tokens=5']),
                   write=pieces.append)
-    assert ''.join(pieces).startswith('KING:\n') and len(''.join(pieces)) == len('KING:\n') + 5 + 1
+    assert ''.join(pieces).startswith(text) and len(''.join(pieces)) == len(text) + 5 + 1
 
 
 def test_cli_streams_and_reports_errors_in_one_line(run_dir, tmp_path):
-    result = run_script('sample.py', f'--out_dir={run_dir}', '--start=ROMEO:', '--max_new_tokens=20')
-    assert result.returncode == 0 and result.stdout.startswith('ROMEO:') and len(result.stdout) == 6 + 20 + 1
-    for args, message in [(['--start=ROMEO€'], "never saw: ['€']"),
+    result = run_script('sample.py', f'--out_dir={run_dir}', f'--start={PROMPT}', '--max_new_tokens=20')
+    assert result.returncode == 0 and result.stdout.startswith(PROMPT) and len(result.stdout) == 6 + 20 + 1
+    for args, message in [([f'--start={PROMPT}€'], "never saw: ['€']"),
                           (['--max_new_tokens=0'], '--max_new_tokens must be >= 1'),
                           (['--temperature=0'], '--temperature must be > 0'),
                           (['--top_k=0'], '--top_k must be >= 1'),

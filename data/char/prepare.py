@@ -7,7 +7,6 @@ writes train.bin and val.bin (uint16 token ids: the first 90% and last 10% of th
 nanoGPT splits it) and meta.pkl (vocab_size, stoi, itos, and the source's sha256). Running it
 again on the same text rewrites the same bytes.
 """
-import argparse
 import hashlib
 import os
 import pickle
@@ -16,6 +15,8 @@ import sys
 import numpy as np
 
 DATA_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(DATA_ROOT))  # the repository, for configurator
+from configurator import ArgumentParser  # noqa: E402
 
 
 def _write_atomic(path, data: bytes):
@@ -61,7 +62,7 @@ def report(meta, out_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument('--input', required=True, help='a UTF-8 text file')
     parser.add_argument('--name', required=True, help='dataset name: writes data/<name>/, train with --dataset=<name>')
     args = parser.parse_args()

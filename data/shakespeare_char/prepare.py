@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from char.prepare import read_text, report, write_char_dataset  # noqa: E402
+from char.prepare import ArgumentParser, read_text, report, write_char_dataset  # noqa: E402
 
 URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 SHA256 = '86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed'
@@ -36,7 +36,7 @@ def download(path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument('--input', help='a local copy of input.txt (default: download it)')
     parser.add_argument('--any-text', action='store_true', help='accept a text whose sha256 differs')
     parser.add_argument('--out_dir', default=HERE, help=argparse.SUPPRESS)  # tests write elsewhere
