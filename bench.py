@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from configurator import ArgumentParser, resolve
+from configurator import ArgumentParser, resolve, run_cli
 from model import BLOCKS, CausalSelfAttention, CharLM, Mamba, MinGRU, MinLSTM, ModelConfig
 from plot_curves import COLOURS as PLOT_COLOURS
 from reproduce import ROOT, config_file
@@ -424,4 +424,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

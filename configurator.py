@@ -16,7 +16,11 @@ import sys
 import types
 
 
-class ConfigError(ValueError):
+class UsageError(Exception):
+    """An expected failure: reported in one `error:` line that names the fix, never a traceback."""
+
+
+class ConfigError(UsageError, ValueError):
     pass
 
 
@@ -58,7 +62,7 @@ def _read_config_file(path):
         source = f.read()
     try:
         exec(compile(source, path, 'exec'), namespace)
-    except Exception as e:  # a config file is user code: name it in the message
+    except (Exception, SystemExit) as e:  # a config file is user code (sys.exit too): name it in the message
         raise ConfigError(f'config file {path!r} failed: {type(e).__name__}: {e}') from e
     return {k: v for k, v in namespace.items()
             if not k.startswith('_') and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
@@ -133,3 +137,36 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         sys.exit(f'error: {message} (see {self.prog} --help)')
+
+
+# ----------------------------------------------------------------------------- the error boundary
+
+DEBUG = 'MINRNN_DEBUG'  # set (to anything but '' or 0) to see the traceback of an unexpected error
+
+
+def run_cli(main, interrupted='interrupted'):
+    """Run a script's main() so that it ends in one line, whatever happens: a UsageError or an OSError
+    as `error: ...` (exit 1), Ctrl-C as the `interrupted` message (exit 130), a closed stdout
+    (`| head`) quietly. Anything else is a bug: one line too, unless MINRNN_DEBUG is set, which
+    shows its traceback."""
+    try:
+        main()
+    except UsageError as e:
+        sys.exit(f'error: {e}')
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        sys.exit(0)
+    except OSError as e:
+        if os.environ.get(DEBUG, '0') not in ('', '0'):
+            raise
+        where = f': {e.filename}' if e.filename else ''
+        sys.exit(f'error: {e.strerror or e}{where}')
+    except Exception as e:
+        if os.environ.get(DEBUG, '0') not in ('', '0'):
+            raise
+        detail = ' '.join(str(e).split())[:300]
+        sys.exit(f'error: unexpected {type(e).__name__}: {detail} (a bug? {DEBUG}=1 shows the traceback; '
+                 f'please report it)')

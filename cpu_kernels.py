@@ -1,7 +1,7 @@
 """
 The 'compiled' scan backend: cpu_kernels.cpp, built on first use by torch.utils.cpp_extension (a C++
-compiler with OpenMP and the `ninja` package; about 30 s, once per machine, cached in
-~/.cache/torch_extensions). It is an optional faster path on a CPU beside the plain-PyTorch one
+compiler with OpenMP and the `ninja` package; about 30 s, once per machine and source version,
+cached in ~/.cache/torch_extensions or $TORCH_EXTENSIONS_DIR). It is an optional faster path on a CPU beside the plain-PyTorch one
 ('sequential'), which it equals (tests/test_scan.py, tests/test_model.py):
 
     CompiledScan          = scan.SequentialScan             h_t = a_t h_{t-1} + b_t
@@ -10,8 +10,13 @@ compiler with OpenMP and the `ninja` package; about 30 s, once per machine, cach
 Where it cannot be built, scan_backend='auto' falls back to 'sequential' with one warning, and
 scan_backend='compiled' raises an error that names the fix.
 """
+import hashlib
+import importlib.util
 import os
 import shutil
+import sys
+import tempfile
+import time
 import warnings
 
 import torch
@@ -30,13 +35,7 @@ def load():
     """The compiled module; builds it the first time. Raises RuntimeError if it cannot be built."""
     if not _build:
         try:
-            from torch.utils.cpp_extension import load as load_extension
-            _put_ninja_on_path()
-            capability = torch.backends.cpu.get_cpu_capability()
-            _build['module'] = load_extension(
-                f'minrnn_cpu_kernels_{capability.lower()}', [_SOURCE], extra_ldflags=['-fopenmp'],
-                extra_cflags=['-O3', '-fopenmp', '-fno-math-errno', '-fno-trapping-math',
-                              *_VECTOR_FLAGS.get(capability, [])])
+            _build['module'] = _load_or_build()
         except Exception as error:  # no compiler, no ninja, no OpenMP: every cause means 'not here'
             _build['error'] = ' '.join(f'{type(error).__name__}: {error}'.split())  # one line
     if 'error' in _build:
@@ -45,6 +44,53 @@ def load():
             f"{_build['error'][:500]}; install a C++ compiler with OpenMP (g++) and `pip install ninja`, "
             "or set scan_backend='sequential' (the same function in plain PyTorch).")
     return _build['module']
+
+
+def _load_or_build():
+    """Import the build of this source version, or build it first. A build is named by a hash of
+    what goes into it (source, flags, torch, python), not by the checkout's path, so every checkout
+    of the same code shares it. It is made in a private folder, renamed into place when complete:
+    a build killed half-way leaves only its own folder (and lock file) behind, which no later run
+    waits on, and readers never see half a build."""
+    from torch.utils.cpp_extension import load as load_extension
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = ['-O3', '-fopenmp', '-fno-math-errno', '-fno-trapping-math', *_VECTOR_FLAGS.get(capability, [])]
+    with open(_SOURCE, 'rb') as f:
+        source = f.read()
+    key = hashlib.sha256(b'\0'.join([source, ' '.join(flags).encode(), torch.__version__.encode(),
+                                     sys.version.encode()])).hexdigest()[:16]
+    name = f'minrnn_cpu_kernels_{capability.lower()}_{key}'
+    root = os.environ.get('TORCH_EXTENSIONS_DIR') or os.path.join(os.path.expanduser('~'), '.cache', 'torch_extensions')
+    final = os.path.join(root, name)
+    library = os.path.join(final, f'{name}.so')
+    if os.path.exists(library):
+        return _import_library(name, library)
+    os.makedirs(root, exist_ok=True)
+    _remove_abandoned_builds(root)
+    _put_ninja_on_path()
+    private = tempfile.mkdtemp(prefix=f'{name}.building-', dir=root)
+    module = load_extension(name, [_SOURCE], build_directory=private, extra_ldflags=['-fopenmp'],
+                            extra_cflags=flags)
+    try:
+        os.rename(private, final)
+    except OSError:  # another process finished the same build first: keep its copy
+        shutil.rmtree(private, ignore_errors=True)
+    return module
+
+
+def _import_library(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _remove_abandoned_builds(root, age_seconds=3600):
+    """Private build folders over an hour old: left by a build that was killed."""
+    for entry in os.listdir(root):
+        path = os.path.join(root, entry)
+        if '.building-' in entry and time.time() - os.path.getmtime(path) > age_seconds:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _put_ninja_on_path():

@@ -58,9 +58,15 @@ class ModelConfig:
         need(self.norm in NORMS, f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
         need(self.scan_backend in BACKENDS,
              f"unknown scan_backend {self.scan_backend!r}; choose one of {', '.join(BACKENDS)}")
-        for name in ('vocab_size', 'block_size', 'n_layer', 'n_embd', 'n_head', 'd_state', 'd_conv'):
+        for name in ('vocab_size', 'block_size', 'n_layer', 'n_embd', 'n_head', 'd_state', 'd_conv',
+                     'mamba_expand', 'scan_chunk_elems'):
             need(getattr(self, name) >= 1, f'{name} must be >= 1, got {getattr(self, name)}')
+        for name in ('conv_kernel', 'dt_rank'):
+            need(getattr(self, name) >= 0, f'{name} must be >= 0 (0: off / automatic), got {getattr(self, name)}')
         need(0 <= self.dropout < 1, f'dropout must be in [0, 1), got {self.dropout}')
+        need(0 <= self.ff_mult < math.inf, f'ff_mult must be a finite number >= 0 (0: no feed-forward), got {self.ff_mult}')
+        need(0 < self.expansion < math.inf and round(self.expansion * self.n_embd) >= 1,
+             f'expansion must be > 0, large enough for a recurrent width expansion * n_embd >= 1, got {self.expansion}')
         need(self.block != 'transformer' or self.n_embd % self.n_head == 0,
              f'n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})')
 

@@ -19,7 +19,7 @@ import os
 import statistics
 import sys
 
-from configurator import ArgumentParser
+from configurator import ArgumentParser, run_cli
 
 LOG_FORMAT = 1
 # The paper's Shakespeare results (Feng et al. 2024): test loss, and the step near which each is best.
@@ -33,7 +33,7 @@ def warn(message):
     print(f'warning: {message}', file=sys.stderr)
 
 
-def is_loss(value):
+def is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -63,8 +63,8 @@ def read_run(path):
     if meta is None or meta.get('format') != LOG_FORMAT or not isinstance(meta.get('config'), dict):
         warn(f'skipping {log_path}: no log header of format {LOG_FORMAT} (an older or foreign log)')
         return None
-    evals = [r for r in rows if r.get('kind') == 'eval' and isinstance(r.get('step'), int) and is_loss(r.get('val_loss'))]
-    trains = [r for r in rows if r.get('kind') == 'train' and isinstance(r.get('step'), int) and is_loss(r.get('ms_per_iter'))]
+    evals = [r for r in rows if r.get('kind') == 'eval' and isinstance(r.get('step'), int) and is_number(r.get('val_loss'))]
+    trains = [r for r in rows if r.get('kind') == 'train' and isinstance(r.get('step'), int) and is_number(r.get('ms_per_iter'))]
     dropped = sum(r.get('kind') == 'eval' for r in rows) - len(evals)
     if dropped:
         warn(f'{log_path}: {dropped} eval row(s) without a finite val loss skipped')
@@ -141,7 +141,9 @@ def curve_bands(members, x_key, y_key, band):
     xs, mean, low, high = [], [], [], []
     for step in sorted(common):
         rows = [next(r for r in m['evals'] if r['step'] == step) for m in members]
-        ys = [r[y_key] for r in rows if is_loss(r.get(y_key))]
+        if not all(is_number(r.get(x_key)) for r in rows):  # a row without this x (an older log, a bad value)
+            continue
+        ys = [r[y_key] for r in rows if is_number(r.get(y_key))]
         if not ys:
             continue
         mu = statistics.fmean(ys)
@@ -247,4 +249,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -21,7 +21,7 @@ import time
 
 import plot_curves
 import train
-from configurator import ArgumentParser, resolve
+from configurator import ArgumentParser, run_cli
 from model import BLOCKS
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -53,8 +53,12 @@ def main(argv=None):
     parser.add_argument('--out_root', help='where runs go (default out/<scale>)')
     parser.add_argument('--results', help='where logs, figure and table go (default results/<scale>)')
     args = parser.parse_args(argv[:argv.index('--')] if '--' in argv else argv)
+    if args.seeds < 1:
+        parser.error(f'--seeds must be >= 1, got {args.seeds}')
     out_root = args.out_root or os.path.join('out', args.scale)
     results = args.results or os.path.join('results', args.scale)
+    if os.path.exists(results) and not os.path.isdir(results):
+        parser.error(f'--results {results!r} is a file; give a folder')
 
     plan = []
     for seed in range(args.seeds):
@@ -62,7 +66,9 @@ def main(argv=None):
             name = f'{block}_seed{seed}'
             overrides = [f'--out_dir={os.path.join(out_root, name)}', f'--seed={1337 + seed}', *extra]
             train_args = [config_file(block, args.scale), *overrides]
-            plan.append((name, train_args, resolve(train.DEFAULTS, train_args)))
+            config = train.configure(train_args)
+            train.check_config(config)  # every run's arguments, before the first one trains
+            plan.append((name, train_args, config))
 
     states = [run_state(config['out_dir'], config['max_iters']) for _, _, config in plan]
     durations, started = [], time.time()
@@ -107,8 +113,5 @@ def eta_text(durations, remaining):
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except KeyboardInterrupt:
-        sys.exit('interrupted: rerun the same command to go on (complete runs are skipped, the interrupted one '
-                 'resumes from its checkpoint)')
+    run_cli(main, interrupted='interrupted: rerun the same command to go on (complete runs are skipped, the '
+                              'interrupted one resumes from its checkpoint)')

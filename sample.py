@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from configurator import ArgumentParser
+from configurator import ArgumentParser, run_cli
 from train import TrainingError, load_checkpoint, model_from_checkpoint
 
 
@@ -46,6 +46,8 @@ def encode_prompt(start, stoi):
                 start = f.read()
         except OSError as e:
             raise TrainingError(f'cannot read the prompt file {path!r} ({e.strerror})') from e
+        except UnicodeDecodeError:
+            raise TrainingError(f'the prompt file {path!r} is not UTF-8 text') from None
     if not start:
         raise TrainingError('the prompt is empty; give at least one character with --start')
     unknown = sorted(set(ch for ch in start if ch not in stoi))
@@ -79,12 +81,9 @@ def sample(args, write=sys.stdout.write):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        with torch.no_grad():
-            sample(args, write=lambda s: print(s, end='', flush=True))
-    except TrainingError as e:
-        sys.exit(f'error: {e}')
+    with torch.no_grad():
+        sample(args, write=lambda s: print(s, end='', flush=True))
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main, interrupted='\ninterrupted')

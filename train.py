@@ -13,12 +13,12 @@ SIGINT / SIGTERM save a checkpoint at the current step and exit 0.
 """
 import contextlib
 import dataclasses
+import fcntl
 import gc
 import inspect
 import json
 import math
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -33,10 +33,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import cpu_kernels
-from configurator import ConfigError, documented_keys, help_text, resolve
+from configurator import ConfigError, UsageError, documented_keys, help_text, resolve, run_cli
 from model import CharLM, ModelConfig, keys_unused_by
 
 CHECKPOINT_FORMAT = 1
+CHECKPOINT_KEYS = {'model', 'optimizer', 'scaler', 'model_config', 'config', 'step', 'best_val_loss',
+                   'elapsed', 'tokens', 'rng', 'vocab'}
 _MODEL_DEFAULTS = {k: v for k, v in dataclasses.asdict(ModelConfig()).items() if k != 'vocab_size'}
 
 DEFAULTS = dict(
@@ -50,7 +52,7 @@ DEFAULTS = dict(
     init_from='scratch',          # 'scratch' or 'resume' (from out_dir/ckpt.pt)
     progress=True,                # tqdm bar
     # data
-    dataset='shakespeare_char',   # data/<dataset>/{train,val}.bin and meta.pkl, or a path to such a folder
+    dataset='shakespeare_char',   # data/<dataset>/{train,val}.bin and meta.json, or a path to such a folder
     batch_size=64,                # sequences per process and micro-step
     gradient_accumulation_steps=1,  # micro-steps per optimizer step
     # model (see model.ModelConfig)
@@ -90,7 +92,7 @@ def usage():
     return help_text(USAGE, DEFAULTS, [(name, keys or model_keys) for name, keys in groups])
 
 
-class TrainingError(Exception):
+class TrainingError(UsageError):
     """A failure to report in one line, with what to do about it."""
 
 
@@ -118,23 +120,44 @@ def setup_distributed(config):
 
 
 def resolve_dtype(config, device):
-    dtype = config['dtype']
-    if dtype == 'auto':
-        dtype = 'bfloat16' if device.startswith('cuda') and torch.cuda.is_bf16_supported() else 'float32'
-    if dtype not in ('float32', 'bfloat16', 'float16'):
-        raise ConfigError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {dtype!r}")
-    return dtype
+    if config['dtype'] != 'auto':
+        return config['dtype']
+    return 'bfloat16' if device.startswith('cuda') and torch.cuda.is_bf16_supported() else 'float32'
+
+
+# Every training key's allowed values: (test, the rule in words). The model's keys are checked by
+# ModelConfig.validate; the device, dtype and out_dir below.
+RULES = {
+    'max_iters': (lambda v: v >= 0, '>= 0'),
+    'eval_interval': (lambda v: v >= 1, '>= 1'),
+    'log_interval': (lambda v: v >= 1, '>= 1'),
+    'eval_iters': (lambda v: v >= 1, '>= 1'),
+    'batch_size': (lambda v: v >= 1, '>= 1'),
+    'gradient_accumulation_steps': (lambda v: v >= 1, '>= 1'),
+    'max_bad_steps': (lambda v: v >= 1, '>= 1'),
+    'init_from': (lambda v: v in ('scratch', 'resume'), "'scratch' or 'resume'"),
+    'learning_rate': (lambda v: 0 < v < math.inf, 'a finite number > 0'),
+    'min_lr': (lambda v: 0 <= v < math.inf, 'a finite number >= 0'),
+    'weight_decay': (lambda v: 0 <= v < math.inf, 'a finite number >= 0'),
+    'beta1': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'beta2': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+    'grad_clip': (lambda v: 0 <= v < math.inf, 'a finite number >= 0 (0: no clipping)'),
+    'warmup_iters': (lambda v: v >= 0, '>= 0'),
+    'lr_decay_iters': (lambda v: v is None or (isinstance(v, int) and v >= 1), 'an int >= 1, or None (max_iters)'),
+    'seed': (lambda v: 0 <= v < 2 ** 63, 'in [0, 2^63)'),
+    'dtype': (lambda v: v in ('auto', 'float32', 'bfloat16', 'float16'), "'auto', 'float32', 'bfloat16' or 'float16'"),
+    'ddp_timeout': (lambda v: v >= 1, '>= 1 (seconds)'),
+}
 
 
 def check_config(config):
-    for key in ('max_iters', 'eval_interval', 'log_interval', 'eval_iters', 'batch_size',
-                'gradient_accumulation_steps', 'max_bad_steps'):
-        if config[key] < (0 if key == 'max_iters' else 1):
-            raise ConfigError(f'{key} must be >= {0 if key == "max_iters" else 1}, got {config[key]}')
-    if config['init_from'] not in ('scratch', 'resume'):
-        raise ConfigError(f"init_from must be 'scratch' or 'resume', got {config['init_from']!r}")
+    """Every key's value in range, in one place: a ConfigError naming the first that is not."""
+    for key, (ok, rule) in RULES.items():
+        if not ok(config[key]):
+            raise ConfigError(f'{key} must be {rule}, got {config[key]!r}')
     if os.path.exists(config['out_dir']) and not os.path.isdir(config['out_dir']):
         raise ConfigError(f"out_dir {config['out_dir']!r} is a file, not a folder; choose another --out_dir")
+    check_device(config['device'])
     try:
         ModelConfig.from_dict(config).validate()
         if config['scan_backend'] == 'compiled':  # fail now, in one line, not at the first forward
@@ -145,25 +168,69 @@ def check_config(config):
         raise ConfigError(str(e)) from None
 
 
+def check_device(name):
+    """A device this machine has: 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."""
+    if name == 'auto':
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ('cpu', 'cuda', 'mps'):
+        raise ConfigError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ConfigError(f"--device={name}, but torch sees no CUDA GPU here (torch {torch.__version__}); "
+                          "use --device=auto or --device=cpu")
+    if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f'--device={name}, but this machine has {torch.cuda.device_count()} CUDA GPU(s)')
+    if device.type == 'mps' and not torch.backends.mps.is_available():
+        raise ConfigError(f'--device={name}, but MPS is not available here; use --device=auto or --device=cpu')
+
+
 def load_dataset(config):
-    """(train, val) token arrays (memory-mapped) and the vocabulary of data/<dataset>."""
+    """(train, val) token arrays (memory-mapped) and the vocabulary of data/<dataset>. Every file is
+    checked before use, and none can run code: the vocabulary is JSON, the splits raw uint16."""
     name = config['dataset']
     folder = name if os.sep in name else os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name)
-    prepare = ('python data/shakespeare_char/prepare.py' if name == 'shakespeare_char'
-               else f'python data/char/prepare.py --input YOUR.txt --name {name}')
-    paths = {file: os.path.join(folder, file) for file in ('train.bin', 'val.bin', 'meta.pkl')}
-    missing = [file for file, path in paths.items() if not os.path.exists(path)]
+    prepare = ('python data/shakespeare_char/prepare.py' if name == 'shakespeare_char' else
+               f"python data/char/prepare.py --input YOUR.txt {'--out_dir' if os.sep in name else '--name'} {name}")
+    paths = {file: os.path.join(folder, file) for file in ('train.bin', 'val.bin', 'meta.json')}
+    missing = [file for file, path in paths.items() if not os.path.isfile(path)]
     if missing:
-        raise TrainingError(f"dataset {config['dataset']!r} is not prepared ({', '.join(missing)} missing "
-                            f'in {folder}); run: {prepare}')
-    with open(paths['meta.pkl'], 'rb') as f:
-        meta = pickle.load(f)
-    splits = [np.memmap(paths[name], dtype=np.uint16, mode='r') for name in ('train.bin', 'val.bin')]
-    for name, data in zip(('train', 'val'), splits):
+        older = ' (meta.pkl is from an older version and no longer read: unpickling can run code)' \
+            if os.path.exists(os.path.join(folder, 'meta.pkl')) else ''
+        raise TrainingError(f"dataset {name!r} is not prepared ({', '.join(missing)} missing in {folder}{older}); "
+                            f'run: {prepare}')
+    meta = read_meta(paths['meta.json'], f'prepare it again: {prepare}')
+    splits = []
+    for split in ('train', 'val'):
+        path = paths[f'{split}.bin']
+        size = os.path.getsize(path)
+        if size % 2:
+            raise TrainingError(f'{path} has {size} bytes, not a whole number of uint16 tokens; prepare it again: {prepare}')
+        data = np.memmap(path, dtype=np.uint16, mode='r') if size else np.zeros(0, np.uint16)
         if len(data) < config['block_size'] + 1:
-            raise TrainingError(f"the {name} split of {config['dataset']!r} has {len(data)} tokens, fewer than "
-                                f"block_size + 1 = {config['block_size'] + 1}; lower --block_size or use more text")
+            raise TrainingError(f"the {split} split of {name!r} has {len(data)} tokens, fewer than "
+                                f"block_size + 1 = {config['block_size'] + 1}; lower --block_size or prepare a longer text")
+        if data.max() >= meta['vocab_size']:
+            raise TrainingError(f"{path} holds token ids up to {data.max()}, beyond the vocabulary of "
+                                f"{meta['vocab_size']} in meta.json; prepare it again: {prepare}")
+        splits.append(data)
     return splits[0], splits[1], meta
+
+
+def read_meta(path, fix):
+    """vocab_size, stoi and itos from a dataset's meta.json (written by data/char/prepare.py)."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            chars = json.load(f)['chars']
+        ok = isinstance(chars, list) and chars and all(isinstance(c, str) and len(c) == 1 for c in chars) \
+            and len(set(chars)) == len(chars)
+    except (ValueError, KeyError, TypeError) as e:  # not JSON, not UTF-8, not an object with 'chars'
+        raise TrainingError(f'{path} is not a readable vocabulary ({type(e).__name__}); {fix}') from None
+    if not ok:
+        raise TrainingError(f"{path}: 'chars' is not a list of distinct characters; {fix}")
+    return {'vocab_size': len(chars), 'stoi': {c: i for i, c in enumerate(chars)}, 'itos': dict(enumerate(chars))}
 
 
 def get_batch(data, batch_size, block_size, generator, device):
@@ -199,11 +266,12 @@ def save_checkpoint(payload, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError of its writer
         with contextlib.suppress(OSError):
             os.remove(tmp)
         kept = f'the previous {os.path.basename(path)} is intact' if os.path.exists(path) else 'no earlier checkpoint exists'
-        raise TrainingError(f'could not write checkpoint {path} ({e.strerror or e}); {kept}. '
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else ' '.join(str(e).split())[:120]
+        raise TrainingError(f'could not write checkpoint {path} ({reason}); {kept}. '
                             f'Free disk space or choose another --out_dir, then resume') from e
 
 
@@ -212,18 +280,26 @@ def load_checkpoint(path, hint='train first with: python train.py CONFIG'):
     if not os.path.exists(path):
         raise TrainingError(f'no checkpoint at {path}; {hint}')
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)  # tensors and plain data only: runs no code
     except Exception as e:
+        if 'Unsupported global' in str(e):  # the file names a Python callable for the unpickler to run
+            raise TrainingError(f'{path} is unsafe: it holds Python objects beyond tensors and plain data, which '
+                                f'loading would run as code; it was not loaded. Use a checkpoint this project '
+                                f'wrote') from None
         raise TrainingError(f'{path} is not a readable checkpoint (truncated or corrupt? {type(e).__name__}); '
                             f'use the other checkpoint of the run (ckpt.pt / best.pt) or train again') from e
-    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT or not CHECKPOINT_KEYS <= ckpt.keys():
         raise TrainingError(f'{path} is not a checkpoint of this project (format {CHECKPOINT_FORMAT})')
     return ckpt
 
 
 def model_from_checkpoint(ckpt):
-    model = CharLM(ModelConfig(**ckpt['model_config']))
-    model.load_state_dict(ckpt['model'])
+    try:
+        model = CharLM(ModelConfig(**ckpt['model_config']))
+        model.load_state_dict(ckpt['model'])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TrainingError(f"the checkpoint's weights do not fit its model_config ({type(e).__name__}); "
+                            f'use the other checkpoint of the run or train again') from None
     return model
 
 
@@ -367,9 +443,37 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def out_dir_lock(out_dir):
+    """Held while a training runs: a second one in the same out_dir would overwrite its log and
+    checkpoints. The lock is the kernel's (flock), so a killed run never leaves it behind."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, '.lock'), 'a+')
+    except OSError as e:
+        raise TrainingError(f'cannot write to out_dir {out_dir} ({e.strerror}); choose another --out_dir') from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise TrainingError(f'out_dir {out_dir} is in use by another training (process {lock.read().strip()}); '
+                                f'wait for it to end, or choose another --out_dir') from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
 def train(config, command='python train.py ...'):
     check_config(config)
     rank, world, device = setup_distributed(config)
+    with out_dir_lock(config['out_dir']) if rank == 0 else contextlib.nullcontext():
+        return run(config, command, rank, world, device)
+
+
+def run(config, command, rank, world, device):
+    """The training loop of one process (rank of world) on device."""
     master = rank == 0
     dtype = resolve_dtype(config, device)
     device_type = 'cuda' if device.startswith('cuda') else device.split(':')[0]
@@ -422,7 +526,6 @@ def train(config, command='python train.py ...'):
     tokens_per_step = config['batch_size'] * config['block_size'] * config['gradient_accumulation_steps'] * world
     log = None
     if master:
-        os.makedirs(out_dir, exist_ok=True)
         resolved = {**config, 'vocab_size': meta['vocab_size'], 'world_size': world, 'device_resolved': device,
                     'dtype_resolved': dtype, 'torch_version': torch.__version__, 'params': n_params,
                     'params_non_embedding': n_non_emb}
@@ -565,7 +668,7 @@ def main(argv=None):
         return None
     try:
         return train(configure(argv), command=' '.join(['python train.py', *argv]))
-    except (ConfigError, TrainingError) as e:
+    except UsageError as e:
         sys.exit(f'error: {e}')
     except RuntimeError as e:  # torch.distributed's errors are RuntimeErrors
         if dist.is_available() and dist.is_initialized():
@@ -585,4 +688,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main, interrupted='interrupted before training began: nothing was saved')

@@ -72,7 +72,7 @@ def test_interrupting_reproduce_lets_the_run_save_and_stops_in_one_line(tmp_path
     wait_for_step(str(out / 'mingru_seed0'), 20, process)
     process.send_signal(signal.SIGINT)  # to reproduce.py alone, as `kill -INT` would: it must pass it on
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 1 and 'Traceback' not in stderr, stderr
+    assert process.returncode == 130 and 'Traceback' not in stderr, stderr
     assert stderr.strip().splitlines()[-1].startswith('interrupted: rerun the same command'), stderr
     assert 'SIGINT: saved' in stdout  # train.py stopped at a step boundary and saved, it was not killed
     assert train.load_checkpoint(str(out / 'mingru_seed0' / 'ckpt.pt'))['step'] >= 20
@@ -161,8 +161,8 @@ def test_missing_meta_names_the_prepare_command(tmp_path, tiny_dataset):
     import shutil
     copy = tmp_path / 'data'
     shutil.copytree(tiny_dataset, copy)
-    os.remove(copy / 'meta.pkl')
-    with pytest.raises(SystemExit, match=r'\(meta.pkl missing in .*\); run: python data/char/prepare.py'):
+    os.remove(copy / 'meta.json')
+    with pytest.raises(SystemExit, match=r'\(meta.json missing in .*\); run: python data/char/prepare.py'):
         train.main([f'--dataset={copy}', f'--out_dir={tmp_path / "out"}', *TINY])
 
 

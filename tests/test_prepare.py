@@ -1,6 +1,6 @@
 import hashlib
+import json
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -10,8 +10,8 @@ from data.char.prepare import write_char_dataset
 
 
 def read(folder):
-    with open(os.path.join(folder, 'meta.pkl'), 'rb') as f:
-        meta = pickle.load(f)
+    with open(os.path.join(folder, 'meta.json'), encoding='utf-8') as f:
+        meta = json.load(f)
     return (meta, np.fromfile(os.path.join(folder, 'train.bin'), dtype=np.uint16),
             np.fromfile(os.path.join(folder, 'val.bin'), dtype=np.uint16))
 
@@ -22,16 +22,16 @@ def test_small_text_round_trips(tmp_path):
     meta, train, val = read(tmp_path)
     assert meta['vocab_size'] == len(set(text))
     assert len(train) == int(len(text) * 0.9) and len(train) + len(val) == len(text)
-    decoded = ''.join(meta['itos'][int(i)] for i in np.concatenate([train, val]))
+    decoded = ''.join(meta['chars'][int(i)] for i in np.concatenate([train, val]))
     assert decoded == text
 
 
 def test_prepare_is_idempotent(tmp_path):
     text = 'abcabcabd' * 50
     write_char_dataset(text, str(tmp_path))
-    first = {f: open(tmp_path / f, 'rb').read() for f in ('train.bin', 'val.bin', 'meta.pkl')}
+    first = {f: open(tmp_path / f, 'rb').read() for f in ('train.bin', 'val.bin', 'meta.json')}
     write_char_dataset(text, str(tmp_path))
-    assert first == {f: open(tmp_path / f, 'rb').read() for f in ('train.bin', 'val.bin', 'meta.pkl')}
+    assert first == {f: open(tmp_path / f, 'rb').read() for f in ('train.bin', 'val.bin', 'meta.json')}
 
 
 @pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason='Tiny Shakespeare not at ../shared')
@@ -67,6 +67,6 @@ def test_offline_without_input_names_the_flag(tmp_path):
 def test_generic_prepare_for_any_text(tmp_path):
     text_file = tmp_path / 'my.txt'
     text_file.write_text('To be, or not to be\n' * 30)
-    result = run_script('data/char/prepare.py', '--input', str(text_file), '--name', str(tmp_path / 'mytext'))
+    result = run_script('data/char/prepare.py', '--input', str(text_file), '--out_dir', str(tmp_path / 'mytext'))
     assert result.returncode == 0, result.stderr
     assert read(tmp_path / 'mytext')[0]['vocab_size'] == len(set('To be, or not to be\n'))

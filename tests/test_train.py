@@ -78,10 +78,11 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_last_one_loadable(tmp_path
     child = subprocess.Popen([sys.executable, '-c', f'''
 import sys, torch
 sys.path.insert(0, {ROOT!r})
-from train import save_checkpoint, CHECKPOINT_FORMAT
+from train import save_checkpoint, CHECKPOINT_FORMAT, CHECKPOINT_KEYS
 i = 0
 while True:
-    save_checkpoint({{'format': CHECKPOINT_FORMAT, 'i': i, 'w': torch.full((30_000_000,), float(i))}}, {path!r})
+    save_checkpoint({{**dict.fromkeys(CHECKPOINT_KEYS), 'format': CHECKPOINT_FORMAT, 'i': i,
+                     'w': torch.full((30_000_000,), float(i))}}, {path!r})
     i += 1
 '''])
     try:

@@ -1,0 +1,320 @@
+"""Every bad input and fault ends in one `error:` line (never a traceback), loses nothing, and runs
+no code from a file it reads. One test per class of failure; the cases are the ones a probe found."""
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from conftest import ROOT, TINY, read_log, run_script
+
+
+def assert_one_error_line(result, *fragments):
+    """A finished subprocess that failed with exactly one `error:` line on stderr."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def train_error(*args):
+    """train.main's one-line message for a run that must fail before it trains."""
+    with pytest.raises(SystemExit) as failure:
+        train.main([*TINY, '--max_iters=1', *args])
+    message = str(failure.value.code)
+    assert message.startswith('error: ') and '\n' not in message, message
+    return message
+
+
+class Marker:
+    """An object whose unpickling creates a file: proof that a load ran code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+# ----------------------------------------------------------------------------- config values
+
+@pytest.mark.parametrize('arg, fragment', [
+    ('--learning_rate=-1', 'learning_rate must be a finite number > 0'),
+    ('--learning_rate=1e999', 'learning_rate must be a finite number > 0'),
+    ('--beta1=2', 'beta1 must be in [0, 1)'),
+    ('--beta2=1', 'beta2 must be in [0, 1)'),
+    ('--grad_clip=-1', 'grad_clip must be a finite number >= 0'),
+    ('--weight_decay=-1', 'weight_decay must be'),
+    ('--min_lr=-1', 'min_lr must be'),
+    ('--warmup_iters=-1', 'warmup_iters must be >= 0'),
+    ('--lr_decay_iters=0', 'lr_decay_iters must be an int >= 1'),
+    ('--lr_decay_iters=soon', 'lr_decay_iters must be an int >= 1'),
+    ('--seed=-1', 'seed must be'),
+    ('--ddp_timeout=0', 'ddp_timeout must be >= 1'),
+    ('--ff_mult=-1', 'ff_mult must be a finite number >= 0'),
+    ('--expansion=0', 'expansion must be > 0'),
+    ('--expansion=-1.5', 'expansion must be > 0'),
+    ('--conv_kernel=-1', 'conv_kernel must be >= 0'),
+    ('--dt_rank=-1', 'dt_rank must be >= 0'),
+    ('--mamba_expand=0', 'mamba_expand must be >= 1'),
+    ('--d_conv=0', 'd_conv must be >= 1'),
+    ('--scan_chunk_elems=0', 'scan_chunk_elems must be >= 1'),
+    ('--device=tpu', "unknown device 'tpu'"),
+    ('--device=bogus', "unknown device 'bogus'"),
+    ('--device=', "unknown device ''"),
+    ('--dtype=float8', 'dtype must be'),
+])
+def test_every_out_of_range_value_is_one_line_before_training(tmp_path, tiny_dataset, arg, fragment):
+    message = train_error(f'--dataset={tiny_dataset}', f'--out_dir={tmp_path / "run"}', arg)
+    assert fragment in message
+    assert not (tmp_path / 'run').exists()  # refused before anything was written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
+def test_cuda_without_a_gpu(tmp_path, tiny_dataset):
+    assert 'no CUDA GPU here' in train_error(f'--dataset={tiny_dataset}', f'--out_dir={tmp_path}', '--device=cuda')
+
+
+def test_non_finite_values_from_a_config_file(tmp_path, tiny_dataset):
+    for line, fragment in [("learning_rate = float('nan')", 'learning_rate must be a finite number > 0, got nan'),
+                           ("grad_clip = float('inf')", 'grad_clip must be a finite number >= 0')]:
+        (tmp_path / 'c.py').write_text(line + '\n')
+        assert fragment in train_error(str(tmp_path / 'c.py'), f'--dataset={tiny_dataset}', f'--out_dir={tmp_path}/r')
+
+
+def test_a_config_file_that_exits_or_raises(tmp_path, tiny_dataset):
+    for body, fragment in [('import sys\nsys.exit(3)\n', 'SystemExit'), ('1 / 0\n', 'ZeroDivisionError')]:
+        path = tmp_path / 'c.py'
+        path.write_text(body)
+        result = run_script('train.py', str(path), f'--dataset={tiny_dataset}', '--device=cpu')
+        assert_one_error_line(result, 'config file', fragment)
+
+
+def test_reproduce_checks_every_run_before_the_first_trains(tmp_path, tiny_dataset):
+    common = ['--out_root', str(tmp_path / 'out'), '--results', str(tmp_path / 'results')]
+    result = run_script('reproduce.py', *common, '--', f'--dataset={tiny_dataset}', '--max_iters=-5')
+    assert_one_error_line(result, 'max_iters must be >= 0')
+    (tmp_path / 'afile').write_text('')
+    result = run_script('reproduce.py', '--results', str(tmp_path / 'afile'), '--', f'--dataset={tiny_dataset}')
+    assert_one_error_line(result, 'is a file')
+    result = run_script('reproduce.py', *common, '--seeds', '0')
+    assert_one_error_line(result, '--seeds must be >= 1')
+    assert not (tmp_path / 'out').exists()
+
+
+# ----------------------------------------------------------------------------- data files
+
+def broken_copy(tiny_dataset, tmp_path, name, content):
+    copy = tmp_path / 'data'
+    shutil.copytree(tiny_dataset, copy)
+    (copy / name).write_bytes(content)
+    return copy
+
+
+@pytest.mark.parametrize('name, content, fragment', [
+    ('train.bin', b'\x01\x00\x02', 'not a whole number of uint16 tokens'),
+    ('val.bin', b'', 'has 0 tokens'),
+    ('val.bin', np.array([0, 1, 60000] * 40, dtype=np.uint16).tobytes(), 'token ids up to 60000'),
+    ('meta.json', os.urandom(200), 'not a readable vocabulary'),
+    ('meta.json', b'{"chars": ["a", "a"]}', 'not a list of distinct characters'),
+    ('meta.json', b'[1, 2]', 'not a readable vocabulary'),
+])
+def test_a_broken_dataset_file_names_the_prepare_command(tmp_path, tiny_dataset, name, content, fragment):
+    copy = broken_copy(tiny_dataset, tmp_path, name, content)
+    message = train_error(f'--dataset={copy}', f'--out_dir={tmp_path / "out"}')
+    assert fragment in message and 'prepare' in message
+
+
+def test_a_dataset_pickle_is_never_loaded(tmp_path, tiny_dataset):
+    """An older dataset folder (meta.pkl) or a planted one: the pickle is not read, so its code never runs."""
+    ran = tmp_path / 'code_ran'
+    copy = broken_copy(tiny_dataset, tmp_path, 'meta.pkl', pickle.dumps(Marker(ran)))
+    os.remove(copy / 'meta.json')
+    result = run_script('train.py', f'--dataset={copy}', f'--out_dir={tmp_path / "out"}', *TINY)
+    assert_one_error_line(result, 'meta.json missing', 'meta.pkl is from an older version and no longer read')
+    assert not ran.exists()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def test_an_unsafe_checkpoint_is_called_unsafe_and_runs_nothing(tmp_path):
+    ran = tmp_path / 'code_ran'
+    torch.save({'format': train.CHECKPOINT_FORMAT, 'payload': Marker(ran)}, str(tmp_path / 'best.pt'))
+    result = run_script('sample.py', f'--out_dir={tmp_path}')
+    assert_one_error_line(result, 'is unsafe', 'not loaded')
+    assert not ran.exists()
+
+
+def test_a_torch_file_without_the_expected_keys(tmp_path):
+    torch.save({'format': train.CHECKPOINT_FORMAT, 'model': {}}, str(tmp_path / 'best.pt'))
+    assert_one_error_line(run_script('sample.py', f'--out_dir={tmp_path}'), 'not a checkpoint of this project')
+
+
+def test_disk_full_during_a_save_keeps_the_old_checkpoint_and_no_temporary_file(tmp_path, tiny_dataset):
+    out = tmp_path / 'run'
+    common = [f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--eval_interval=2']
+    assert run_script('train.py', *common, '--max_iters=2').returncode == 0
+    before = (out / 'ckpt.pt').read_bytes()
+    os.symlink('/dev/full', out / 'ckpt.pt.tmp')  # the next write of ckpt.pt lands on a full device
+    result = run_script('train.py', *common, '--max_iters=4', '--init_from=resume')
+    assert_one_error_line(result, 'could not write checkpoint', 'is intact', 'then resume')
+    assert (out / 'ckpt.pt').read_bytes() == before
+    assert train.load_checkpoint(str(out / 'ckpt.pt'))['step'] == 2
+    assert not [name for name in os.listdir(out) if name.endswith('.tmp')]
+
+
+def test_an_out_dir_that_cannot_be_written(tmp_path, tiny_dataset):
+    result = run_script('train.py', f'--dataset={tiny_dataset}', '--out_dir=/proc/minrnn/run', *TINY)
+    assert_one_error_line(result, 'cannot write to out_dir /proc/minrnn/run')
+
+
+# ----------------------------------------------------------------------------- two runs, one out_dir
+
+def test_a_second_training_in_a_busy_out_dir_is_refused_and_the_first_loses_nothing(tmp_path, tiny_dataset):
+    out = tmp_path / 'run'
+    command = [sys.executable, 'train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY,
+               '--max_iters=100000', '--eval_interval=100000', '--log_interval=1']
+    first = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (out / 'log.jsonl').exists() or not read_log(str(out), 'train'):
+            assert time.time() < deadline and first.poll() is None
+            time.sleep(0.1)
+        second = run_script('train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--max_iters=3')
+        assert_one_error_line(second, f'out_dir {out} is in use by another training (process {first.pid})')
+        first.send_signal(signal.SIGTERM)
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr
+    saved = train.load_checkpoint(str(out / 'ckpt.pt'))
+    assert saved['config']['max_iters'] == 100000 and f"at step {saved['step']}." in stdout
+    assert read_log(str(out), 'meta')[0]['config']['max_iters'] == 100000  # its log, not the second's
+
+
+# ----------------------------------------------------------------------------- scripts
+
+def test_sample_with_a_binary_prompt_file_or_a_closed_pipe(tmp_path, tiny_dataset):
+    out = tmp_path / 'run'
+    assert run_script('train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--max_iters=2',
+                      '--eval_interval=2').returncode == 0
+    (tmp_path / 'prompt.bin').write_bytes(b'\xff\xfe\x00\x81' * 10)
+    result = run_script('sample.py', f'--out_dir={out}', f'--start=FILE:{tmp_path / "prompt.bin"}')
+    assert_one_error_line(result, 'is not UTF-8 text')
+    # `sample.py | head -c 10`: the reader goes away while the text streams
+    piped = subprocess.run(f'{sys.executable} sample.py --out_dir={out} --max_new_tokens=20000 | head -c 10',
+                           shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert len(piped.stdout) == 10 and piped.stderr == '', piped.stderr
+
+
+def test_sample_interrupted_while_streaming(tmp_path, tiny_dataset):
+    out = tmp_path / 'run'
+    assert run_script('train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--max_iters=2',
+                      '--eval_interval=2').returncode == 0
+    process = subprocess.Popen([sys.executable, 'sample.py', f'--out_dir={out}', '--max_new_tokens=10000000'],
+                               cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.read(50)  # streaming has begun
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stderr.strip() == 'interrupted', stderr
+
+
+@pytest.mark.parametrize('args, fragment', [
+    (['--name', '../../escaped'], 'must be a plain folder name'),
+    (['--name', ''], 'must be a plain folder name'),
+    (['--name', '..'], 'must be a plain folder name'),
+])
+def test_prepare_refuses_names_outside_data(tmp_path, args, fragment):
+    (tmp_path / 'in.txt').write_text('some text to prepare\n' * 20)
+    assert_one_error_line(run_script('data/char/prepare.py', '--input', str(tmp_path / 'in.txt'), *args), fragment)
+    assert not os.path.exists(os.path.join(ROOT, '..', 'escaped'))
+
+
+def test_prepare_with_too_little_text_or_a_folder(tmp_path):
+    (tmp_path / 'one.txt').write_text('x')
+    result = run_script('data/char/prepare.py', '--input', str(tmp_path / 'one.txt'), '--name', 'minrnn_test_one')
+    assert_one_error_line(result, 'fewer than 2 characters')
+    result = run_script('data/char/prepare.py', '--input', str(tmp_path), '--name', 'minrnn_test_one')
+    assert_one_error_line(result, 'is not a file')
+    result = run_script('data/shakespeare_char/prepare.py', '--input', str(tmp_path), '--out_dir', str(tmp_path))
+    assert_one_error_line(result, 'is not a file')
+    assert not os.path.exists(os.path.join(ROOT, 'data', 'minrnn_test_one'))
+
+
+def test_an_unexpected_failure_is_one_line_and_its_traceback_is_one_variable_away(monkeypatch, capsys):
+    from configurator import run_cli
+
+    def buggy():
+        return {}['no such key']
+    monkeypatch.delenv('MINRNN_DEBUG', raising=False)
+    with pytest.raises(SystemExit) as failure:
+        run_cli(buggy)
+    assert str(failure.value.code).startswith("error: unexpected KeyError: 'no such key' (a bug? MINRNN_DEBUG=1")
+    monkeypatch.setenv('MINRNN_DEBUG', '1')
+    with pytest.raises(KeyError):
+        run_cli(buggy)
+
+
+def test_plot_curves_with_string_fields_draws_what_is_valid(tmp_path):
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'log.jsonl').write_text('{"kind": "meta", "format": 1, "block": "mingru", "config": {}}\n'
+                                   '{"kind": "eval", "step": 0, "val_loss": 2.0, "time": "soon"}\n'
+                                   '{"kind": "eval", "step": 1, "val_loss": 1.0, "time": 3.0}\n'
+                                   '{"kind": "eval", "step": "two", "val_loss": 0.5}\n')
+    for x in ('step', 'time'):
+        result = run_script('plot_curves.py', str(run), '--x', x, '--out', str(tmp_path / 'plots'))
+        assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr
+        assert (tmp_path / 'plots' / f'curves_{x}.png').stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- the kernel build
+
+def test_a_killed_first_build_then_a_normal_run_finishes(tmp_path, tiny_dataset):
+    """SIGKILL during the first build of cpu_kernels leaves its lock file behind; the next run must
+    not wait on it. Then Ctrl-C during a build is one line, and a third run builds and trains."""
+    env = {**os.environ, 'TORCH_EXTENSIONS_DIR': str(tmp_path / 'ext')}
+    command = [sys.executable, 'train.py', f'--dataset={tiny_dataset}', f'--out_dir={tmp_path / "run"}', *TINY,
+               '--block=mingru', '--scan_backend=compiled', '--max_iters=2', '--eval_interval=2']
+    locks = lambda: {root for root, _, files in os.walk(tmp_path / 'ext') if 'lock' in files}
+    for sig in (signal.SIGKILL, signal.SIGINT):
+        earlier = locks()
+        process = subprocess.Popen(command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while not locks() - earlier:  # this run's own build is under way
+            assert time.time() < deadline and process.poll() is None, 'no build under way'
+            time.sleep(0.2)
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=120)
+        if sig == signal.SIGINT:
+            assert process.returncode == 130 and stderr.strip() == 'interrupted before training began: nothing was saved', stderr
+    assert locks()  # the killed build's lock is still there
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert train.load_checkpoint(str(tmp_path / 'run' / 'ckpt.pt'))['step'] == 2
+
+
+def test_the_kernel_build_is_shared_by_every_checkout_of_the_same_source(tmp_path):
+    """A second checkout (another path, the same cpu_kernels.cpp) loads the build the first one made."""
+    import cpu_kernels
+    if not cpu_kernels.available():
+        pytest.skip('no compiler here')
+    checkout = tmp_path / 'another_checkout'
+    checkout.mkdir()
+    for name in ('cpu_kernels.py', 'cpu_kernels.cpp'):
+        shutil.copy(os.path.join(ROOT, name), checkout / name)
+    library = cpu_kernels.load().__file__
+    built = os.stat(library).st_mtime_ns
+    code = 'import cpu_kernels; print(cpu_kernels.load().__file__)'
+    result = subprocess.run([sys.executable, '-c', code], cwd=checkout, capture_output=True, text=True, timeout=600)
+    assert result.stdout.strip() == library, result.stderr
+    assert os.stat(library).st_mtime_ns == built  # loaded, not built again
