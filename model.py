@@ -10,10 +10,13 @@ Every model is: token embedding -> n_layer residual pre-norm blocks -> final nor
 tied to the embedding. A block is  x + mixer(norm(x))  then, when ff_mult > 0,  x + ff(norm(x)).
 
 Every mixer has two paths that compute the same function (the tests hold them equal):
-    forward(x)            all time steps at once, for training (x: batch, time, n_embd)
-    step(x_t, state)      one time step, for generation; state=None starts a sequence.
-For the recurrent mixers the state has a fixed size, so the n-th generated token costs the same
-as the first; for the Transformer it is a key/value cache that grows with the sequence.
+    forward(x, state)     all time steps at once (x: batch, time, n_embd), for training, prompts
+                          and evaluation; returns the output and the state after the last step
+    step(x_t, state)      one time step, for generation
+state=None starts a sequence, and both paths take and return the same state, so a sequence can be
+run in chunks, or a prompt read in parallel and then continued step by step. For the recurrent
+mixers the state has a fixed size, so the n-th generated token costs the same as the first; for
+the Transformer it is a key/value cache that grows with the sequence.
 """
 import math
 from dataclasses import dataclass, fields
@@ -110,8 +113,14 @@ class CausalDepthwiseConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(kernel, channels).uniform_(-kernel ** -0.5, kernel ** -0.5))
         self.bias = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x):  # (B, T, C)
-        return ShiftedSum.apply(x, self.weight, self.bias)
+    def forward(self, x, window=None):
+        """x: (B, T, C); window: the kernel-1 inputs before x, as step() keeps them (None: zeros).
+        Returns y and the window after x."""
+        n = self.weight.shape[0] - 1
+        if window is None:
+            return ShiftedSum.apply(x, self.weight, self.bias), last_steps(x, n)
+        x = torch.cat([window.to(x.dtype), x], dim=1)
+        return ShiftedSum.apply(x, self.weight, self.bias)[:, n:], x[:, x.shape[1] - n:]
 
     def step(self, x, window):
         """x: (B, C); window: the previous kernel-1 inputs, oldest first, (B, kernel-1, C) or None."""
@@ -119,6 +128,13 @@ class CausalDepthwiseConv(nn.Module):
             window = x.new_zeros(x.shape[0], self.weight.shape[0] - 1, x.shape[1])
         window = torch.cat([window, x.unsqueeze(1)], dim=1)
         return self.bias + (window * self.weight).sum(dim=1), window[:, 1:]
+
+
+def last_steps(x, n):
+    """The last n time steps of x (B, T, C), zeros before the start where T < n: a conv's window."""
+    if x.shape[1] < n:
+        x = F.pad(x, (0, 0, n - x.shape[1], 0))
+    return x[:, x.shape[1] - n:]
 
 
 class ShiftedSum(torch.autograd.Function):
@@ -172,11 +188,18 @@ class CausalSelfAttention(nn.Module):
         B, _, T, _ = y.shape
         return self.resid_dropout(self.out(y.transpose(1, 2).reshape(B, T, -1)))
 
-    def forward(self, x):
+    def forward(self, x, cache=None):
+        """Causal attention over x and the cached keys and values of the steps before it."""
         q, k, v = self.heads(x)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.merge(y)
+        dropout = self.dropout if self.training else 0.0
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:  # new step i, after `past` cached ones, sees keys 0 .. past + i
+            past, T = cache[0].shape[2], x.shape[1]
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return self.merge(y), (k, v)
 
     def step(self, x, cache):
         """The new token attends to every cached key: cost grows with the sequence."""
@@ -238,19 +261,20 @@ class MinRNN(nn.Module):
         """(log a_t, log b_t) from the same projections, never leaving log space."""
         raise NotImplementedError
 
-    def forward(self, x):
+    def forward(self, x, state=None):
+        h0, window = state if state is not None else (None, None)
         if self.conv is not None:
-            x = self.conv(x)
+            x, window = self.conv(x, window)
         gates = widen(self.to_gates(x))
         backend = resolve_backend(self.backend, x.device)
-        if backend == 'log':
+        if backend == 'log':  # h0 > 0 always: b = z h~ > 0 (minGRU), i' h~ > 0 (minLSTM)
             log_a, log_b = self.log_coefficients(gates)
-            h = linear_scan(log_a=log_a, log_b=log_b, backend='log')
+            h = linear_scan(log_a=log_a, log_b=log_b, h0=h0, backend='log')
         elif backend == 'compiled':  # the same coefficients, in one compiled pass (cpu_kernels.cpp)
-            h = linear_scan(*cpu_kernels.coefficients(self.kind, gates), backend='compiled')
+            h = linear_scan(*cpu_kernels.coefficients(self.kind, gates), h0=h0, backend='compiled')
         else:
-            h = linear_scan(*self.coefficients(gates), backend='sequential')
-        return self.dropout(self.out(h.to(x.dtype)))
+            h = linear_scan(*self.coefficients(gates), h0=h0, backend='sequential')
+        return self.dropout(self.out(h.to(x.dtype))), (h[:, -1], window)
 
     def step(self, x, state):
         h, window = state if state is not None else (None, None)
@@ -402,31 +426,37 @@ class Mamba(nn.Module):
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         return widen(F.softplus(self.dt_proj(dt))), widen(B), widen(C)
 
-    def scan_channels(self, x, delta, B, C, A_log, D):
-        """y for a slice of channels: builds (batch, T, channels, N) coefficients and scans them."""
+    def scan_channels(self, x, delta, B, C, A_log, D, h0):
+        """y and the last state for a slice of channels: builds (batch, T, channels, N) coefficients
+        and scans them from h0 (batch, channels, N) or zero."""
         batch, T, E = x.shape
         log_a = delta.unsqueeze(-1) * -A_log.exp()             # log exp(delta A)
         b = (delta * x).unsqueeze(-1) * B.unsqueeze(2)                   # delta B x
-        h = linear_scan(log_a=log_a.reshape(batch, T, -1), b=b.reshape(batch, T, -1), backend=self.backend)
-        return (h.view(batch, T, E, -1) * C.unsqueeze(2)).sum(-1) + D * x
+        h = linear_scan(log_a=log_a.reshape(batch, T, -1), b=b.reshape(batch, T, -1),
+                        h0=None if h0 is None else h0.reshape(batch, -1), backend=self.backend)
+        h = h.view(batch, T, E, -1)
+        return (h * C.unsqueeze(2)).sum(-1) + D * x, h[:, -1]
 
-    def selective_scan(self, x, delta, B, C):
+    def selective_scan(self, x, delta, B, C, h0=None):
         batch, T, E = x.shape
         per_channel = batch * T * self.d_state
         chunk = max(1, self.chunk_elems // per_channel)
         if chunk >= E:
-            return self.scan_channels(x, delta, B, C, self.A_log, self.D)
+            return self.scan_channels(x, delta, B, C, self.A_log, self.D, h0)
         # Too large to hold at once: scan channel chunks, recomputing each in backward.
-        return torch.cat([
-            checkpoint(self.scan_channels, x[..., s:s + chunk], delta[..., s:s + chunk], B, C,
-                       self.A_log[s:s + chunk], self.D[s:s + chunk], use_reentrant=False)
-            for s in range(0, E, chunk)], dim=-1)
+        parts = [checkpoint(self.scan_channels, x[..., s:s + chunk], delta[..., s:s + chunk], B, C,
+                            self.A_log[s:s + chunk], self.D[s:s + chunk], None if h0 is None else h0[:, s:s + chunk],
+                            use_reentrant=False)
+                 for s in range(0, E, chunk)]
+        return torch.cat([y for y, _ in parts], dim=-1), torch.cat([h for _, h in parts], dim=1)
 
-    def forward(self, u):
+    def forward(self, u, state=None):
+        h0, window = state if state is not None else (None, None)
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        x = widen(F.silu(self.conv(x)))
-        y = self.selective_scan(x, *self.selective_inputs(x))
-        return self.dropout(self.out_proj((y * F.silu(widen(z))).to(u.dtype)))
+        x, window = self.conv(x, window)
+        x = widen(F.silu(x))
+        y, h = self.selective_scan(x, *self.selective_inputs(x), h0)
+        return self.dropout(self.out_proj((y * F.silu(widen(z))).to(u.dtype))), (h, window)
 
     def step(self, u, state):
         h, window = state if state is not None else (None, None)
@@ -466,9 +496,10 @@ class Block(nn.Module):
         if config.ff_mult > 0:
             self.norm_ff, self.ff = NORMS[config.norm](config), FeedForward(config)
 
-    def forward(self, x):
-        x = x + self.mixer(self.norm_mix(x))
-        return x if self.ff is None else x + self.ff(self.norm_ff(x))
+    def forward(self, x, state=None):
+        y, state = self.mixer(self.norm_mix(x), state)
+        x = x + y
+        return (x if self.ff is None else x + self.ff(self.norm_ff(x))), state
 
     def step(self, x, state):
         y, state = self.mixer.step(self.norm_mix(x), state)
@@ -511,20 +542,35 @@ class CharLM(nn.Module):
             n -= self.tok_emb.weight.numel() + (self.pos_emb.weight.numel() if self.pos_emb is not None else 0)
         return n
 
-    def forward(self, idx, targets=None):
-        """Parallel path. idx: (batch, time) token ids. Returns logits and the mean loss (or None)."""
+    def forward(self, idx, targets=None, states=None):
+        """Parallel path. idx: (batch, time) token ids, continuing the sequence whose per-layer states
+        are given (None: a new sequence). Returns logits, the mean loss (or None) and the states
+        after the last token."""
         T = idx.shape[1]
+        states = states or [None] * len(self.blocks)
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
-            if T > self.config.block_size:
-                raise ValueError(f'sequence of {T} tokens exceeds the Transformer block_size {self.config.block_size}')
-            x = x + self.pos_emb(torch.arange(T, device=idx.device))
+            past = 0 if states[0] is None else states[0][0].shape[2]  # tokens in the key/value cache
+            if past + T > self.config.block_size:
+                raise ValueError(f'sequence of {past + T} tokens exceeds the Transformer block_size '
+                                 f'{self.config.block_size}')
+            x = x + self.pos_emb(torch.arange(past, past + T, device=idx.device))
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x)
+        new_states = []
+        for block, state in zip(self.blocks, states):
+            x, state = block(x, state)
+            new_states.append(state)
         logits = self.head(self.norm(x))
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        return logits, loss
+        return logits, loss, new_states
+
+    def prefill(self, idx, chunk=1024):
+        """Read a prompt (batch, time) with the parallel path, chunk tokens at a time (which bounds
+        memory), carrying the state: the logits after its last token and the states to step on."""
+        states = None
+        for start in range(0, idx.shape[1], chunk):
+            logits, _, states = self(idx[:, start:start + chunk], states=states)
+        return logits[:, -1], states
 
     def step(self, token, states, pos):
         """Step path. token: (batch,) ids at position pos; states: one entry per layer (None at start)."""
@@ -539,14 +585,13 @@ class CharLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
-        """Yield max_new_tokens tokens (each (batch,)) continuing idx (batch, time >= 1), stepping the
-        state. The Transformer's window is block_size: past it, like nanoGPT, each token re-reads the
-        last block_size tokens with a full forward."""
+        """Yield max_new_tokens tokens (each (batch,)) continuing idx (batch, time >= 1): the prompt
+        is read by the parallel path (prefill), then each token is one step of the state. The
+        Transformer's window is block_size: past it, like nanoGPT, each token re-reads the last
+        block_size tokens with a full forward."""
         window = self.config.block_size if self.pos_emb is not None else None
         context = idx[:, -window:] if window else idx
-        states = [None] * len(self.blocks)
-        for pos in range(context.shape[1]):
-            logits, states = self.step(context[:, pos], states, pos)
+        logits, states = self.prefill(context)  # the prompt in parallel, then one step per token
         for _ in range(max_new_tokens):
             logits = logits.float() / temperature
             if top_k is not None:

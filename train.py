@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 import cpu_kernels
 from configurator import ConfigError, UsageError, documented_keys, help_text, resolve, run_cli
-from model import CharLM, ModelConfig, keys_unused_by
+from model import CharLM, ModelConfig, keys_unused_by, widen
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEYS = {'model', 'optimizer', 'scaler', 'model_config', 'config', 'step', 'best_val_loss',
@@ -394,7 +394,7 @@ def full_split_loss(model, data, block_size, batch_size, device, autocast=contex
         y = torch.stack([tokens[s + 1:s + 1 + length] for s in starts]).to(device)
         with autocast:
             logits = model(x)[0]
-        total[0] += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction='sum').double()
+        total[0] += F.cross_entropy(widen(logits.flatten(0, 1)), y.flatten(), reduction='sum').double()
         total[1] += y.numel()
     if world > 1:
         dist.all_reduce(total)

@@ -40,24 +40,28 @@ def test_parallel_equals_step(block, overrides, backend):
 
 @pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
 def test_generation_logits_equal_a_full_forward_of_the_prefix(block, overrides):
-    """generate() steps a state (or KV cache); a fresh forward of the whole prefix must agree."""
+    """generate() reads the prompt in parallel, then steps a state (or KV cache); a fresh forward of the
+    whole prefix must agree with every prediction it made."""
     model = tiny_model(block, **overrides)
     prompt = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(2))
     seen = []
-    original_step = model.step
+    original_prefill, original_step = model.prefill, model.step
 
-    def recording_step(token, states, pos):
-        logits, states = original_step(token, states, pos)
-        seen.append(logits)
-        return logits, states
+    def recording(method):
+        def call(*args):
+            logits, states = method(*args)
+            seen.append(logits)
+            return logits, states
+        return call
 
-    model.step = recording_step
+    model.prefill, model.step = recording(original_prefill), recording(original_step)
     tokens = list(model.generate(prompt, 12, generator=torch.Generator().manual_seed(3)))
     sequence = torch.cat([prompt, torch.stack(tokens, dim=1)], dim=1)
     with torch.no_grad():
         full = model(sequence)[0]
-    # seen[i] is the prediction after sequence[:, :i+1]; the last token's prediction is never needed.
-    torch.testing.assert_close(torch.stack(seen, dim=1), full[:, :len(seen)], rtol=1e-10, atol=1e-10)
+    # seen[i] is the prediction after sequence[:, :5+i]: the prompt's, then each new token's
+    assert len(seen) == 13
+    torch.testing.assert_close(torch.stack(seen, dim=1), full[:, 4:4 + len(seen)], rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
@@ -130,7 +134,7 @@ def test_plain_and_log_backends_give_one_gradient(cls, backend):
         layer = cls(ModelConfig(n_embd=8, expansion=1.5, conv_kernel=3, scan_backend=backend)).double()
         x = torch.randn(2, 33, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(13)) * 3
         x.requires_grad_()
-        (layer(x) * torch.linspace(-1, 1, 8, dtype=torch.float64)).sum().backward()
+        (layer(x)[0] * torch.linspace(-1, 1, 8, dtype=torch.float64)).sum().backward()
         return [x.grad] + [p.grad for p in layer.parameters()]
     for plain, log in zip(gradients(backend), gradients('log')):
         torch.testing.assert_close(plain, log, rtol=1e-9, atol=1e-12)
@@ -219,7 +223,7 @@ def mamba_layer(backend, chunk_elems=1 << 26, E=6, N=4):
 def test_selective_scan_matches_the_per_step_reference(backend, chunk_elems):
     layer = mamba_layer(backend, chunk_elems)
     inputs = [t.requires_grad_() for t in mamba_inputs(64)]
-    y = layer.selective_scan(*inputs)
+    y, _ = layer.selective_scan(*inputs)
     weights = torch.randn_like(y)
     grads = torch.autograd.grad((y * weights).sum(), [*inputs, layer.A_log, layer.D])
 
@@ -240,7 +244,66 @@ def test_selective_scan_finite_with_delta_at_its_extremes(backend, T):
     x, delta, B, C = (t.float() for t in mamba_inputs(T, seed=7))
     extremes = torch.tensor([1e-6, 1e3])[torch.randint(0, 2, delta.shape, generator=torch.Generator().manual_seed(8))]
     inputs = [t.requires_grad_() for t in (x * 30, extremes, B * 30, C)]
-    y = layer.selective_scan(*inputs)
+    y, _ = layer.selective_scan(*inputs)
     y.sum().backward()
     assert torch.isfinite(y).all()
     assert all(torch.isfinite(t.grad).all() for t in inputs)
+
+
+# ----------------------------------------------------------------------------- carried state
+
+def chunked_logits(model, idx, lengths):
+    """The parallel path over idx cut into chunks of the given lengths, the state carried across."""
+    out, states, start = [], None, 0
+    for n in lengths:
+        logits, _, states = model(idx[:, start:start + n], states=states)
+        out.append(logits)
+        start += n
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
+@pytest.mark.parametrize('backend', ['log', 'sequential', COMPILED])
+def test_chunks_with_carried_state_equal_one_pass_and_the_step_path(block, overrides, backend):
+    """Chunks that do not divide the sequence, one of them shorter than the conv window."""
+    model = tiny_model(block, scan_backend=backend, **overrides)
+    idx = torch.randint(0, 11, (3, 24), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        whole = model(idx)[0]
+        chunked = chunked_logits(model, idx, [5, 2, 1, 9, 7])
+        stepped = step_logits(model, idx)
+    torch.testing.assert_close(chunked, whole, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(chunked, stepped, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
+def test_the_parallel_state_is_the_step_state(block, overrides):
+    """What forward returns after a prefix is what the step path holds after it, conv window included."""
+    model = tiny_model(block, **overrides)
+    idx = torch.randint(0, 11, (2, 10), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        _, _, parallel = model(idx)
+        stepped = [None] * len(model.blocks)
+        for pos in range(idx.shape[1]):
+            _, stepped = model.step(idx[:, pos], stepped, pos)
+    for a, b in zip(parallel, stepped):
+        for x, y in zip(a, b):
+            assert (x is None) == (y is None)
+            if x is not None:
+                torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
+def test_prefill_then_steps_samples_what_steps_alone_sample(block, overrides):
+    model = tiny_model(block, **overrides)
+    prompt = torch.randint(0, 11, (2, 17), generator=torch.Generator().manual_seed(9))
+
+    def stepping_only_prefill(idx, chunk=None):  # the step path over the prompt, as generation once did
+        states = [None] * len(model.blocks)
+        for pos in range(idx.shape[1]):
+            logits, states = model.step(idx[:, pos], states, pos)
+        return logits, states
+    sample = lambda: [t.tolist() for t in model.generate(prompt, 30, generator=torch.Generator().manual_seed(10))]
+    prefilled = sample()
+    model.prefill = stepping_only_prefill
+    assert sample() == prefilled
