@@ -69,6 +69,7 @@ DEFAULTS = dict(
     lr_decay_iters=None,          # step where the cosine reaches min_lr; None: max_iters
     min_lr=1e-4,                  # learning rate at and after lr_decay_iters
     max_bad_steps=5,              # stop after this many consecutive non-finite steps
+    max_seconds=0.0,              # wall-clock limit of the training loop: then evaluate, save, stop; 0: none
     # system
     device='auto',                # 'auto' (cuda, mps, cpu), or a torch device string
     dtype='auto',                 # 'auto' (bfloat16 on capable CUDA, else float32), 'float32', 'bfloat16', 'float16'
@@ -147,6 +148,7 @@ RULES = {
     'seed': (lambda v: 0 <= v < 2 ** 63, 'in [0, 2^63)'),
     'dtype': (lambda v: v in ('auto', 'float32', 'bfloat16', 'float16'), "'auto', 'float32', 'bfloat16' or 'float16'"),
     'ddp_timeout': (lambda v: v >= 1, '>= 1 (seconds)'),
+    'max_seconds': (lambda v: 0 <= v < math.inf, 'a finite number of seconds >= 0 (0: no limit)'),
 }
 
 
@@ -414,11 +416,13 @@ def evaluate(model, splits, config, device, autocast, rank, world):
 # ----------------------------------------------------------------------------- training
 
 class StopRequest:
-    """SIGINT / SIGTERM set a flag; the loop saves a checkpoint after the current step and exits."""
+    """Why the loop should stop after the current step: SIGINT / SIGTERM (save a checkpoint and exit),
+    or max_seconds of wall time spent (evaluate, save and exit, as at max_iters)."""
 
-    def __init__(self):
+    def __init__(self, max_seconds=0):
         self.signal = None
         self.previous = {}
+        self.deadline = time.monotonic() + max_seconds if max_seconds else None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # signal handlers live there only
@@ -430,13 +434,18 @@ class StopRequest:
         self.signal = signal.Signals(signum).name
 
     def requested(self, world, device):
-        """Whether any process was asked to stop: all stop after the same step, or one would wait forever."""
-        if world == 1:
-            return self.signal is not None
-        flag = torch.tensor(float(self.signal is not None), device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        self.signal = self.signal or ('SIGTERM' if flag.item() else None)
-        return self.signal is not None
+        """The signal's name, 'max_seconds' or None, the same in every process: all stop after the
+        same step, or one would wait forever."""
+        out_of_time = self.deadline is not None and time.monotonic() > self.deadline
+        flag = 2 if self.signal is not None else 1 if out_of_time else 0
+        if world > 1:
+            flag = torch.tensor(float(flag), device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            flag = int(flag.item())
+        if flag == 2:
+            self.signal = self.signal or 'SIGTERM'
+            return self.signal
+        return 'max_seconds' if flag == 1 else None
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
@@ -566,13 +575,16 @@ def run(config, command, rank, world, device):
                dynamic_ncols=True, desc=config['block'])
     bad_steps, window_seconds, window_steps = 0, 0.0, 0
     accumulate = config['gradient_accumulation_steps']
-    with StopRequest() as stop:
+    stopping = None  # why the run ends at this step: 'max_iters', 'eval_only' or 'max_seconds'
+    with StopRequest(config['max_seconds']) as stop:
         while True:
             lr = learning_rate_at(step, config)
             for group in optimizer.param_groups:
                 group['lr'] = lr
+            if (step >= config['max_iters'] or config['eval_only']):
+                stopping = 'eval_only' if config['eval_only'] else 'max_iters'
 
-            if step % config['eval_interval'] == 0 or step == config['max_iters'] or config['eval_only']:
+            if step % config['eval_interval'] == 0 or stopping:
                 t0 = time.perf_counter()
                 losses = evaluate(eval_model, splits, config, device, autocast, rank, world)
                 if master:
@@ -582,10 +594,12 @@ def run(config, command, rank, world, device):
                 if losses['val'] < best_val:
                     best_val, best_step = losses['val'], step
                     checkpoint(os.path.join(out_dir, 'best.pt'))
-                if config['always_save_checkpoint'] or step == config['max_iters']:
+                if config['always_save_checkpoint'] or stopping:
                     checkpoint(ckpt_path)
                 elapsed += time.perf_counter() - t0
-            if step >= config['max_iters'] or config['eval_only']:
+            if stopping:
+                if master:
+                    log.write(kind='stop', step=step, reason=stopping)
                 break
 
             t0 = time.perf_counter()
@@ -626,7 +640,10 @@ def run(config, command, rank, world, device):
             bar.update(1)
             bar.set_postfix(loss=f'{loss_value:.4f}', tok_s=f'{tokens_per_step / seconds:,.0f}', refresh=False)
 
-            if stop.requested(world, device):
+            request = stop.requested(world, device)
+            if request == 'max_seconds':
+                stopping = request  # evaluate and save at the top of the loop, then stop
+            elif request:
                 checkpoint(ckpt_path)
                 if master:
                     bar.close()
@@ -635,18 +652,19 @@ def run(config, command, rank, world, device):
     bar.close()
     if log is not None:
         log.close()
-    if master and stop.signal is None:
-        print(summary(out_dir, step, elapsed, best_val, best_step))
+    if master and stopping:
+        print(summary(out_dir, step, elapsed, best_val, best_step, stopping))
     if world > 1:
         dist.barrier()  # rank 0 may still be writing the checkpoint: tear gloo/nccl down together
     return {'step': step, 'best_val_loss': best_val, 'best_val_step': best_step}
 
 
-def summary(out_dir, step, elapsed, best_val, best_step):
+def summary(out_dir, step, elapsed, best_val, best_step, reason):
     """What a finished run prints: its best result, where its files are, what to do next."""
     path = lambda name: os.path.join(out_dir, name)
     at = f' at step {best_step}' if best_step is not None else ''
-    return (f'done: step {step}, {elapsed:.0f} s of training and evaluation; best val loss {best_val:.4f} '
+    why = ' (max_seconds reached)' if reason == 'max_seconds' else ''
+    return (f'done: step {step}{why}, {elapsed:.0f} s of training and evaluation; best val loss {best_val:.4f} '
             f'(whole val split){at}\n'
             f"  checkpoints: {path('best.pt')} (best), {path('ckpt.pt')} (latest); log: {path('log.jsonl')}\n"
             f'  sample: python sample.py --out_dir={out_dir}\n'

@@ -142,3 +142,40 @@ def test_torchrun_two_processes_on_cpu_write_one_log_and_resume_exactly(tmp_path
 def test_every_config_file_is_valid(config_file):
     result = run_script('train.py', f'config/{config_file}', '--dataset=does_not_exist')
     assert 'not prepared' in result.stderr, result.stderr  # it got past parsing: every key is valid
+
+
+def test_max_seconds_stops_cleanly_with_an_evaluation_a_checkpoint_and_a_reason(tmp_path, tiny_dataset, capsys):
+    out_dir, result = run_train(tmp_path, tiny_dataset, '--max_iters=1000000', '--eval_interval=100000',
+                                '--max_seconds=3')
+    stopped = train.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))['step']
+    assert 0 < stopped < 1000000 and result['step'] == stopped
+    rows = read_log(out_dir)
+    assert rows[-1] == {'kind': 'stop', 'step': stopped, 'reason': 'max_seconds'}
+    assert rows[-2]['kind'] == 'eval' and rows[-2]['step'] == stopped  # a final evaluation at that step
+    assert '(max_seconds reached)' in capsys.readouterr().out
+
+
+def test_a_finished_run_says_where_it_resumed_what_it_reached_and_what_next(tmp_path, tiny_dataset, capsys):
+    out_dir, _ = run_train(tmp_path, tiny_dataset, '--max_iters=4', '--eval_interval=2')
+    run_train(tmp_path, tiny_dataset, '--max_iters=6', '--eval_interval=2', '--init_from=resume')
+    out = capsys.readouterr().out
+    assert f'resuming from step 4 of {out_dir}/ckpt.pt' in out
+    assert 'done: step 6,' in out and 'best val loss' in out and f'sample: python sample.py --out_dir={out_dir}' in out
+    assert read_log(out_dir)[-1] == {'kind': 'stop', 'step': 6, 'reason': 'max_iters'}
+    assert 'n_head = 2' in out and 'expansion' not in out and 'd_state' not in out  # only the block's keys
+
+
+def test_a_short_run_decays_its_learning_rate_to_min_lr(tmp_path, tiny_dataset):
+    out_dir = str(tmp_path / 'run')
+    train.main([os.path.join(ROOT, 'config', 'shakespeare_char_mingru_cpu.py'), f'--dataset={tiny_dataset}',
+                f'--out_dir={out_dir}', '--max_iters=20', '--warmup_iters=5', '--eval_interval=10', '--progress=False'])
+    config = train.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))['config']
+    assert config['lr_decay_iters'] == 20 and train.learning_rate_at(20, config) == config['min_lr']
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, 'data', 'shakespeare_char', 'train.bin')),
+                    reason='Tiny Shakespeare is not prepared (python data/shakespeare_char/prepare.py); CI prepares it')
+def test_training_on_the_real_text_learns(tmp_path):
+    out_dir, _ = run_train(tmp_path, 'shakespeare_char', '--max_iters=40', '--eval_interval=40', '--learning_rate=3e-3')
+    losses = evals(out_dir)
+    assert losses[40][1] < losses[0][1] - 0.5  # from ln(65) = 4.17 towards the character statistics
