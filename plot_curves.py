@@ -241,10 +241,14 @@ def main(argv=None):
     if not runs:
         sys.exit('error: none of the given runs has a usable log.jsonl; train one first (python train.py CONFIG)')
     os.makedirs(args.out, exist_ok=True)
-    paths = plot(runs, args.out, args.x, args.band, args.train)
     rows = summarise(runs, args.at)
-    print(write_table(rows, args.out, args.at))
-    print('wrote ' + ', '.join(paths) + f', {args.out}/results.md, {args.out}/results.csv')
+    print(write_table(rows, args.out, args.at))  # the numbers first: a failed plot loses none of them
+    try:
+        paths = plot(runs, args.out, args.x, args.band, args.train)
+    except ImportError:
+        warn('matplotlib is not installed: no figure (pip install matplotlib)')
+        paths = []
+    print('wrote ' + ', '.join(paths + [f'{args.out}/results.md', f'{args.out}/results.csv']))
     return rows
 
 

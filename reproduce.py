@@ -11,13 +11,17 @@ the best one is the score of best.pt. Logs and configs are copied to <results>/r
 stay in out/), then plot_curves.py draws the figure and table.
 Arguments after -- go to every train.py call.
 """
+import importlib.util
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+
+import torch
 
 import plot_curves
 import train
@@ -52,7 +56,12 @@ def main(argv=None):
     parser.add_argument('--blocks', nargs='+', choices=BLOCKS, default=list(BLOCKS))
     parser.add_argument('--out_root', help='where runs go (default out/<scale>)')
     parser.add_argument('--results', help='where logs, figure and table go (default results/<scale>)')
+    parser.add_argument('--gpu_check', action='store_true',
+                        help='the one command for a lent GPU (about 8 minutes): see gpu_check()')
+    parser.add_argument('--dry_run', action='store_true', help='with --gpu_check: tiny sizes on a CPU')
     args = parser.parse_args(argv[:argv.index('--')] if '--' in argv else argv)
+    if args.gpu_check:
+        return gpu_check(args.dry_run, extra, args.results, args.out_root)
     if args.seeds < 1:
         parser.error(f'--seeds must be >= 1, got {args.seeds}')
     out_root = args.out_root or os.path.join('out', args.scale)
@@ -93,6 +102,109 @@ def main(argv=None):
     runs = [os.path.join(results, 'runs', name) for name, _, _ in plan]
     for x in ('step', 'time'):
         plot_curves.main([*runs, '--out', results, '--x', x])
+
+
+# ----------------------------------------------------------------------------- one command for a lent GPU
+
+# Wall-clock limits of its parts, in seconds: about 8 minutes in all on one H100 / H200-class GPU.
+GPU_LIMITS = {'tests': 60, 'bench': 120, 'train': 270, 'train_margin': 30}
+
+
+def gpu_check(dry_run=False, extra=(), results=None, out_root=None):
+    """Everything the README needs from a GPU, in one go and in bounded time, into
+    results/gpu/<gpu-name>/: env.json, tests/test_cuda.py's log, bench.py's speed tables, and the four
+    paper-scale blocks trained side by side (each stopped by max_seconds), their logs, table and
+    figure. Each part has a time limit and streams its output; logs and CSVs are written before any
+    plot. dry_run: the same steps on a CPU at tiny sizes (a test runs it), under a minute."""
+    from bench import device_name  # here: bench imports this module
+    device = 'cpu' if dry_run else 'cuda'
+    name = 'dry-run' if dry_run else device_name(device)
+    results = results or os.path.join('out' if dry_run else 'results', 'gpu', name)
+    out_root = out_root or os.path.join('out', 'gpu', name)
+    os.makedirs(results, exist_ok=True)
+    started = time.time()
+    limits = {k: max(20, v // 6) if dry_run else v for k, v in GPU_LIMITS.items()}
+
+    env = gpu_environment(device)
+    with open(os.path.join(results, 'env.json'), 'w') as f:
+        json.dump(env, f, indent=1)
+    print(f"[1/4] env.json: {env['gpu']}, torch {env['torch']}, CUDA {env['cuda']}, triton {env['triton']}; "
+          f"missing: {', '.join(env['missing']) or 'nothing'}", flush=True)
+
+    print(f"[2/4] tests/test_cuda.py (limit {limits['tests']} s)", flush=True)
+    timed_part([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests/test_cuda.py'],
+               os.path.join(results, 'test_cuda.log'), limits['tests'])
+
+    print(f"[3/4] bench.py (limit {limits['bench']} s)", flush=True)
+    sizes = ['--quick'] if dry_run else ['--lengths', '64', '128', '256', '512', '1024', '2048', '4096',
+                                         '--seconds_per_point', '4', '--repeats', '3']
+    timed_part([sys.executable, 'bench.py', '--parts', 'train', 'recipe', '--device', device,
+                '--out', os.path.join(results, 'speed'), *sizes], os.path.join(results, 'bench.log'), limits['bench'])
+
+    print(f"[4/4] the four paper-scale blocks side by side, {limits['train']} s each", flush=True)
+    tiny = ['--n_layer=1', '--n_embd=32', '--n_head=2', '--batch_size=4', '--block_size=32', '--max_iters=4',
+            '--eval_interval=2', '--eval_iters=2', '--compile=False'] if dry_run else []
+    runs = {}
+    for block in BLOCKS:
+        out_dir = os.path.join(out_root, block)
+        shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run: the time limit makes each one a sample
+        runs[block] = [sys.executable, 'train.py', config_file(block, 'paper'), f'--out_dir={out_dir}',
+                       f'--device={device}', f"--max_seconds={limits['train']}", '--progress=False', *tiny, *extra]
+    processes = {block: subprocess.Popen(command, cwd=ROOT, stdout=open(os.path.join(results, f'train_{block}.log'), 'w'),
+                                         stderr=subprocess.STDOUT)
+                 for block, command in runs.items()}
+    deadline = time.time() + limits['train'] + limits['train_margin']
+    for block, process in processes.items():
+        try:
+            process.wait(timeout=max(1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            process.kill()  # its last checkpoint and log rows stay
+            process.wait()
+        print(f'  {block}: exit {process.returncode}', flush=True)
+    copies = []
+    for block in BLOCKS:
+        out_dir = os.path.join(out_root, block)
+        copy = os.path.join(results, 'runs', block)
+        os.makedirs(copy, exist_ok=True)
+        for file in ('log.jsonl', 'config.json'):
+            if os.path.exists(os.path.join(out_dir, file)):
+                shutil.copy2(os.path.join(out_dir, file), os.path.join(copy, file))
+        copies.append(copy)
+    plot_curves.main([*copies, '--out', results, '--at', '500', '1000', '2000', '5000'])
+    print(f'done in {(time.time() - started) / 60:.1f} min: {results}/', flush=True)
+    return results
+
+
+def gpu_environment(device):
+    """Versions, the GPU's name and the optional packages missing here."""
+    missing = [package for package in ('triton', 'matplotlib', 'tqdm', 'ninja', 'pytest')
+               if importlib.util.find_spec(package) is None]
+    triton = None
+    if 'triton' not in missing:
+        import triton
+        triton = triton.__version__
+    return {'torch': torch.__version__, 'cuda': torch.version.cuda, 'triton': triton,
+            'gpu': torch.cuda.get_device_name(device) if device == 'cuda' else 'none (dry run on a CPU)',
+            'python': sys.version.split()[0], 'missing': missing, 'date': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
+
+
+def timed_part(command, log_path, limit):
+    """Run command, its output streamed to the console and to log_path, killed after limit seconds."""
+    with open(log_path, 'w') as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        timer = threading.Timer(limit, process.kill)
+        timer.start()
+        try:
+            for line in process.stdout:
+                sys.stdout.write('  ' + line)
+                log.write(line)
+            process.wait()
+        finally:
+            timer.cancel()
+    if process.returncode:
+        print(f'  exit {process.returncode}' + (' (time limit)' if process.returncode == -9 else '') +
+              f'; see {log_path}', flush=True)
+    return process.returncode
 
 
 def run_training(command):

@@ -160,3 +160,21 @@ def test_reproduce_runs_skips_resumes_and_reports(tmp_path, tiny_dataset, capsys
     reproduce.main(args)
     out = capsys.readouterr().out
     assert 'transformer_seed0: partial' in out and '--init_from=resume' in out
+
+
+def test_the_gpu_command_dry_run_on_a_cpu(tmp_path, tiny_dataset):
+    """reproduce.py --gpu_check at tiny sizes on a CPU: every part runs, within its limits, and leaves its files."""
+    results = tmp_path / 'results'
+    reproduce.main(['--gpu_check', '--dry_run', '--results', str(results), '--out_root', str(tmp_path / 'out'),
+                    '--', f'--dataset={tiny_dataset}'])
+    env = json.loads((results / 'env.json').read_text())
+    assert env['torch'] == torch.__version__ and 'missing' in env
+    assert 'skipped' in (results / 'test_cuda.log').read_text()  # no GPU here: every CUDA test skips
+    for name in ('train.csv', 'ratios.csv', 'recipe.csv', 'env.json'):
+        assert (results / 'speed' / name).stat().st_size > 0
+    for block in ('transformer', 'mingru', 'minlstm', 'mamba'):
+        rows = read_log(str(results / 'runs' / block))
+        assert rows[-1]['kind'] == 'stop' and rows[-1]['reason'] in ('max_iters', 'max_seconds')
+    table = (results / 'results.md').read_text()
+    assert table.count('\n') == 6 and '| 1.575 | 400 |' in table  # the paper's numbers beside ours
+    assert (results / 'curves_step.png').stat().st_size > 0
