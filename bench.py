@@ -368,6 +368,7 @@ def parse_args(argv=None):
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--out', help='output folder (default results/speed/<device>)')
     parser.add_argument('--quick', action='store_true', help='tiny sizes: checks the script, measures nothing useful')
+    parser.add_argument('--replot', metavar='FOLDER', help='measure nothing: redraw the figures of FOLDER from its CSVs')
     args = parser.parse_args(argv)
     if args.quick:
         args.lengths, args.positions, args.batch, args.width = [16, 32], [10, 100], 4, 32
@@ -385,8 +386,30 @@ def cpu_model():
     return f'{names[0]} ({platform.machine()})' if names else platform.processor() or platform.machine()
 
 
+def read_csv(path):
+    """A CSV that main() wrote, numbers as numbers; [] where the file is absent."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key, value in row.items():
+            try:
+                row[key] = float(value) if '.' in value or 'e' in value else int(value)
+            except ValueError:
+                pass
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        with open(os.path.join(args.replot, 'env.json')) as f:
+            name = json.load(f)['device']
+        plot(read_csv(os.path.join(args.replot, 'train.csv')), read_csv(os.path.join(args.replot, 'generate.csv')),
+             args.replot, name)
+        print(f'redrew the figures of {args.replot}/')
+        return args.replot
     device, name = args.device, device_name(args.device)
     out = args.out or os.path.join('results', 'speed', name + ('-quick' if args.quick else ''))
     os.makedirs(out, exist_ok=True)

@@ -27,3 +27,14 @@ def test_quick_bench_writes_every_column(tmp_path):
     assert env['command'].startswith('python bench.py --quick') and env['torch'] == torch.__version__
     assert env['device'] == 'cpu' and env['device_detail'] and env['cpu_capability'] and env['auto_backend'] == auto
     assert 'GRU loop / minGRU' in result.stdout and 'ms per generated token' in result.stdout
+    # --replot redraws the figures from the CSVs alone
+    for name in ('train.png', 'memory.png', 'generate.png'):
+        (tmp_path / name).unlink()
+    assert run_script('bench.py', '--replot', str(tmp_path)).returncode == 0
+    for name in ('train.png', 'memory.png', 'generate.png'):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_every_series_of_the_speed_figure_has_its_own_look():
+    looks = [tuple(sorted(bench.variant_style(v).items(), key=str)) for v in bench.layer_variants(32, 'cpu')]
+    assert len(set(looks)) == len(looks)
