@@ -159,14 +159,11 @@ def run_cli(main, interrupted='interrupted'):
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         sys.exit(0)
-    except OSError as e:
-        if os.environ.get(DEBUG, '0') not in ('', '0'):
-            raise
-        where = f': {e.filename}' if e.filename else ''
-        sys.exit(f'error: {e.strerror or e}{where}')
     except Exception as e:
         if os.environ.get(DEBUG, '0') not in ('', '0'):
             raise
+        if isinstance(e, OSError):  # a file or folder the system refused: name it
+            sys.exit(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}")
         detail = ' '.join(str(e).split())[:300]
         sys.exit(f'error: unexpected {type(e).__name__}: {detail} (a bug? {DEBUG}=1 shows the traceback; '
                  f'please report it)')

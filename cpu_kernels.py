@@ -1,8 +1,9 @@
 """
 The 'compiled' scan backend: cpu_kernels.cpp, built on first use by torch.utils.cpp_extension (a C++
 compiler with OpenMP and the `ninja` package; about 30 s, once per machine and source version,
-cached in ~/.cache/torch_extensions or $TORCH_EXTENSIONS_DIR). It is an optional faster path on a CPU beside the plain-PyTorch one
-('sequential'), which it equals (tests/test_scan.py, tests/test_model.py):
+cached in ~/.cache/torch_extensions or $TORCH_EXTENSIONS_DIR). It is an optional faster path on a
+CPU beside the plain-PyTorch one ('sequential'), which it equals (tests/test_scan.py,
+tests/test_model.py):
 
     CompiledScan          = scan.SequentialScan             h_t = a_t h_{t-1} + b_t
     coefficients(kind, .) = model.MinGRUCoefficients, model.MinLSTMCoefficients

@@ -385,8 +385,8 @@ def full_split_loss(model, data, block_size, batch_size, device, autocast=contex
                     rank=0, world=1):
     """Mean loss over every prediction of a split exactly once (split_windows), each token predicted
     from the context inside its window, as in training: the deterministic number for curves and
-    tables (a 20-batch random estimate has a standard deviation of about 0.016 here). Batches are
-    shared among the processes."""
+    tables, where an estimate from a few random batches carries sampling noise. Batches are shared
+    among the processes."""
     tokens = torch.from_numpy(np.asarray(data, dtype=np.int64))
     total = torch.zeros(2, device=device, dtype=torch.float64)  # summed loss, predictions
     for k, (starts, length) in enumerate(split_windows(len(tokens), block_size, batch_size)):
@@ -403,7 +403,7 @@ def full_split_loss(model, data, block_size, batch_size, device, autocast=contex
     return (total[0] / total[1]).item()
 
 
-def evaluate(model, splits, config, device, autocast, rank, world):
+def eval_losses(model, splits, config, device, autocast, rank, world):
     """{'train': random-batch estimate, 'val': the whole val split}, in eval mode."""
     model.eval()
     losses = {'train': estimate_loss(model, splits['train'], config, device, autocast, rank, world),
@@ -567,8 +567,9 @@ def run(config, command, rank, world, device):
         save_checkpoint({'format': CHECKPOINT_FORMAT, 'model': raw_model.state_dict(),
                          'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
                          'model_config': dataclasses.asdict(model_config), 'config': config,
-                         'step': step, 'best_val_loss': best_val, 'best_val_step': best_step, 'elapsed': elapsed, 'tokens': tokens_seen,
-                         'rng': rng_states, 'vocab': {'stoi': meta['stoi'], 'itos': meta['itos']}}, path)
+                         'step': step, 'best_val_loss': best_val, 'best_val_step': best_step, 'elapsed': elapsed,
+                         'tokens': tokens_seen, 'rng': rng_states, 'vocab': {'stoi': meta['stoi'], 'itos': meta['itos']}},
+                        path)
 
     splits = {'train': train_data, 'val': val_data}
     bar = tqdm(total=config['max_iters'], initial=step, disable=not (master and config['progress']),
@@ -581,12 +582,12 @@ def run(config, command, rank, world, device):
             lr = learning_rate_at(step, config)
             for group in optimizer.param_groups:
                 group['lr'] = lr
-            if (step >= config['max_iters'] or config['eval_only']):
+            if step >= config['max_iters'] or config['eval_only']:
                 stopping = 'eval_only' if config['eval_only'] else 'max_iters'
 
             if step % config['eval_interval'] == 0 or stopping:
                 t0 = time.perf_counter()
-                losses = evaluate(eval_model, splits, config, device, autocast, rank, world)
+                losses = eval_losses(eval_model, splits, config, device, autocast, rank, world)
                 if master:
                     log.write(kind='eval', step=step, tokens=tokens_seen, time=round(elapsed, 3), lr=lr,
                               train_loss=losses['train'], val_loss=losses['val'])
