@@ -82,13 +82,13 @@ def poison_training_losses(monkeypatch, bad_calls):
     """Make the training forward pass return a NaN loss on the given calls (1-based)."""
     original, calls = model.CharLM.forward, [0]
 
-    def forward(self, idx, targets=None):
-        logits, loss = original(self, idx, targets)
+    def forward(self, idx, targets=None, states=None):
+        logits, loss, states = original(self, idx, targets, states)
         if self.training:
             calls[0] += 1
             if calls[0] in bad_calls:
                 loss = loss * float('nan')
-        return logits, loss
+        return logits, loss, states
 
     monkeypatch.setattr(model.CharLM, 'forward', forward)
 
