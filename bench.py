@@ -104,7 +104,9 @@ def layer_variants(width, device):
         'LSTM (loop)': lambda: LSTMLoop(width),
         'nn.GRU': lambda: Fused(nn.GRU(width, width, batch_first=True)),
         'nn.LSTM': lambda: Fused(nn.LSTM(width, width, batch_first=True)),
-        'Mamba (auto)': mixer(Mamba, 'mamba'),
+        # Mamba on its 'auto' path (the fused selective scan on a CPU) and on the plain one
+        **{f'Mamba ({b})': mixer(Mamba, 'mamba', b)
+           for b in dict.fromkeys([resolve_backend('auto', device), 'sequential'])},
         'attention': mixer(CausalSelfAttention, 'transformer'),
     }
 
@@ -274,7 +276,8 @@ RATIOS = [  # (label, slower variant, faster variant, what)
     ('minLSTM sequential / auto', 'minLSTM (sequential)', 'minLSTM ({auto})', 'ms'),
     ('memory: minGRU / GRU loop', 'minGRU ({auto})', 'GRU (loop)', 'memory_mb'),
     ('memory: minLSTM / LSTM loop', 'minLSTM ({auto})', 'LSTM (loop)', 'memory_mb'),
-    ('memory: Mamba / minGRU', 'Mamba (auto)', 'minGRU ({auto})', 'memory_mb'),
+    ('Mamba sequential / auto', 'Mamba (sequential)', 'Mamba ({auto})', 'ms'),
+    ('memory: Mamba / minGRU', 'Mamba ({auto})', 'minGRU ({auto})', 'memory_mb'),
 ]
 
 

@@ -3,6 +3,7 @@
 //   scan_forward / scan_backward            scan.SequentialScan
 //   mingru_forward / mingru_backward        model.MinGRUCoefficients
 //   minlstm_forward / minlstm_backward      model.MinLSTMCoefficients
+//   selective_scan_forward / _backward      model.Mamba.scan_channels (fused: no (B, T, E, N) tensor)
 // Why: on a CPU those functions are a chain of PyTorch calls, each one a pass over memory (and, for
 // the scan, two calls per time step). Here each is one pass, and the coefficient backwards recompute
 // the gates from their pre-activations instead of saving them. All tensors are contiguous (B, T, C)
@@ -262,6 +263,140 @@ torch::Tensor minlstm_backward(torch::Tensor gates, torch::Tensor grad_a, torch:
   return grad_gates;
 }
 
+// Mamba's selective scan, fused: per batch element and channel e, with N states,
+//   h_t[e, n] = exp(delta_t[e] A[e, n]) h_{t-1}[e, n] + delta_t[e] B_t[n] x_t[e],   h_0 = h0 or zero
+//   y_t[e]    = sum_n C_t[n] h_t[e, n] + D[e] x_t[e]
+// (model.Mamba.scan_channels), without the (B, T, E, N) coefficients or states in memory: the states
+// live in a small buffer per task, and forward keeps only every K-th one (the state before each
+// chunk of K steps) for backward, which recomputes each chunk's states from it. Inputs are contiguous:
+// x, delta (B, T, E); A (E, N); Bm, Cm (B, T, N); D (E); h0 (B, E, N). Returns y, the last state
+// (B, E, N) and the chunk states (B, chunks, E, N). Threads split the batch, so that the gradients of
+// B_t and C_t, sums over channels, need no locks.
+constexpr int64_t kChunk = 16;
+
+std::vector<torch::Tensor> selective_scan_forward(torch::Tensor x, torch::Tensor delta, torch::Tensor A,
+                                                  torch::Tensor Bm, torch::Tensor Cm, torch::Tensor D,
+                                                  c10::optional<torch::Tensor> h0) {
+  const int64_t batch = x.size(0), T = x.size(1), E = x.size(2), N = A.size(1);
+  const int64_t chunks = (T + kChunk - 1) / kChunk;
+  auto y = torch::empty_like(x);
+  auto last = torch::empty({batch, E, N}, x.options());
+  auto saved = torch::empty({batch, chunks, E, N}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "selective_scan_forward", [&] {
+    const scalar_t *px = x.data_ptr<scalar_t>(), *pd = delta.data_ptr<scalar_t>(), *pA = A.data_ptr<scalar_t>();
+    const scalar_t *pB = Bm.data_ptr<scalar_t>(), *pC = Cm.data_ptr<scalar_t>(), *pD = D.data_ptr<scalar_t>();
+    const scalar_t* p0 = h0.has_value() ? h0->data_ptr<scalar_t>() : nullptr;
+    scalar_t *py = y.data_ptr<scalar_t>(), *plast = last.data_ptr<scalar_t>(), *psaved = saved.data_ptr<scalar_t>();
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        scalar_t* h = plast + i * E * N;  // the running state, (E, N); it ends as the last one
+        for (int64_t k = 0; k < E * N; ++k) h[k] = p0 ? p0[i * E * N + k] : scalar_t(0);
+        for (int64_t t = 0; t < T; ++t) {
+          if (t % kChunk == 0) std::memcpy(psaved + (i * chunks + t / kChunk) * E * N, h, E * N * sizeof(scalar_t));
+          const int64_t row = (i * T + t);
+          const scalar_t *Bt = pB + row * N, *Ct = pC + row * N;
+          for (int64_t e = 0; e < E; ++e) {
+            const scalar_t d = pd[row * E + e], u = px[row * E + e], du = d * u;
+            scalar_t* he = h + e * N;
+            const scalar_t* Ae = pA + e * N;
+            for (int64_t n = 0; n < N; ++n) he[n] = exp_approx(d * Ae[n]) * he[n] + du * Bt[n];  // vectorises
+            scalar_t out = 0;  // a sum: kept out of the loop above, which it would keep scalar
+            for (int64_t n = 0; n < N; ++n) out += Ct[n] * he[n];
+            py[row * E + e] = out + pD[e] * u;
+          }
+        }
+      }
+    });
+  });
+  return {y, last, saved};
+}
+
+// Backward, chunk by chunk from the end, each chunk's states recomputed from the saved one. With
+// g_t = dL/dh_t (total) = C_t dL/dy_t + a_{t+1} g_{t+1}, a_t = exp(delta_t A), u = x:
+//   dL/dx_t = D dL/dy_t + sum_n g_t delta_t B_t,   dL/ddelta_t = sum_n g_t (A a_t h_{t-1} + B_t u_t),
+//   dL/dA = sum_t g_t delta_t a_t h_{t-1},   dL/dB_t = sum_e g_t delta_t u_t,   dL/dC_t = sum_e h_t dL/dy_t,
+//   dL/dD = sum_t u_t dL/dy_t,   dL/dh0 = a_1 g_1.
+// dA and dD come back per batch element (B, E, N) and (B, E), summed over the batch by the caller.
+std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tensor delta, torch::Tensor A,
+                                                   torch::Tensor Bm, torch::Tensor Cm, torch::Tensor D,
+                                                   torch::Tensor saved, torch::Tensor grad_y) {
+  const int64_t batch = x.size(0), T = x.size(1), E = x.size(2), N = A.size(1), chunks = saved.size(1);
+  auto gx = torch::empty_like(x), gdelta = torch::empty_like(delta);
+  auto gB = torch::zeros_like(Bm), gC = torch::zeros_like(Cm);
+  auto gA = torch::zeros({batch, E, N}, x.options()), gD = torch::zeros({batch, E}, x.options());
+  auto gh0 = torch::empty({batch, E, N}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "selective_scan_backward", [&] {
+    const scalar_t *px = x.data_ptr<scalar_t>(), *pd = delta.data_ptr<scalar_t>(), *pA = A.data_ptr<scalar_t>();
+    const scalar_t *pB = Bm.data_ptr<scalar_t>(), *pC = Cm.data_ptr<scalar_t>(), *pD = D.data_ptr<scalar_t>();
+    const scalar_t *psaved = saved.data_ptr<scalar_t>(), *pgy = grad_y.data_ptr<scalar_t>();
+    scalar_t *pgx = gx.data_ptr<scalar_t>(), *pgd = gdelta.data_ptr<scalar_t>(), *pgB = gB.data_ptr<scalar_t>();
+    scalar_t *pgC = gC.data_ptr<scalar_t>(), *pgA = gA.data_ptr<scalar_t>(), *pgD = gD.data_ptr<scalar_t>();
+    scalar_t* pgh0 = gh0.data_ptr<scalar_t>();
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> states((kChunk + 1) * E * N);  // h_{t-1} for the chunk's steps, then h_t
+      std::vector<scalar_t> a(N), total(N);  // a_t and g_t of one channel
+      for (int64_t i = begin; i < end; ++i) {
+        scalar_t* g = pgh0 + i * E * N;  // g_{t+1} a_{t+1}, carried backwards; ends as dL/dh0
+        std::fill(g, g + E * N, scalar_t(0));
+        scalar_t *gA_i = pgA + i * E * N, *gD_i = pgD + i * E;
+        for (int64_t c = chunks - 1; c >= 0; --c) {
+          const int64_t t0 = c * kChunk, t1 = std::min(T, t0 + kChunk);
+          std::memcpy(states.data(), psaved + (i * chunks + c) * E * N, E * N * sizeof(scalar_t));
+          for (int64_t t = t0; t < t1; ++t) {  // states[s] = h_{t0 + s - 1}: recompute the chunk
+            const int64_t row = i * T + t;
+            const scalar_t* prev = states.data() + (t - t0) * E * N;
+            scalar_t* now = states.data() + (t - t0 + 1) * E * N;
+            for (int64_t e = 0; e < E; ++e) {
+              const scalar_t d = pd[row * E + e], du = d * px[row * E + e];
+              _Pragma("GCC ivdep")  // no overlap between the rows: let the loop vectorise
+              for (int64_t n = 0; n < N; ++n)
+                now[e * N + n] = exp_approx(d * pA[e * N + n]) * prev[e * N + n] + du * pB[row * N + n];
+            }
+          }
+          for (int64_t t = t1 - 1; t >= t0; --t) {
+            const int64_t row = i * T + t;
+            const scalar_t* prev = states.data() + (t - t0) * E * N;
+            const scalar_t* now = prev + E * N;
+            const scalar_t *Bt = pB + row * N, *Ct = pC + row * N;
+            scalar_t *gBt = pgB + row * N, *gCt = pgC + row * N;
+            for (int64_t e = 0; e < E; ++e) {
+              const scalar_t d = pd[row * E + e], u = px[row * E + e], gy = pgy[row * E + e];
+              // __restrict__: these rows never overlap, which lets the compiler vectorise the loop
+              const scalar_t* __restrict__ Ae = pA + e * N;
+              const scalar_t* __restrict__ he_prev = prev + e * N;
+              const scalar_t* __restrict__ he_now = now + e * N;
+              scalar_t* __restrict__ ge = g + e * N;
+              scalar_t* __restrict__ gA_e = gA_i + e * N;
+              scalar_t* __restrict__ gB_row = gBt;
+              scalar_t* __restrict__ gC_row = gCt;
+              scalar_t* __restrict__ a_e = a.data();
+              scalar_t* __restrict__ g_e = total.data();
+              _Pragma("GCC ivdep")  // no overlap between the rows: let the loop vectorise
+              for (int64_t n = 0; n < N; ++n) {  // no sums in this loop, so that it vectorises
+                a_e[n] = exp_approx(d * Ae[n]);
+                g_e[n] = ge[n] + Ct[n] * gy;  // g_t
+                gC_row[n] += he_now[n] * gy;
+                gB_row[n] += g_e[n] * d * u;
+                gA_e[n] += g_e[n] * d * a_e[n] * he_prev[n];
+                ge[n] = a_e[n] * g_e[n];
+              }
+              scalar_t dx = 0, dd = 0;
+              for (int64_t n = 0; n < N; ++n) {
+                dx += g_e[n] * Bt[n];
+                dd += g_e[n] * (Ae[n] * a_e[n] * he_prev[n] + Bt[n] * u);
+              }
+              pgx[row * E + e] = dx * d + pD[e] * gy;
+              pgd[row * E + e] = dd;
+              gD_i[e] += u * gy;
+            }
+          }
+        }
+      }
+    });
+  });
+  return {gx, gdelta, gA.sum(0), gB, gC, gD.sum(0), gh0};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scan_forward", &scan_forward);
   m.def("scan_backward", &scan_backward);
@@ -269,4 +404,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mingru_backward", &mingru_backward);
   m.def("minlstm_forward", &minlstm_forward);
   m.def("minlstm_backward", &minlstm_backward);
+  m.def("selective_scan_forward", &selective_scan_forward);
+  m.def("selective_scan_backward", &selective_scan_backward);
 }

@@ -7,6 +7,7 @@ tests/test_model.py):
 
     CompiledScan          = scan.SequentialScan             h_t = a_t h_{t-1} + b_t
     coefficients(kind, .) = model.MinGRUCoefficients, model.MinLSTMCoefficients
+    selective_scan(...)   = model.Mamba.scan_channels       Mamba's selective scan, fused
 
 Where it cannot be built, scan_backend='auto' falls back to 'sequential' with one warning, and
 scan_backend='compiled' raises an error that names the fix.
@@ -167,3 +168,33 @@ class CompiledCoefficients(torch.autograd.Function):
 def coefficients(kind, gates):
     """(a_t, b_t) of kind 'mingru' or 'minlstm' from its gate pre-activations (batch, time, k * width)."""
     return CompiledCoefficients.apply(kind, gates)
+
+
+class CompiledSelectiveScan(torch.autograd.Function):
+    """Mamba's selective scan fused (cpu_kernels.cpp): the same function and derivative as
+    model.Mamba.scan_channels over all channels, h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t and
+    y_t = C_t . h_t + D x_t, with no (batch, time, channels, d_state) tensor in memory. Returns y and
+    the last state; the last state carries no gradient (chunked training through it is not supported)."""
+
+    @staticmethod
+    def forward(ctx, x, delta, A, B, C, D, h0):
+        _check(x, delta, A, B, C, D, h0)
+        inputs = [t.contiguous() for t in (x, delta, A, B, C, D)]
+        y, last, saved = load().selective_scan_forward(*inputs, None if h0 is None else h0.contiguous())
+        ctx.save_for_backward(*inputs, saved)
+        ctx.has_h0 = h0 is not None
+        ctx.mark_non_differentiable(last)
+        return y, last
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y, grad_last):
+        *inputs, saved = ctx.saved_tensors
+        *grads, grad_h0 = load().selective_scan_backward(*inputs, saved, grad_y.contiguous())
+        return (*grads, grad_h0 if ctx.has_h0 else None)
+
+
+def selective_scan(x, delta, A, B, C, D, h0=None):
+    """y (batch, time, channels) and the last state (batch, channels, d_state) of Mamba's selective
+    scan, fused; x, delta (batch, time, channels), A (channels, d_state), B, C (batch, time, d_state)."""
+    return CompiledSelectiveScan.apply(x, delta, A, B, C, D, h0)

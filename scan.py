@@ -24,7 +24,8 @@ Backends, chosen by name:
                which has no parallelism over time to win.
   'compiled'   the same loop as 'sequential', and its backward, compiled from C++ (cpu_kernels.cpp;
                CPU only, built on first use): one pass over memory instead of two PyTorch calls
-               per time step.
+               per time step. For Mamba, 'compiled' means its whole selective scan fused
+               (cpu_kernels.selective_scan), which never builds this scan's (B, T, E * N) inputs.
   'auto'       'log' on CUDA; 'compiled' on a CPU where it builds, else 'sequential' (also on MPS,
                which has no float64).
 """

@@ -307,3 +307,35 @@ def test_prefill_then_steps_samples_what_steps_alone_sample(block, overrides):
     prefilled = sample()
     model.prefill = stepping_only_prefill
     assert sample() == prefilled
+
+
+# ----------------------------------------------------------------------------- the fused selective scan
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason='cpu_kernels.cpp does not build here')
+@pytest.mark.parametrize('dtype, tolerance', [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize('T', [1, 7, 64, 300])
+def test_fused_selective_scan_equals_the_plain_one(dtype, tolerance, T):
+    """cpu_kernels.selective_scan against Mamba.scan_channels on the sequential scan: outputs, last
+    state and every gradient, from a given h0, relative to each tensor's largest value."""
+    def run(backend):
+        torch.manual_seed(0)  # mamba_layer perturbs A_log and D at random: the same for both
+        layer = mamba_layer(backend, E=8, N=5).to(dtype)
+        inputs = [t.to(dtype).requires_grad_() for t in mamba_inputs(T, seed=T, E=8, N=5)]
+        h0 = torch.randn(2, 8, 5, generator=torch.Generator().manual_seed(3), dtype=dtype, requires_grad=True)
+        y, last = layer.selective_scan(*inputs, h0)
+        weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(4), dtype=dtype)
+        grads = torch.autograd.grad((y * weights).sum(), [*inputs, h0, layer.A_log, layer.D])
+        return [y, last, *grads]
+    for fused, plain in zip(run('compiled'), run('sequential')):
+        scale = plain.abs().max().item()
+        torch.testing.assert_close(fused, plain, rtol=0, atol=tolerance * max(scale, 1e-30))
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason='cpu_kernels.cpp does not build here')
+def test_fused_selective_scan_gradcheck():
+    g = torch.Generator().manual_seed(5)
+    x, delta, B, C = (t.requires_grad_() for t in mamba_inputs(19, seed=5, E=3, N=4))
+    A = (-torch.rand(3, 4, generator=g, dtype=torch.float64) - 0.1).requires_grad_()
+    D = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: cpu_kernels.selective_scan(*a)[0], (x, delta, A, B, C, D, h0))
