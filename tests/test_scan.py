@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import cpu_kernels
-from scan import linear_scan, resolve_backend
+from scan import LOG_CHUNK, linear_scan, log_scan, resolve_backend
 
 # 'compiled' is tested wherever it builds; test_compiled_kernels_build_where_there_is_a_compiler makes a
 # failed build visible where it should have worked.
@@ -137,3 +137,25 @@ def test_compiled_backend_names_what_it_takes():
     with pytest.raises(ValueError, match="CPU float32 / float64 tensors, got torch.float16"):
         linear_scan(torch.ones(1, 2, 3, dtype=torch.float16), torch.zeros(1, 2, 3, dtype=torch.float16),
                     backend='compiled')
+
+
+@pytest.mark.parametrize('form', ['log_b', 'signed b'])
+def test_float32_log_scan_error_at_4096_steps(form):
+    """The log backend as it runs on a GPU (float32, in pieces of LOG_CHUNK steps) against a float64
+    loop, from h0: within 1e-5 of the largest |h| (measured: about 6e-6 and 7e-6). One piece over the
+    whole sequence is 30x worse (about 2e-4): the cumsum of log a loses digits."""
+    g = torch.Generator().manual_seed(0)
+    T = 4096
+    log_a = -torch.nn.functional.softplus(torch.randn(2, T, 64, generator=g, dtype=torch.float64))
+    b = torch.randn(2, T, 64, generator=g, dtype=torch.float64)
+    b = b.abs() * 0.5 if form == 'log_b' else b
+    h = torch.rand(2, 64, generator=g, dtype=torch.float64) + 0.1
+    h0, expected = h, []
+    for t in range(T):
+        h = log_a[:, t].exp() * h + b[:, t]
+        expected.append(h)
+    expected = torch.stack(expected, dim=1)
+    given = {'log_b': b.float().log()} if form == 'log_b' else {'b': b.float()}
+    errors = {chunk: ((log_scan(log_a.float(), h0=h0.float(), dtype=torch.float32, chunk=chunk, **given).double()
+                       - expected).abs().max() / expected.abs().max()).item() for chunk in (LOG_CHUNK, T)}
+    assert errors[LOG_CHUNK] < 1e-5 and errors[T] > 1e-4, errors
