@@ -168,14 +168,16 @@ def plot(rows, positions, out):
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for block in blocks:
+    for block in blocks:  # positions in octaves (1, 2, 3-4, 5-8, ...): a single position is noisy
         mine = [r for r in positions if r['block'] == block]
-        xs = sorted({r['position'] for r in mine})
-        means = [statistics.fmean(r['val_loss'] for r in mine if r['position'] == p) for p in xs]
-        ax.plot(xs, means, color=COLOURS[block], label=block)
+        octave = lambda p: (p - 1).bit_length()
+        octaves = sorted({octave(r['position']) for r in mine})
+        xs = [statistics.fmean({r['position'] for r in mine if octave(r['position']) == k}) for k in octaves]
+        means = [statistics.fmean(r['val_loss'] for r in mine if octave(r['position']) == k) for k in octaves]
+        ax.plot(xs, means, marker='o', color=COLOURS[block], label=block)
     ax.axvline(train_context, color='grey', linestyle=':', linewidth=1, label=f'training context ({train_context})')
-    ax.set(xscale='log', xlabel='position in the window (tokens of context + 1)', ylabel='mean val loss (nats)',
-           title='loss by position inside a window (mean over windows and seeds)')
+    ax.set(xscale='log', xlabel='position in the window (tokens of context + 1), in octaves',
+           ylabel='mean val loss (nats)', title='loss by position inside a window (mean over windows and seeds)')
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -28,17 +28,6 @@ def step_logits(model, idx):
 
 
 @pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
-@pytest.mark.parametrize('backend', ['log', 'sequential', COMPILED])
-def test_parallel_equals_step(block, overrides, backend):
-    model = tiny_model(block, scan_backend=backend, **overrides)
-    idx = torch.randint(0, 11, (3, 24), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        parallel = model(idx)[0]
-        stepped = step_logits(model, idx)
-    torch.testing.assert_close(stepped, parallel, rtol=1e-10, atol=1e-10)
-
-
-@pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
 def test_generation_logits_equal_a_full_forward_of_the_prefix(block, overrides):
     """generate() reads the prompt in parallel, then steps a state (or KV cache); a fresh forward of the
     whole prefix must agree with every prediction it made."""
@@ -264,16 +253,17 @@ def chunked_logits(model, idx, lengths):
 
 @pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
 @pytest.mark.parametrize('backend', ['log', 'sequential', COMPILED])
-def test_chunks_with_carried_state_equal_one_pass_and_the_step_path(block, overrides, backend):
-    """Chunks that do not divide the sequence, one of them shorter than the conv window."""
+def test_parallel_step_and_chunked_paths_agree(block, overrides, backend):
+    """One parallel pass, the step path, and parallel chunks with the state carried (chunks that do
+    not divide the sequence, one of them shorter than the conv window) compute one function."""
     model = tiny_model(block, scan_backend=backend, **overrides)
     idx = torch.randint(0, 11, (3, 24), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         whole = model(idx)[0]
-        chunked = chunked_logits(model, idx, [5, 2, 1, 9, 7])
         stepped = step_logits(model, idx)
+        chunked = chunked_logits(model, idx, [5, 2, 1, 9, 7])
+    torch.testing.assert_close(stepped, whole, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(chunked, whole, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(chunked, stepped, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
