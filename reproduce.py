@@ -121,6 +121,7 @@ def gpu_check(dry_run=False, extra=(), results=None, out_root=None):
     name = 'dry-run' if dry_run else device_name(device)
     results = results or os.path.join('out' if dry_run else 'results', 'gpu', name)
     out_root = out_root or os.path.join('out', 'gpu', name)
+    train.load_dataset(train.configure([config_file('mingru', 'paper'), *extra]))  # prepared? else one error line
     os.makedirs(results, exist_ok=True)
     started = time.time()
     limits = {k: max(20, v // 6) if dry_run else v for k, v in GPU_LIMITS.items()}
@@ -150,8 +151,8 @@ def gpu_check(dry_run=False, extra=(), results=None, out_root=None):
         shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run: the time limit makes each one a sample
         runs[block] = [sys.executable, 'train.py', config_file(block, 'paper'), f'--out_dir={out_dir}',
                        f'--device={device}', f"--max_seconds={limits['train']}", '--progress=False', *tiny, *extra]
-    processes = {block: subprocess.Popen(command, cwd=ROOT, stdout=open(os.path.join(results, f'train_{block}.log'), 'w'),
-                                         stderr=subprocess.STDOUT)
+    logs = {block: open(os.path.join(results, f'train_{block}.log'), 'w') for block in runs}
+    processes = {block: subprocess.Popen(command, cwd=ROOT, stdout=logs[block], stderr=subprocess.STDOUT)
                  for block, command in runs.items()}
     deadline = time.time() + limits['train'] + limits['train_margin']
     for block, process in processes.items():
@@ -160,7 +161,8 @@ def gpu_check(dry_run=False, extra=(), results=None, out_root=None):
         except subprocess.TimeoutExpired:
             process.kill()  # its last checkpoint and log rows stay
             process.wait()
-        print(f'  {block}: exit {process.returncode}', flush=True)
+        logs[block].close()
+        print(f'  {block}: exit {process.returncode}; {logs[block].name}', flush=True)
     copies = []
     for block in BLOCKS:
         out_dir = os.path.join(out_root, block)
