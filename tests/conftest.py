@@ -50,3 +50,10 @@ def run_script(*args, timeout=300, **kwargs):
     """Run a repository script in a fresh interpreter; returns the CompletedProcess."""
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, **kwargs)
+
+
+def interruptible():
+    """Popen keywords for a child that a test will send SIGINT: a shell that started this run in
+    the background may have left SIGINT ignored, and a child would inherit that."""
+    import signal
+    return {'preexec_fn': lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, TINY, read_log, run_script
+from conftest import ROOT, TINY, interruptible, read_log, run_script
 
 
 def assert_one_error_line(result, *fragments):
@@ -220,7 +220,7 @@ def test_sample_interrupted_while_streaming(tmp_path, tiny_dataset):
     assert run_script('train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--max_iters=2',
                       '--eval_interval=2').returncode == 0
     process = subprocess.Popen([sys.executable, 'sample.py', f'--out_dir={out}', '--max_new_tokens=10000000'],
-                               cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **interruptible())
     assert process.stdout.read(50)  # streaming has begun
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
@@ -288,7 +288,7 @@ def test_a_killed_first_build_then_a_normal_run_finishes(tmp_path, tiny_dataset)
     for sig in (signal.SIGKILL, signal.SIGINT):
         earlier = locks()
         process = subprocess.Popen(command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE)
+                                   stderr=subprocess.PIPE, **interruptible())
         deadline = time.time() + 120
         while not locks() - earlier:  # this run's own build is under way
             assert time.time() < deadline and process.poll() is None, 'no build under way'

@@ -14,7 +14,7 @@ import cpu_kernels
 import model
 import sample
 import train
-from conftest import ROOT, TINY, read_log
+from conftest import ROOT, TINY, interruptible, read_log
 
 SLOW_TINY = [a for a in TINY if not a.startswith('--batch_size')] + ['--batch_size=16']
 
@@ -68,7 +68,7 @@ def test_interrupting_reproduce_lets_the_run_save_and_stops_in_one_line(tmp_path
         [sys.executable, 'reproduce.py', '--seeds', '1', '--blocks', 'mingru', '--out_root', str(out),
          '--results', str(tmp_path / 'results'), '--', f'--dataset={tiny_dataset}', *TINY, '--max_iters=100000',
          '--lr_decay_iters=100000', '--eval_interval=100000', '--log_interval=1'],
-        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **interruptible())
     wait_for_step(str(out / 'mingru_seed0'), 20, process)
     process.send_signal(signal.SIGINT)  # to reproduce.py alone, as `kill -INT` would: it must pass it on
     stdout, stderr = process.communicate(timeout=120)
