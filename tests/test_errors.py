@@ -221,9 +221,12 @@ def test_sample_interrupted_while_streaming(tmp_path, tiny_dataset):
                       '--eval_interval=2').returncode == 0
     process = subprocess.Popen([sys.executable, 'sample.py', f'--out_dir={out}', '--max_new_tokens=10000000'],
                                cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **interruptible())
-    assert process.stdout.read(50)  # streaming has begun
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    try:
+        assert process.stdout.read(50)  # streaming has begun
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
     assert process.returncode == 130 and stderr.strip() == 'interrupted', stderr
 
 

@@ -1,4 +1,5 @@
 """Interruptions, numerical faults, bad input, determinism, distributed failure and a soak."""
+import contextlib
 import errno
 import json
 import os
@@ -68,10 +69,14 @@ def test_interrupting_reproduce_lets_the_run_save_and_stops_in_one_line(tmp_path
         [sys.executable, 'reproduce.py', '--seeds', '1', '--blocks', 'mingru', '--out_root', str(out),
          '--results', str(tmp_path / 'results'), '--', f'--dataset={tiny_dataset}', *TINY, '--max_iters=100000',
          '--lr_decay_iters=100000', '--eval_interval=100000', '--log_interval=1'],
-        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **interruptible())
-    wait_for_step(str(out / 'mingru_seed0'), 20, process)
-    process.send_signal(signal.SIGINT)  # to reproduce.py alone, as `kill -INT` would: it must pass it on
-    stdout, stderr = process.communicate(timeout=120)
+        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **interruptible())
+    try:
+        wait_for_step(str(out / 'mingru_seed0'), 20, process)
+        process.send_signal(signal.SIGINT)  # to reproduce.py alone, as `kill -INT` would: it must pass it on
+        stdout, stderr = process.communicate(timeout=120)
+    finally:  # a failed test leaves no 100000-step run behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130 and 'Traceback' not in stderr, stderr
     assert stderr.strip().splitlines()[-1].startswith('interrupted: rerun the same command'), stderr
     assert 'SIGINT: saved' in stdout  # train.py stopped at a step boundary and saved, it was not killed
