@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from configurator import ArgumentParser, resolve, run_cli
 from model import BLOCKS, CausalSelfAttention, CharLM, Mamba, MinGRU, MinLSTM, ModelConfig
-from plot_curves import COLOURS as PLOT_COLOURS
+from plot_curves import COLOURS as PLOT_COLOURS, write_csv
 from reproduce import ROOT, config_file
 from scan import BACKENDS, resolve_backend
 from train import DEFAULTS
@@ -291,13 +291,6 @@ def ratio_rows(train_rows, auto_backend):
                 rows.append({'T': T, 'ratio': label, 'numerator': top, 'denominator': bottom,
                              'value': round(by_key[(top, T)][what] / by_key[(bottom, T)][what], 3)})
     return rows
-
-
-def write_csv(path, rows):
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 # Colour by block, line style and marker by how it runs: every series of train.png tells apart.

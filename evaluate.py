@@ -17,7 +17,6 @@ For each run folder (best.pt and config.json), with L the run's block_size (its 
   which shows how much each further token of context is worth, and where it stops helping.
 Writes context.csv and position.csv first, then context.md, context.png and position.png.
 """
-import csv
 import os
 import statistics
 
@@ -29,7 +28,7 @@ from tqdm import tqdm
 import train
 from configurator import ArgumentParser, UsageError, run_cli
 from model import widen
-from plot_curves import COLOURS, PAPER
+from plot_curves import COLOURS, PAPER, fmt, mean_std, other_than, write_csv
 
 CONTEXTS = (0.25, 0.5, 1, 2, 4, 8, 16)  # evaluation contexts, in multiples of the training context
 
@@ -111,17 +110,9 @@ def evaluate_run(run_dir, device, bar):
     return rows, positions
 
 
-def write_csv(path, rows):
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def mean_std_text(values):
-    if len(values) == 1:
-        return f'{values[0]:.3f}'
-    return f'{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}'
+    mean, std = mean_std(values)
+    return fmt(mean, std=std)
 
 
 def table(rows):
@@ -194,7 +185,7 @@ def main(argv=None):
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         parser.error(f'--out {args.out!r} is a file; give a folder')
     train.check_device(args.device)
-    runs = [r for r in args.runs if os.path.realpath(r) != os.path.realpath(args.out)]
+    runs = other_than(args.runs, args.out)
     missing = [r for r in runs if not os.path.isfile(os.path.join(r, 'best.pt'))]
     if missing:
         raise UsageError(f"no best.pt in {', '.join(missing)}; give run folders that finished training")

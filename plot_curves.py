@@ -201,12 +201,18 @@ def fmt(value, digits=3, std=None):
     return text + (f' ± {std:.{digits}f}' if std is not None else '')
 
 
-def write_table(rows, out, at_steps):
-    with open(os.path.join(out, 'results.csv'), 'w', newline='') as f:
+def write_csv(path, rows):
+    """rows (dicts with the same keys) as a CSV file with a header."""
+    with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    header = (['block', 'seeds', 'params', 'best val (mean ± std)', 'step within 0.01 of best', 'ms / iter'] + [f'val @{s}' for s in at_steps] + ['paper test loss', 'paper best step'])
+
+
+def write_table(rows, out, at_steps):
+    write_csv(os.path.join(out, 'results.csv'), rows)
+    header = (['block', 'seeds', 'params', 'best val (mean ± std)', 'step within 0.01 of best', 'ms / iter']
+              + [f'val @{s}' for s in at_steps] + ['paper test loss', 'paper best step'])
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for r in rows:
         cells = [r['group'], str(r['seeds']),
