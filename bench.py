@@ -15,8 +15,9 @@ Speed and memory of every block, measured side by side in one run (never as time
    allocated; on a CPU the bytes of the tensors autograd saves for backward (activations and the
    weights they need, each storage counted once), which is what grows with T.
 2. recipe: one whole training iteration (forward, backward, clipping, AdamW) of each block's CPU
-   recipe model (config/*_cpu.py: batch 12, context 64), in interleaved rounds so that all four
-   see the same machine; the median, and the ratio to the Transformer.
+   recipe model (config/*_cpu.py: batch 12, context 64; --recipe_scale paper: the paper's models,
+   batch 64, context 256), in interleaved rounds so that all four see the same machine; the median,
+   and the ratio to the Transformer.
 3. generate: time per token of each block of the CPU recipe (config/*_cpu.py, untrained weights:
    speed does not depend on them) at positions 10, 100, 1000, 10000, batch 1, stepping its state:
    the recurrent blocks carry a fixed-size state, the Transformer a key/value cache that grows.
@@ -89,8 +90,10 @@ class Fused(nn.Module):
 
 
 def scan_backends(device):
-    """The scan backends that run on this device: 'compiled' only on a CPU where it builds."""
-    return [b for b in BACKENDS if b != 'auto' and (b != 'compiled' or resolve_backend('auto', device) == b)]
+    """The scan backends that run on this device: 'compiled' only on a CPU where it builds, 'triton' only
+    on CUDA where triton imports ('auto' picks each of them there)."""
+    auto = resolve_backend('auto', device)
+    return [b for b in BACKENDS if b != 'auto' and (b not in ('compiled', 'triton') or b == auto)]
 
 
 def layer_variants(width, device):
@@ -104,7 +107,7 @@ def layer_variants(width, device):
         'LSTM (loop)': lambda: LSTMLoop(width),
         'nn.GRU': lambda: Fused(nn.GRU(width, width, batch_first=True)),
         'nn.LSTM': lambda: Fused(nn.LSTM(width, width, batch_first=True)),
-        # Mamba on its 'auto' path (the fused selective scan on a CPU) and on the plain one
+        # Mamba on its 'auto' path (the fused selective scan: C++ on a CPU, Triton on CUDA) and the plain one
         **{f'Mamba ({b})': mixer(Mamba, 'mamba', b)
            for b in dict.fromkeys([resolve_backend('auto', device), 'sequential'])},
         'attention': mixer(CausalSelfAttention, 'transformer'),
@@ -200,25 +203,27 @@ def bench_training(args, device, bar):
     return rows
 
 
-def recipe_model_config(block, max_position):
-    """The model of config/shakespeare_char_<block>_cpu.py; the Transformer's table covers max_position."""
-    path = os.path.join(ROOT, config_file(block, 'cpu'))
-    config = ModelConfig.from_dict(resolve(DEFAULTS, [path]))  # train.py's defaults, as the config files expect
+def recipe_model_config(block, max_position, scale='cpu'):
+    """The model of config/shakespeare_char_<block>_<scale>.py and its batch size; the Transformer's
+    table covers max_position."""
+    path = os.path.join(ROOT, config_file(block, scale))
+    settings = resolve(DEFAULTS, [path])  # train.py's defaults, as the config files expect
+    config = ModelConfig.from_dict(settings)
     config.vocab_size = 65
     if block == 'transformer':
         config.block_size = max(config.block_size, max_position + 1)
-    return config
+    return config, settings['batch_size']
 
 
 def bench_recipe(args, device, bar):
-    """ms per training iteration of each CPU-recipe model, measured round-robin."""
+    """ms per training iteration of each recipe model (--recipe_scale), measured round-robin."""
     steps = {}
     for block in BLOCKS:
         torch.manual_seed(0)
-        config = recipe_model_config(block, 0)
+        config, batch = recipe_model_config(block, 0, args.recipe_scale)
         model = CharLM(config).to(device)
         optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), device.split(':')[0])
-        x = torch.randint(0, 65, (12, config.block_size), device=device)
+        x = torch.randint(0, 65, (batch, config.block_size), device=device)
 
         def step(model=model, optimizer=optimizer, x=x):
             loss = model(x, x)[1]
@@ -236,7 +241,8 @@ def bench_recipe(args, device, bar):
     base = statistics.median(times['transformer'])
     return [{'block': block, 'ms_per_iter': round(1000 * statistics.median(t), 3),
              'vs_transformer': round(statistics.median(t) / base, 3), 'params': steps[block][1],
-             'rounds': args.recipe_rounds, 'steps_per_round': args.recipe_steps} for block, t in times.items()]
+             'scale': args.recipe_scale, 'rounds': args.recipe_rounds, 'steps_per_round': args.recipe_steps}
+            for block, t in times.items()]
 
 
 @torch.no_grad()
@@ -245,7 +251,7 @@ def bench_generation(args, device, bar):
     window = args.window
     for block in BLOCKS:
         torch.manual_seed(0)
-        model = CharLM(recipe_model_config(block, max(args.positions) + window)).to(device).eval()
+        model = CharLM(recipe_model_config(block, max(args.positions) + window)[0]).to(device).eval()
         token = torch.zeros(1, dtype=torch.long, device=device)
         states, times = [None] * len(model.blocks), []
         for pos in range(max(args.positions) + window):
@@ -361,6 +367,8 @@ def parse_args(argv=None):
     parser.add_argument('--window', type=int, default=20, help='generated tokens timed at each position')
     parser.add_argument('--recipe_rounds', type=int, default=7, help='round-robin rounds of the recipe part')
     parser.add_argument('--recipe_steps', type=int, default=10, help='timed iterations per block and round')
+    parser.add_argument('--recipe_scale', choices=['cpu', 'paper'], default='cpu',
+                        help="the recipe part's models: config/*_cpu.py or the paper's config/*_paper.py")
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--out', help='output folder (default results/speed/<device>)')
     parser.add_argument('--quick', action='store_true', help='tiny sizes: checks the script, measures nothing useful')
@@ -432,7 +440,7 @@ def main(argv=None):
             print(f'  {label:30s}' + '  '.join(f"T={r['T']}: {r['value']:.2f}x" for r in ratios if r['ratio'] == label))
     if recipe_rows:
         write_csv(os.path.join(out, 'recipe.csv'), recipe_rows)
-        print('\nms per training iteration of the CPU-recipe models (batch 12, context 64):')
+        print(f'\nms per training iteration of the {args.recipe_scale}-recipe models (config/*_{args.recipe_scale}.py):')
         for r in recipe_rows:
             print(f"  {r['block']:12s} {r['ms_per_iter']:8.2f} ms   {r['vs_transformer']:.2f}x the Transformer's")
     if generate_rows:

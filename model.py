@@ -28,7 +28,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 import cpu_kernels
-from scan import BACKENDS, linear_scan, resolve_backend
+from scan import BACKENDS, linear_scan, load_gpu_kernels, resolve_backend
 
 
 @dataclass
@@ -45,7 +45,7 @@ class ModelConfig:
     n_head: int = 6             # transformer: attention heads
     expansion: float = 1.5      # mingru/minlstm: recurrent width = expansion * n_embd
     conv_kernel: int = 0        # mingru/minlstm: causal depthwise conv before the RNN (0: off)
-    scan_backend: str = 'auto'  # mingru/minlstm/mamba: 'auto', 'log', 'sequential', 'compiled' (scan.py)
+    scan_backend: str = 'auto'  # mingru/minlstm/mamba: 'auto', 'log', 'sequential', 'compiled', 'triton' (scan.py)
     d_state: int = 16           # mamba: SSM state size N per channel
     d_conv: int = 4             # mamba: causal conv width
     mamba_expand: int = 2       # mamba: inner width = mamba_expand * n_embd
@@ -272,8 +272,8 @@ class MinRNN(nn.Module):
             h = linear_scan(log_a=log_a, log_b=log_b, h0=h0, backend='log')
         elif backend == 'compiled':  # the same coefficients, in one compiled pass (cpu_kernels.cpp)
             h = linear_scan(*cpu_kernels.coefficients(self.kind, gates), h0=h0, backend='compiled')
-        else:
-            h = linear_scan(*self.coefficients(gates), h0=h0, backend='sequential')
+        else:  # 'sequential' or 'triton': the plain coefficients, scanned in a loop or in tiles
+            h = linear_scan(*self.coefficients(gates), h0=h0, backend=backend)
         return self.dropout(self.out(h.to(x.dtype))), (h[:, -1], window)
 
     def step(self, x, state):
@@ -438,8 +438,11 @@ class Mamba(nn.Module):
         return (h * C.unsqueeze(2)).sum(-1) + D * x, h[:, -1]
 
     def selective_scan(self, x, delta, B, C, h0=None):
-        if resolve_backend(self.backend, x.device) == 'compiled':  # one fused pass each way (cpu_kernels.cpp)
+        backend = resolve_backend(self.backend, x.device)
+        if backend == 'compiled':  # one fused pass each way, no (batch, T, E, N) tensor (cpu_kernels.cpp)
             return cpu_kernels.selective_scan(x, delta, -self.A_log.exp(), B, C, self.D, h0)
+        if backend == 'triton':  # the same in Triton kernels (gpu_kernels.py)
+            return load_gpu_kernels().selective_scan(x, delta, -self.A_log.exp(), B, C, self.D, h0)
         batch, T, E = x.shape
         per_channel = batch * T * self.d_state
         chunk = max(1, self.chunk_elems // per_channel)

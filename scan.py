@@ -27,14 +27,24 @@ Backends, chosen by name:
                CPU only, built on first use): one pass over memory instead of two PyTorch calls
                per time step. For Mamba, 'compiled' means its whole selective scan fused
                (cpu_kernels.selective_scan), which never builds this scan's (B, T, E * N) inputs.
-  'auto'       'log' on CUDA; 'compiled' on a CPU where it builds, else 'sequential' (also on MPS,
-               which has no float64).
+  'triton'     the loop's parallel form in Triton kernels for a CUDA GPU, in float32 (gpu_kernels.py):
+               an associative scan inside tiles of time, the state carried between them. For Mamba,
+               its whole selective scan fused (gpu_kernels.selective_scan), as 'compiled' on a CPU.
+  'auto'       'triton' on CUDA where triton imports (it ships with PyTorch's CUDA builds), else 'log';
+               'compiled' on a CPU where it builds, else 'sequential' (also on MPS, which has no
+               float64).
 """
 import torch
 
 import cpu_kernels
 
-BACKENDS = ('auto', 'log', 'sequential', 'compiled')
+BACKENDS = ('auto', 'log', 'sequential', 'compiled', 'triton')
+
+
+def load_gpu_kernels():
+    """gpu_kernels, imported on first use: a CPU run never pays for importing triton."""
+    import gpu_kernels
+    return gpu_kernels
 
 
 def resolve_backend(backend, device):
@@ -42,7 +52,7 @@ def resolve_backend(backend, device):
     if backend == 'auto':
         device = torch.device(device).type
         if device == 'cuda':
-            return 'log'
+            return 'triton' if load_gpu_kernels().available() else 'log'
         return 'compiled' if device == 'cpu' and cpu_kernels.available() else 'sequential'
     if backend not in BACKENDS:
         raise ValueError(f"unknown scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -60,9 +70,11 @@ def linear_scan(a=None, b=None, *, log_a=None, log_b=None, h0=None, backend='aut
         raise ValueError('linear_scan: give exactly one of a= or log_a=, and one of b= or log_b=')
     reference = a if a is not None else log_a
     backend = resolve_backend(backend, reference.device)
-    if backend in ('sequential', 'compiled'):
+    if backend in ('sequential', 'compiled', 'triton'):
         a = a if a is not None else log_a.exp()
         b = b if b is not None else log_b.exp()
+        if backend == 'triton':
+            return load_gpu_kernels().linear_scan(a, b, h0)
         loop = SequentialScan if backend == 'sequential' else cpu_kernels.CompiledScan
         return loop.apply(a, b, h0)
     # backend == 'log': float64 on a CPU (a reference there); float32 on a GPU, where float64 runs at

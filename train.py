@@ -35,6 +35,7 @@ from tqdm import tqdm
 import cpu_kernels
 from configurator import ConfigError, UsageError, documented_keys, help_text, resolve, run_cli
 from model import CharLM, ModelConfig, keys_unused_by, widen
+from scan import load_gpu_kernels
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEYS = {'model', 'optimizer', 'scaler', 'model_config', 'config', 'step', 'best_val_loss',
@@ -164,8 +165,12 @@ def check_config(config):
         ModelConfig.from_dict(config).validate()
         if config['scan_backend'] == 'compiled':  # fail now, in one line, not at the first forward
             if not resolve_device(config['device']).startswith('cpu'):
-                raise ValueError("scan_backend='compiled' runs on a CPU; on a GPU use 'auto' (the log scan)")
+                raise ValueError("scan_backend='compiled' runs on a CPU; on a GPU use 'auto' (Triton kernels)")
             cpu_kernels.load()
+        if config['scan_backend'] == 'triton':
+            if not resolve_device(config['device']).startswith('cuda'):
+                raise ValueError("scan_backend='triton' runs on a CUDA GPU; on a CPU use 'auto' (the compiled loops)")
+            load_gpu_kernels()._check()
     except (ValueError, RuntimeError) as e:
         raise ConfigError(str(e)) from None
 

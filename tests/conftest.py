@@ -5,9 +5,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# Without a GPU, Triton's kernels (gpu_kernels.py) run on CPU tensors in its interpreter; the variable
+# must be set before they are defined, that is before gpu_kernels is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
 SHAKESPEARE = os.environ.get('TINY_SHAKESPEARE',
                              os.path.join(ROOT, '..', 'shared', 'data', 'tinyshakespeare', 'input.txt'))
 

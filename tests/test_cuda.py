@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from model import CharLM, ModelConfig
-from scan import linear_scan
+from scan import linear_scan, resolve_backend
 from test_model import IDS, VARIANTS, step_logits
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA GPU here')
-CUDA_BACKENDS = ['log', 'sequential']
+CUDA_BACKENDS = ['log', 'sequential'] + (['triton'] if resolve_backend('auto', 'cuda') == 'triton' else [])
 
 
 @pytest.fixture(autouse=True)

@@ -71,6 +71,8 @@ class Marker:
     ('--device=bogus', "unknown device 'bogus'"),
     ('--device=', "unknown device ''"),
     ('--dtype=float8', 'dtype must be'),
+    ('--scan_backend=fast', "unknown scan_backend 'fast'"),
+    ('--scan_backend=triton', "scan_backend='triton' runs on a CUDA GPU"),  # --device=cpu (TINY)
 ])
 def test_every_out_of_range_value_is_one_line_before_training(tmp_path, tiny_dataset, arg, fragment):
     message = train_error(f'--dataset={tiny_dataset}', f'--out_dir={tmp_path / "run"}', arg)

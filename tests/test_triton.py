@@ -1,0 +1,166 @@
+"""The Triton kernels (gpu_kernels.py) against the plain paths: the scan against a float64 loop, the
+fused selective scan against Mamba's plain one in float64, each block on the 'triton' backend against
+'sequential', values and gradients, in float32 to 1e-5 of the largest value. Where no GPU is, they run
+on CPU tensors through Triton's interpreter (conftest.py sets TRITON_INTERPRET=1; slow, so the shapes
+are small), and the kernels are compiled for two GPU architectures to check that they build there.
+Skipped where triton is not installed (`pip install triton`; .ci/run installs it)."""
+import os
+
+import pytest
+import torch
+
+from model import CharLM, Mamba, ModelConfig
+from test_scan import reference
+
+triton = pytest.importorskip('triton')
+import gpu_kernels  # noqa: E402  (after the skip: it needs triton to define its kernels)
+
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+T_VALUES = [1, 7, 64, 300]
+
+
+def relative_error(actual, expected):
+    return ((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
+
+
+def float32_leaves(*tensors):
+    return [None if t is None else t.detach().float().to(DEVICE).requires_grad_() for t in tensors]
+
+
+def float64_leaves(*tensors):
+    return [None if t is None else t.detach().double().requires_grad_() for t in tensors]
+
+
+@pytest.mark.parametrize('T', T_VALUES)
+@pytest.mark.parametrize('with_h0', [False, True])
+def test_triton_scan_equals_the_float64_loop(T, with_h0):
+    """Signed b and h0, T not a multiple of the tile; gradients of a, b and h0."""
+    g = torch.Generator().manual_seed(T)
+    a = torch.rand(2, T, 5, generator=g, dtype=torch.float64) * 0.6 + 0.4
+    b = torch.randn(2, T, 5, generator=g, dtype=torch.float64)
+    h0 = torch.randn(2, 5, generator=g, dtype=torch.float64) if with_h0 else None
+    grad_h = torch.randn(2, T, 5, generator=g, dtype=torch.float64)
+
+    a64, b64, h064 = float64_leaves(a, b, h0)
+    expected = reference(a64.log(), b64, h064)
+    expected_grads = torch.autograd.grad(expected, [t for t in (a64, b64, h064) if t is not None], grad_h)
+
+    a32, b32, h032 = float32_leaves(a, b, h0)
+    got = gpu_kernels.linear_scan(a32, b32, h032)
+    assert got.dtype == torch.float32
+    got_grads = torch.autograd.grad(got, [t for t in (a32, b32, h032) if t is not None], grad_h.float().to(DEVICE))
+    assert relative_error(got.cpu(), expected) < 1e-5
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        assert relative_error(got_grad.cpu(), expected_grad) < 1e-5
+
+
+def plain_selective_scan(x, delta, A_log, B, C, D, h0):
+    """model.Mamba.scan_channels, the plain path: (batch, T, E, N) coefficients and the sequential scan."""
+    mixer = Mamba.__new__(Mamba)
+    mixer.backend = 'sequential'
+    return Mamba.scan_channels(mixer, x, delta, B, C, A_log, D, h0)
+
+
+@pytest.mark.parametrize('T', T_VALUES)
+@pytest.mark.parametrize('with_h0', [False, True])
+def test_triton_selective_scan_equals_the_plain_one(T, with_h0):
+    """E and N not multiples of the kernel's blocks; gradients of x, delta, A_log, B, C, D and h0."""
+    g = torch.Generator().manual_seed(T)
+    batch, E, N = 2, 6, 5
+    x = torch.randn(batch, T, E, generator=g, dtype=torch.float64)
+    delta = torch.nn.functional.softplus(torch.randn(batch, T, E, generator=g, dtype=torch.float64))
+    A_log = torch.log(torch.arange(1, N + 1, dtype=torch.float64)).repeat(E, 1) + 0.1 * torch.randn(E, N, generator=g)
+    B, C = (torch.randn(batch, T, N, generator=g, dtype=torch.float64) for _ in range(2))
+    D = torch.randn(E, generator=g, dtype=torch.float64)
+    h0 = torch.randn(batch, E, N, generator=g, dtype=torch.float64) if with_h0 else None
+    grad_y = torch.randn(batch, T, E, generator=g, dtype=torch.float64)
+
+    inputs64 = float64_leaves(x, delta, A_log, B, C, D, h0)
+    expected_y, expected_last = plain_selective_scan(*inputs64)
+    leaves64 = [t for t in inputs64 if t is not None]
+    expected_grads = torch.autograd.grad(expected_y, leaves64, grad_y)
+
+    x32, delta32, A_log32, B32, C32, D32, h032 = inputs32 = float32_leaves(x, delta, A_log, B, C, D, h0)
+    y, last = gpu_kernels.selective_scan(x32, delta32, -A_log32.exp(), B32, C32, D32, h032)
+    got_grads = torch.autograd.grad(y, [t for t in inputs32 if t is not None], grad_y.float().to(DEVICE))
+    assert relative_error(y.cpu(), expected_y) < 1e-5
+    assert relative_error(last.cpu(), expected_last) < 1e-5
+    for name, got_grad, expected_grad in zip('x delta A_log B C D h0'.split(), got_grads, expected_grads):
+        assert relative_error(got_grad.cpu(), expected_grad) < 1e-5, name
+
+
+@pytest.mark.parametrize('block', ['mingru', 'minlstm', 'mamba'])
+def test_every_recurrent_block_on_triton_equals_sequential(block):
+    """The whole model, forward and backward, and the state it hands on (issue 15's carried state)."""
+    idx = torch.randint(0, 11, (2, 19), generator=torch.Generator().manual_seed(0))
+    results = {}
+    for backend in ('sequential', 'triton'):
+        torch.manual_seed(0)
+        config = ModelConfig(block=block, vocab_size=11, block_size=32, n_layer=1, n_embd=8, d_state=4,
+                             scan_backend=backend)
+        model = CharLM(config).to(DEVICE)
+        first, _, states = model(idx[:, :11].to(DEVICE))
+        logits, loss, _ = model(idx[:, 11:].to(DEVICE), idx[:, 11:].to(DEVICE), states)
+        loss.backward()
+        results[backend] = [first, logits] + [p.grad for p in model.parameters()]
+    for got, expected in zip(results['triton'], results['sequential']):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_triton_backend_says_where_it_runs():
+    if gpu_kernels.INTERPRETED:
+        pytest.skip('the interpreter runs the kernels on CPU tensors')
+    with pytest.raises(ValueError, match="scan_backend='triton' runs on CUDA tensors"):
+        gpu_kernels.linear_scan(torch.ones(1, 2, 3), torch.ones(1, 2, 3))
+
+
+AHEAD_OF_TIME = """
+import os, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import gpu_kernels as k
+
+capability = int(sys.argv[1])
+ptxas = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'ptxas')
+scan = dict(BLOCK_T=k.SCAN_BLOCK_T, BLOCK_D=k.SCAN_BLOCK_D)
+selective = dict(BLOCK_T=k.SELECTIVE_BLOCK_T, BLOCK_E=k.SELECTIVE_BLOCK_E, BLOCK_N=16)
+for kernel, constants, warps in [(k._scan_forward, dict(HAS_H0=True, **scan), 4),
+                                 (k._scan_backward, dict(HAS_H0=True, **scan), 4),
+                                 (k._selective_forward, dict(HAS_H0=True, **selective), 4),
+                                 (k._selective_backward, selective, k.SELECTIVE_BACKWARD_WARPS)]:
+    signature = {name: 'constexpr' if name in constants else 'i32' if name in 'TDEN' else '*fp32'
+                 for name in kernel.arg_names}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
+                              target=GPUTarget('cuda', capability, 32), options={'num_warps': warps})
+    with tempfile.TemporaryDirectory() as folder:
+        ptx = os.path.join(folder, 'kernel.ptx')
+        with open(ptx, 'w') as f:
+            f.write(compiled.asm['ptx'])
+        arch = f'sm_{capability}a' if capability >= 90 else f'sm_{capability}'
+        report = subprocess.run([ptxas, '-v', f'--gpu-name={arch}', ptx, '-o', os.path.join(folder, 'kernel.cubin')],
+                                capture_output=True, text=True)
+    print(kernel.__name__, report.returncode, ' '.join(report.stderr.split()))
+"""
+
+
+@pytest.mark.parametrize('capability', [75, 90])  # a T4, the paper's GPU; an H100 / H200
+def test_the_kernels_compile_for_gpus_without_spilling_registers(capability):
+    """Triton's compiler, run ahead of time for a GPU that need not be here (in a child without the
+    interpreter): every construct of the kernels lowers to PTX, ptxas assembles it, and the tile sizes
+    fit in registers (no spill stores)."""
+    from conftest import ROOT, run_script
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except ImportError:
+        pytest.skip(f'triton {triton.__version__} has no ahead-of-time compiler API')
+    env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
+    result = run_script('-c', AHEAD_OF_TIME, str(capability), env={**env, 'PYTHONPATH': ROOT}, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4, result.stdout
+    for line in lines:
+        name, returncode, report = line.split(' ', 2)
+        assert returncode == '0', line
+        assert '0 bytes spill stores' in report, line
