@@ -272,7 +272,7 @@ torch::Tensor minlstm_backward(torch::Tensor gates, torch::Tensor grad_a, torch:
 // x, delta (B, T, E); A (E, N); Bm, Cm (B, T, N); D (E); h0 (B, E, N). Returns y, the last state
 // (B, E, N) and the chunk states (B, chunks, E, N). Threads split the batch, so that the gradients of
 // B_t and C_t, sums over channels, need no locks.
-constexpr int64_t kChunk = 16;
+constexpr int64_t kChunk = 32;  // a state saved per 32 steps: 1/32 of the states in memory
 
 std::vector<torch::Tensor> selective_scan_forward(torch::Tensor x, torch::Tensor delta, torch::Tensor A,
                                                   torch::Tensor Bm, torch::Tensor Cm, torch::Tensor D,

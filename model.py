@@ -106,28 +106,31 @@ class FeedForward(nn.Module):
 class CausalDepthwiseConv(nn.Module):
     """Per-channel convolution over the last `kernel` time steps (no look-ahead):
         y_t = bias + sum_s weight_{kernel-1-s} * x_{t-s},  s = 0..kernel-1   (x before t = 1 is zero)
-    computed by ShiftedSum; the step path applies the same sum to a window of the last inputs."""
+    then SiLU(y_t) if silu (Mamba), computed by ShiftedSum; the step path applies the same sum to a
+    window of the last inputs."""
 
-    def __init__(self, channels, kernel):
+    def __init__(self, channels, kernel, silu=False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(kernel, channels).uniform_(-kernel ** -0.5, kernel ** -0.5))
         self.bias = nn.Parameter(torch.zeros(channels))
+        self.silu = silu
 
     def forward(self, x, window=None):
         """x: (B, T, C); window: the kernel-1 inputs before x, as step() keeps them (None: zeros).
         Returns y and the window after x."""
         n = self.weight.shape[0] - 1
         if window is None:
-            return ShiftedSum.apply(x, self.weight, self.bias), last_steps(x, n)
+            return ShiftedSum.apply(x, self.weight, self.bias, self.silu), last_steps(x, n)
         x = torch.cat([window.to(x.dtype), x], dim=1)
-        return ShiftedSum.apply(x, self.weight, self.bias)[:, n:], x[:, x.shape[1] - n:]
+        return ShiftedSum.apply(x, self.weight, self.bias, self.silu)[:, n:], x[:, x.shape[1] - n:]
 
     def step(self, x, window):
         """x: (B, C); window: the previous kernel-1 inputs, oldest first, (B, kernel-1, C) or None."""
         if window is None:
             window = x.new_zeros(x.shape[0], self.weight.shape[0] - 1, x.shape[1])
         window = torch.cat([window, x.unsqueeze(1)], dim=1)
-        return self.bias + (window * self.weight).sum(dim=1), window[:, 1:]
+        y = self.bias + (window * self.weight).sum(dim=1)
+        return (F.silu(y) if self.silu else y), window[:, 1:]
 
 
 def last_steps(x, n):
@@ -142,22 +145,31 @@ class ShiftedSum(torch.autograd.Function):
         dL/dx_t = sum_s w_{k-1-s} dL/dy_{t+s},   dL/dw_{k-1-s} = sum_{b,t} dL/dy_t x_{t-s},   dL/dbias = sum dL/dy.
     Each shift is one multiply-add into a slice, forward and backward: on a CPU this beats a depthwise
     nn.Conv1d (no transposes) and autograd through padded slices (no padded copy, no zero-filled
-    gradient per slice)."""
+    gradient per slice). With silu, it returns SiLU(y) and recomputes y in backward: only x is saved,
+    not y as a separate SiLU would."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def shifted_sum(x, weight, bias):
         kernel, T = weight.shape[0], x.shape[1]
         y = torch.addcmul(bias, x, weight[kernel - 1])
         for s in range(1, min(kernel, T)):
             y[:, s:].addcmul_(x[:, :-s], weight[kernel - 1 - s])
-        ctx.save_for_backward(x, weight)
         return y
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu=False):
+        y = ShiftedSum.shifted_sum(x, weight, bias)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.silu = silu
+        return F.silu(y) if silu else y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        x, weight = ctx.saved_tensors
+        x, weight, bias = ctx.saved_tensors
         x = x.to(grad_y.dtype)  # under autocast x may be half precision, y (and its gradient) float32
+        if ctx.silu:  # SiLU's own backward kernel: d SiLU(y) / dy = s (1 + y (1 - s)),  s = sigmoid(y)
+            grad_y = torch.ops.aten.silu_backward(grad_y, ShiftedSum.shifted_sum(x, weight, bias))
         kernel, T = weight.shape[0], x.shape[1]
         grad_x = grad_y * weight[kernel - 1]
         grad_weight = torch.zeros_like(weight)
@@ -165,7 +177,40 @@ class ShiftedSum(torch.autograd.Function):
         for s in range(1, min(kernel, T)):
             grad_x[:, :-s].addcmul_(grad_y[:, s:], weight[kernel - 1 - s])
             grad_weight[kernel - 1 - s] = torch.linalg.vecdot(grad_y[:, s:], x[:, :-s], dim=1).sum(0)
-        return grad_x, grad_weight, grad_y.sum((0, 1))
+        return grad_x, grad_weight, grad_y.sum((0, 1)), None
+
+
+class SiLUGate(torch.autograd.Function):
+    """y * SiLU(z), Mamba's output gate, saving y and z only (z is part of the in-projection's output,
+    saved anyway); autograd would also keep SiLU(z). d/dy = SiLU(z), d/dz = y SiLU'(z)."""
+
+    @staticmethod
+    def forward(ctx, y, z):
+        ctx.save_for_backward(y, z)
+        return y * F.silu(z)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        y, z = ctx.saved_tensors
+        return grad * F.silu(z), torch.ops.aten.silu_backward(grad * y, z)
+
+
+class Softplus(torch.autograd.Function):
+    """softplus(x) = log(1 + e^x), saving its output instead of its input: Mamba's scan keeps delta =
+    softplus(x) anyway. Its derivative from the output: sigmoid(x) = 1 - e^-softplus(x)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = F.softplus(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        out, = ctx.saved_tensors
+        return grad * torch.expm1(-out).neg_()
 
 
 # ----------------------------------------------------------------------------- Transformer
@@ -398,7 +443,7 @@ class Mamba(nn.Module):
         self.dt_rank = config.dt_rank or math.ceil(d / 16)
         self.d_state = n
         self.in_proj = nn.Linear(d, 2 * inner, bias=config.bias)
-        self.conv = CausalDepthwiseConv(inner, config.d_conv)
+        self.conv = CausalDepthwiseConv(inner, config.d_conv, silu=True)
         self.x_proj = nn.Linear(inner, self.dt_rank + 2 * n, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, inner, bias=True)
         self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(inner, 1))
@@ -424,7 +469,7 @@ class Mamba(nn.Module):
     def selective_inputs(self, x):
         """delta (.., E), B (.., N), C (.., N) from the conv output x: the 'selection'."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return widen(F.softplus(self.dt_proj(dt))), widen(B), widen(C)
+        return widen(Softplus.apply(self.dt_proj(dt))), widen(B), widen(C)
 
     def scan_channels(self, x, delta, B, C, A_log, D, h0):
         """y and the last state for a slice of channels: builds (batch, T, channels, N) coefficients
@@ -458,16 +503,16 @@ class Mamba(nn.Module):
     def forward(self, u, state=None):
         h0, window = state if state is not None else (None, None)
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        x, window = self.conv(x, window)
-        x = widen(F.silu(x))
+        x, window = self.conv(x, window)  # and SiLU
+        x = widen(x)
         y, h = self.selective_scan(x, *self.selective_inputs(x), h0)
-        return self.dropout(self.out_proj((y * F.silu(widen(z))).to(u.dtype))), (h, window)
+        return self.dropout(self.out_proj(SiLUGate.apply(y, widen(z)).to(u.dtype))), (h, window)
 
     def step(self, u, state):
         h, window = state if state is not None else (None, None)
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        x, window = self.conv.step(x, window)
-        x = widen(F.silu(x))
+        x, window = self.conv.step(x, window)  # and SiLU
+        x = widen(x)
         delta, B, C = self.selective_inputs(x)
         b = (delta * x).unsqueeze(-1) * B.unsqueeze(1)                   # (batch, E, N)
         a = torch.exp(delta.unsqueeze(-1) * -self.A_log.exp())

@@ -1,9 +1,10 @@
 """Every block: the parallel (training) path and the step (generation) path compute one function."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import cpu_kernels
-from model import (BLOCKS, CausalDepthwiseConv, CharLM, Mamba, MinGRU, MinGRUCoefficients, MinLSTM,
+from model import (BLOCKS, CausalDepthwiseConv, SiLUGate, Softplus, CharLM, Mamba, MinGRU, MinGRUCoefficients, MinLSTM,
                    MinLSTMCoefficients, ModelConfig, ShiftedSum, g, log_g)
 
 VARIANTS = [('transformer', {}), ('mingru', {}), ('mingru', {'conv_kernel': 4}), ('minlstm', {}),
@@ -107,11 +108,23 @@ def test_hand_written_coefficient_derivatives_pass_gradcheck(function, n_project
 
 
 @pytest.mark.parametrize('T', [1, 2, 3, 9])
-def test_hand_written_conv_derivative_passes_gradcheck(T):
-    """Including sequences shorter than the kernel (4), where some shifts fall off the start."""
+@pytest.mark.parametrize('silu', [False, True])
+def test_hand_written_conv_derivative_passes_gradcheck(T, silu):
+    """Including sequences shorter than the kernel (4), where some shifts fall off the start; with
+    the SiLU that Mamba applies after it (recomputed in backward)."""
     conv = CausalDepthwiseConv(3, 4).double()
     x = torch.randn(2, T, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(ShiftedSum.apply, (x, conv.weight, conv.bias))
+    assert torch.autograd.gradcheck(lambda *a: ShiftedSum.apply(*a, silu), (x, conv.weight, conv.bias))
+
+
+def test_mamba_gate_and_softplus_derivatives_pass_gradcheck():
+    """SiLUGate and Softplus, which save less than autograd would; softplus across its range."""
+    g = torch.Generator().manual_seed(12)
+    y, z = (torch.randn(2, 5, 3, dtype=torch.float64, generator=g).mul(4).requires_grad_() for _ in range(2))
+    assert torch.autograd.gradcheck(SiLUGate.apply, (y, z))
+    x = (torch.linspace(-30, 30, 61, dtype=torch.float64) + 0.5).requires_grad_()  # 20: F.softplus jumps by 2e-9
+    assert torch.autograd.gradcheck(Softplus.apply, (x,))
+    torch.testing.assert_close(Softplus.apply(x), F.softplus(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('cls', [MinGRU, MinLSTM])
