@@ -10,60 +10,51 @@
 // float32 or float64; cpu_kernels.py makes sure of it.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 
 namespace {
 
-// The helpers below must be inlined into the channel loops for these to vectorise (a call stops it).
-#define ALWAYS_INLINE inline __attribute__((always_inline))
+// Vector registers of the widest kind this build targets (cpu_kernels.py passes CPU_CAPABILITY as
+// PyTorch detects it: 8 floats with AVX2); exp is Sleef's, as PyTorch's own kernels use it.
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
 
-// exp(x) for float in plain arithmetic, so that the compiler vectorises the loops that call it (a call
-// to std::exp keeps them scalar, about 10x slower): exp(x) = 2^k exp(r), k = round(x / ln 2),
-// r = x - k ln 2 in [-ln2/2, ln2/2], exp(r) by its Taylor series to r^7 (remainder < 6e-9, below
-// float's rounding). x is clamped to [-87, 88], where 2^k is a normal float: sigmoid(+-100) still
-// rounds to 1 and 0. double, used by the tests, takes std::exp.
-ALWAYS_INLINE float exp_approx(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-  const float k = (x * 1.44269504f + round_magic) - round_magic;
-  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;  // ln 2 in two parts, the first exact in k
-  float p = 1.0f / 5040;
-  p = p * r + 1.0f / 720;
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;  // the float 2^k
-  float two_to_k;
-  std::memcpy(&two_to_k, &bits, sizeof bits);
-  return p * two_to_k;
+// Runs body(offset, count) over [0, n) in steps of one vector; the last step may be partial (count < a
+// vector), where loads fill the missing lanes with zeros and stores write count values only.
+template <typename T, typename F>
+inline void for_vectors(int64_t n, F body) {
+  for (int64_t c = 0; c < n; c += Vec<T>::size()) body(c, std::min<int64_t>(Vec<T>::size(), n - c));
 }
-ALWAYS_INLINE double exp_approx(double x) { return std::exp(x); }
 
 template <typename T>
-ALWAYS_INLINE T sigmoid(T x) { return T(1) / (T(1) + exp_approx(-x)); }
+inline Vec<T> load(const T* p, int64_t count) { return Vec<T>::loadu(p, count); }
 
-// sigmoid(x) and sigmoid(-x) = 1 - sigmoid(x) from one exp, the second without cancellation near 1.
 template <typename T>
-ALWAYS_INLINE void sigmoid_pair(T x, T& positive, T& negative) {
-  const T e = exp_approx(-x);
-  positive = T(1) / (T(1) + e);
-  negative = e == INFINITY ? T(1) : e * positive;  // e / (1 + e); e is finite for float
+inline Vec<T> sigmoid(Vec<T> x) { return Vec<T>(1) / (Vec<T>(1) + x.neg().exp()); }
+
+// sigmoid(x) and sigmoid(-x) = 1 - sigmoid(x) from one exp, the second without cancellation near 1:
+// e / (1 + e) with e = exp(-x), which is 1 where e overflows.
+template <typename T>
+inline void sigmoid_pair(Vec<T> x, Vec<T>& positive, Vec<T>& negative) {
+  const Vec<T> e = x.neg().exp();
+  positive = Vec<T>(1) / (Vec<T>(1) + e);
+  negative = Vec<T>::blendv(e * positive, Vec<T>(1), e == Vec<T>(INFINITY));
 }
 
 // The paper's g(x) = x + 1/2 for x >= 0, sigmoid(x) otherwise, as max(x + 1/2, sigmoid x); s = sigmoid(x).
 template <typename T>
-ALWAYS_INLINE T g(T x, T s) { return std::max(x + T(0.5), s); }
+inline Vec<T> g(Vec<T> x, Vec<T> s) { return at::vec::maximum(x + Vec<T>(0.5), s); }
 
 // g'(x): 1 for x > 0, sigmoid'(x) = s (1 - s) otherwise.
 template <typename T>
-ALWAYS_INLINE T g_derivative(T x, T s) { return x > 0 ? T(1) : s * (T(1) - s); }
+inline Vec<T> g_derivative(Vec<T> x, Vec<T> s) {
+  return Vec<T>::blendv(s * (Vec<T>(1) - s), Vec<T>(1), x > Vec<T>(0));
+}
 
 // Runs body(row) for rows [0, rows) on all threads; rows are (batch, time) positions.
 template <typename F>
@@ -147,64 +138,61 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor a, torch::Tensor h, c10::
   return {grad_a, grad_b, grad_h0};
 }
 
-// The coefficients, one (batch, time) row of C channels at a time. A row of gates holds the block's
-// projections one after another; the pointers are __restrict__ parameters, so that the channel loops
-// vectorise (the compiler need not check whether outputs overlap inputs).
+// The coefficients, one (batch, time) row of C channels at a time, a vector of channels per step. A
+// row of gates holds the block's projections one after another.
 
 // minGRU (paper section 3.1.2): (k_z, k_h) -> a = 1 - z, b = z g(k_h), z = sigmoid(k_z).
 template <typename T>
-void mingru_forward_row(int64_t C, const T* __restrict__ k_z, const T* __restrict__ k_h,
-                        T* __restrict__ a, T* __restrict__ b) {
-  for (int64_t c = 0; c < C; ++c) {
-    T z, one_minus_z;
-    sigmoid_pair(k_z[c], z, one_minus_z);
-    a[c] = one_minus_z;
-    b[c] = z * g(k_h[c], sigmoid(k_h[c]));
-  }
+void mingru_forward_row(int64_t C, const T* k_z, const T* k_h, T* a, T* b) {
+  for_vectors<T>(C, [&](int64_t c, int64_t n) {
+    Vec<T> z, one_minus_z;
+    sigmoid_pair(load(k_z + c, n), z, one_minus_z);
+    const Vec<T> kh = load(k_h + c, n);
+    one_minus_z.store(a + c, n);
+    (z * g(kh, sigmoid(kh))).store(b + c, n);
+  });
 }
 
 // dL/dk_z = (dL/db g(k_h) - dL/da) z (1 - z),  dL/dk_h = dL/db z g'(k_h).
 template <typename T>
-void mingru_backward_row(int64_t C, const T* __restrict__ k_z, const T* __restrict__ k_h,
-                         const T* __restrict__ grad_a, const T* __restrict__ grad_b,
-                         T* __restrict__ grad_kz, T* __restrict__ grad_kh) {
-  for (int64_t c = 0; c < C; ++c) {
-    T z, one_minus_z;
-    sigmoid_pair(k_z[c], z, one_minus_z);
-    const T s = sigmoid(k_h[c]);
-    grad_kz[c] = (grad_b[c] * g(k_h[c], s) - grad_a[c]) * z * one_minus_z;
-    grad_kh[c] = grad_b[c] * z * g_derivative(k_h[c], s);
-  }
+void mingru_backward_row(int64_t C, const T* k_z, const T* k_h, const T* grad_a, const T* grad_b,
+                         T* grad_kz, T* grad_kh) {
+  for_vectors<T>(C, [&](int64_t c, int64_t n) {
+    Vec<T> z, one_minus_z;
+    sigmoid_pair(load(k_z + c, n), z, one_minus_z);
+    const Vec<T> kh = load(k_h + c, n), s = sigmoid(kh), gb = load(grad_b + c, n);
+    ((gb * g(kh, s) - load(grad_a + c, n)) * z * one_minus_z).store(grad_kz + c, n);
+    (gb * z * g_derivative(kh, s)).store(grad_kh + c, n);
+  });
 }
 
 // minLSTM (paper section 3.2.2): (k_f, k_i, k_h) -> a = f', b = i' g(k_h), with f = sigmoid(k_f),
 // i = sigmoid(k_i), f' = f / (f + i), i' = i / (f + i).
 template <typename T>
-void minlstm_forward_row(int64_t C, const T* __restrict__ k_f, const T* __restrict__ k_i,
-                         const T* __restrict__ k_h, T* __restrict__ a, T* __restrict__ b) {
-  for (int64_t c = 0; c < C; ++c) {
-    const T f = sigmoid(k_f[c]), i = sigmoid(k_i[c]);
-    a[c] = f / (f + i);
-    b[c] = i / (f + i) * g(k_h[c], sigmoid(k_h[c]));
-  }
+void minlstm_forward_row(int64_t C, const T* k_f, const T* k_i, const T* k_h, T* a, T* b) {
+  for_vectors<T>(C, [&](int64_t c, int64_t n) {
+    const Vec<T> f = sigmoid(load(k_f + c, n)), i = sigmoid(load(k_i + c, n)), kh = load(k_h + c, n);
+    (f / (f + i)).store(a + c, n);
+    (i / (f + i) * g(kh, sigmoid(kh))).store(b + c, n);
+  });
 }
 
 // With q = (dL/da - dL/db g(k_h)) f' i':  dL/dk_f = q (1 - f),  dL/dk_i = -q (1 - i),
 // dL/dk_h = dL/db i' g'(k_h).
 template <typename T>
-void minlstm_backward_row(int64_t C, const T* __restrict__ k_f, const T* __restrict__ k_i,
-                          const T* __restrict__ k_h, const T* __restrict__ grad_a, const T* __restrict__ grad_b,
-                          T* __restrict__ grad_kf, T* __restrict__ grad_ki, T* __restrict__ grad_kh) {
-  for (int64_t c = 0; c < C; ++c) {
-    T f, one_minus_f, i, one_minus_i;
-    sigmoid_pair(k_f[c], f, one_minus_f);
-    sigmoid_pair(k_i[c], i, one_minus_i);
-    const T f_norm = f / (f + i), i_norm = i / (f + i), s = sigmoid(k_h[c]);
-    const T q = (grad_a[c] - grad_b[c] * g(k_h[c], s)) * f_norm * i_norm;
-    grad_kf[c] = q * one_minus_f;
-    grad_ki[c] = -q * one_minus_i;
-    grad_kh[c] = grad_b[c] * i_norm * g_derivative(k_h[c], s);
-  }
+void minlstm_backward_row(int64_t C, const T* k_f, const T* k_i, const T* k_h, const T* grad_a,
+                          const T* grad_b, T* grad_kf, T* grad_ki, T* grad_kh) {
+  for_vectors<T>(C, [&](int64_t c, int64_t n) {
+    Vec<T> f, one_minus_f, i, one_minus_i;
+    sigmoid_pair(load(k_f + c, n), f, one_minus_f);
+    sigmoid_pair(load(k_i + c, n), i, one_minus_i);
+    const Vec<T> kh = load(k_h + c, n), s = sigmoid(kh), gb = load(grad_b + c, n);
+    const Vec<T> f_norm = f / (f + i), i_norm = i / (f + i);
+    const Vec<T> q = (load(grad_a + c, n) - gb * g(kh, s)) * f_norm * i_norm;
+    (q * one_minus_f).store(grad_kf + c, n);
+    (q.neg() * one_minus_i).store(grad_ki + c, n);
+    (gb * i_norm * g_derivative(kh, s)).store(grad_kh + c, n);
+  });
 }
 
 // gates (B, T, k C) -> (a, b), each (B, T, C); k = 2 for minGRU, 3 for minLSTM.
@@ -270,9 +258,43 @@ torch::Tensor minlstm_backward(torch::Tensor gates, torch::Tensor grad_a, torch:
 // live in a small buffer per task, and forward keeps only every K-th one (the state before each
 // chunk of K steps) for backward, which recomputes each chunk's states from it. Inputs are contiguous:
 // x, delta (B, T, E); A (E, N); Bm, Cm (B, T, N); D (E); h0 (B, E, N). Returns y, the last state
-// (B, E, N) and the chunk states (B, chunks, E, N). Threads split the batch, so that the gradients of
-// B_t and C_t, sums over channels, need no locks.
+// (B, E, N) and the chunk states. Threads split the batch, so that the gradients of B_t and C_t, sums
+// over channels, need no locks. Channels lie on the vector lanes: the states and A are kept as (N, E'),
+// E' = E rounded up to whole vectors, the padding zero (there a = exp(0) = 1 and b = 0, so it stays 0).
 constexpr int64_t kChunk = 32;  // a state saved per 32 steps: 1/32 of the states in memory
+
+int64_t padded(int64_t E, int64_t lanes) { return (E + lanes - 1) / lanes * lanes; }
+
+// (E, N) -> (N, E'), zero-padded; from zero where source is null.
+template <typename T>
+void to_lanes(const T* source, int64_t E, int64_t N, int64_t E_padded, T* lanes) {
+  std::fill(lanes, lanes + N * E_padded, T(0));
+  if (source)
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t n = 0; n < N; ++n) lanes[n * E_padded + e] = source[e * N + n];
+}
+
+// (N, E') -> (E, N)
+template <typename T>
+void from_lanes(const T* lanes, int64_t E, int64_t N, int64_t E_padded, T* target) {
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t n = 0; n < N; ++n) target[e * N + n] = lanes[n * E_padded + e];
+}
+
+// One step of the recurrence for one vector of channels at e: prev -> now, both (N, E'); returns
+// y_t's sum over n when C_t is given.
+template <typename T>
+inline Vec<T> selective_step(const T* A_lanes, int64_t N, int64_t E_padded, int64_t e, Vec<T> d, Vec<T> du,
+                             const T* B_t, const T* C_t, const T* prev, T* now) {
+  Vec<T> out(0);
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t k = n * E_padded + e;
+    const Vec<T> h = (d * Vec<T>::loadu(A_lanes + k)).exp() * Vec<T>::loadu(prev + k) + du * Vec<T>(B_t[n]);
+    h.store(now + k);
+    if (C_t) out = out + Vec<T>(C_t[n]) * h;
+  }
+  return out;
+}
 
 std::vector<torch::Tensor> selective_scan_forward(torch::Tensor x, torch::Tensor delta, torch::Tensor A,
                                                   torch::Tensor Bm, torch::Tensor Cm, torch::Tensor D,
@@ -281,30 +303,31 @@ std::vector<torch::Tensor> selective_scan_forward(torch::Tensor x, torch::Tensor
   const int64_t chunks = (T + kChunk - 1) / kChunk;
   auto y = torch::empty_like(x);
   auto last = torch::empty({batch, E, N}, x.options());
-  auto saved = torch::empty({batch, chunks, E, N}, x.options());
+  torch::Tensor saved;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "selective_scan_forward", [&] {
-    const scalar_t *px = x.data_ptr<scalar_t>(), *pd = delta.data_ptr<scalar_t>(), *pA = A.data_ptr<scalar_t>();
+    const int64_t Ep = padded(E, Vec<scalar_t>::size());
+    saved = torch::empty({batch, chunks, N, Ep}, x.options());
+    const scalar_t *px = x.data_ptr<scalar_t>(), *pd = delta.data_ptr<scalar_t>();
     const scalar_t *pB = Bm.data_ptr<scalar_t>(), *pC = Cm.data_ptr<scalar_t>(), *pD = D.data_ptr<scalar_t>();
     const scalar_t* p0 = h0.has_value() ? h0->data_ptr<scalar_t>() : nullptr;
     scalar_t *py = y.data_ptr<scalar_t>(), *plast = last.data_ptr<scalar_t>(), *psaved = saved.data_ptr<scalar_t>();
+    std::vector<scalar_t> A_lanes(N * Ep);
+    to_lanes(A.data_ptr<scalar_t>(), E, N, Ep, A_lanes.data());
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> h(N * Ep);  // the running state, updated in place
       for (int64_t i = begin; i < end; ++i) {
-        scalar_t* h = plast + i * E * N;  // the running state, (E, N); it ends as the last one
-        for (int64_t k = 0; k < E * N; ++k) h[k] = p0 ? p0[i * E * N + k] : scalar_t(0);
+        to_lanes(p0 ? p0 + i * E * N : nullptr, E, N, Ep, h.data());
         for (int64_t t = 0; t < T; ++t) {
-          if (t % kChunk == 0) std::memcpy(psaved + (i * chunks + t / kChunk) * E * N, h, E * N * sizeof(scalar_t));
-          const int64_t row = (i * T + t);
-          const scalar_t *Bt = pB + row * N, *Ct = pC + row * N;
-          for (int64_t e = 0; e < E; ++e) {
-            const scalar_t d = pd[row * E + e], u = px[row * E + e], du = d * u;
-            scalar_t* he = h + e * N;
-            const scalar_t* Ae = pA + e * N;
-            for (int64_t n = 0; n < N; ++n) he[n] = exp_approx(d * Ae[n]) * he[n] + du * Bt[n];  // vectorises
-            scalar_t out = 0;  // a sum: kept out of the loop above, which it would keep scalar
-            for (int64_t n = 0; n < N; ++n) out += Ct[n] * he[n];
-            py[row * E + e] = out + pD[e] * u;
-          }
+          if (t % kChunk == 0) std::memcpy(psaved + (i * chunks + t / kChunk) * N * Ep, h.data(), N * Ep * sizeof(scalar_t));
+          const int64_t row = i * T + t;
+          for_vectors<scalar_t>(E, [&](int64_t e, int64_t count) {
+            const Vec<scalar_t> d = load(pd + row * E + e, count), u = load(px + row * E + e, count);
+            const Vec<scalar_t> sum = selective_step(A_lanes.data(), N, Ep, e, d, d * u, pB + row * N, pC + row * N,
+                                                     h.data(), h.data());
+            (sum + load(pD + e, count) * u).store(py + row * E + e, count);
+          });
         }
+        from_lanes(h.data(), E, N, Ep, plast + i * E * N);
       }
     });
   });
@@ -321,76 +344,78 @@ std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tenso
                                                    torch::Tensor Bm, torch::Tensor Cm, torch::Tensor D,
                                                    torch::Tensor saved, torch::Tensor grad_y) {
   const int64_t batch = x.size(0), T = x.size(1), E = x.size(2), N = A.size(1), chunks = saved.size(1);
+  const int64_t Ep = saved.size(3);
   auto gx = torch::empty_like(x), gdelta = torch::empty_like(delta);
-  auto gB = torch::zeros_like(Bm), gC = torch::zeros_like(Cm);
-  auto gA = torch::zeros({batch, E, N}, x.options()), gD = torch::zeros({batch, E}, x.options());
+  auto gB = torch::empty_like(Bm), gC = torch::empty_like(Cm);
+  auto gA = torch::empty({batch, E, N}, x.options()), gD = torch::zeros({batch, E}, x.options());
   auto gh0 = torch::empty({batch, E, N}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "selective_scan_backward", [&] {
-    const scalar_t *px = x.data_ptr<scalar_t>(), *pd = delta.data_ptr<scalar_t>(), *pA = A.data_ptr<scalar_t>();
+    using V = Vec<scalar_t>;
+    const int64_t lanes = V::size();
+    const scalar_t *px = x.data_ptr<scalar_t>(), *pd = delta.data_ptr<scalar_t>();
     const scalar_t *pB = Bm.data_ptr<scalar_t>(), *pC = Cm.data_ptr<scalar_t>(), *pD = D.data_ptr<scalar_t>();
     const scalar_t *psaved = saved.data_ptr<scalar_t>(), *pgy = grad_y.data_ptr<scalar_t>();
     scalar_t *pgx = gx.data_ptr<scalar_t>(), *pgd = gdelta.data_ptr<scalar_t>(), *pgB = gB.data_ptr<scalar_t>();
     scalar_t *pgC = gC.data_ptr<scalar_t>(), *pgA = gA.data_ptr<scalar_t>(), *pgD = gD.data_ptr<scalar_t>();
     scalar_t* pgh0 = gh0.data_ptr<scalar_t>();
+    std::vector<scalar_t> A_lanes(N * Ep);
+    to_lanes(A.data_ptr<scalar_t>(), E, N, Ep, A_lanes.data());
+    const scalar_t* Al = A_lanes.data();
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> states((kChunk + 1) * E * N);  // h_{t-1} for the chunk's steps, then h_t
-      std::vector<scalar_t> a(N), total(N);  // a_t and g_t of one channel
+      std::vector<scalar_t> states((kChunk + 1) * N * Ep);  // h_{t-1} for the chunk's steps, then h_t
+      std::vector<scalar_t> carried(N * Ep), gA_lanes(N * Ep);  // a_{t+1} g_{t+1}, carried backwards; dL/dA
+      std::vector<scalar_t> sum_B(N * lanes), sum_C(N * lanes);  // dL/dB_t, dL/dC_t before the sum over lanes
       for (int64_t i = begin; i < end; ++i) {
-        scalar_t* g = pgh0 + i * E * N;  // g_{t+1} a_{t+1}, carried backwards; ends as dL/dh0
-        std::fill(g, g + E * N, scalar_t(0));
-        scalar_t *gA_i = pgA + i * E * N, *gD_i = pgD + i * E;
+        std::fill(carried.begin(), carried.end(), scalar_t(0));
+        std::fill(gA_lanes.begin(), gA_lanes.end(), scalar_t(0));
+        scalar_t* gD_i = pgD + i * E;
         for (int64_t c = chunks - 1; c >= 0; --c) {
           const int64_t t0 = c * kChunk, t1 = std::min(T, t0 + kChunk);
-          std::memcpy(states.data(), psaved + (i * chunks + c) * E * N, E * N * sizeof(scalar_t));
+          std::memcpy(states.data(), psaved + (i * chunks + c) * N * Ep, N * Ep * sizeof(scalar_t));
           for (int64_t t = t0; t < t1; ++t) {  // states[s] = h_{t0 + s - 1}: recompute the chunk
             const int64_t row = i * T + t;
-            const scalar_t* prev = states.data() + (t - t0) * E * N;
-            scalar_t* now = states.data() + (t - t0 + 1) * E * N;
-            for (int64_t e = 0; e < E; ++e) {
-              const scalar_t d = pd[row * E + e], du = d * px[row * E + e];
-              _Pragma("GCC ivdep")  // no overlap between the rows: let the loop vectorise
-              for (int64_t n = 0; n < N; ++n)
-                now[e * N + n] = exp_approx(d * pA[e * N + n]) * prev[e * N + n] + du * pB[row * N + n];
-            }
+            const scalar_t* prev = states.data() + (t - t0) * N * Ep;
+            for_vectors<scalar_t>(E, [&](int64_t e, int64_t count) {
+              const V d = load(pd + row * E + e, count);
+              selective_step<scalar_t>(Al, N, Ep, e, d, d * load(px + row * E + e, count), pB + row * N, nullptr,
+                                       prev, states.data() + (t - t0 + 1) * N * Ep);
+            });
           }
           for (int64_t t = t1 - 1; t >= t0; --t) {
             const int64_t row = i * T + t;
-            const scalar_t* prev = states.data() + (t - t0) * E * N;
-            const scalar_t* now = prev + E * N;
+            const scalar_t* prev = states.data() + (t - t0) * N * Ep;
+            const scalar_t* now = prev + N * Ep;
             const scalar_t *Bt = pB + row * N, *Ct = pC + row * N;
-            scalar_t *gBt = pgB + row * N, *gCt = pgC + row * N;
-            for (int64_t e = 0; e < E; ++e) {
-              const scalar_t d = pd[row * E + e], u = px[row * E + e], gy = pgy[row * E + e];
-              // __restrict__: these rows never overlap, which lets the compiler vectorise the loop
-              const scalar_t* __restrict__ Ae = pA + e * N;
-              const scalar_t* __restrict__ he_prev = prev + e * N;
-              const scalar_t* __restrict__ he_now = now + e * N;
-              scalar_t* __restrict__ ge = g + e * N;
-              scalar_t* __restrict__ gA_e = gA_i + e * N;
-              scalar_t* __restrict__ gB_row = gBt;
-              scalar_t* __restrict__ gC_row = gCt;
-              scalar_t* __restrict__ a_e = a.data();
-              scalar_t* __restrict__ g_e = total.data();
-              _Pragma("GCC ivdep")  // no overlap between the rows: let the loop vectorise
-              for (int64_t n = 0; n < N; ++n) {  // no sums in this loop, so that it vectorises
-                a_e[n] = exp_approx(d * Ae[n]);
-                g_e[n] = ge[n] + Ct[n] * gy;  // g_t
-                gC_row[n] += he_now[n] * gy;
-                gB_row[n] += g_e[n] * d * u;
-                gA_e[n] += g_e[n] * d * a_e[n] * he_prev[n];
-                ge[n] = a_e[n] * g_e[n];
-              }
-              scalar_t dx = 0, dd = 0;
+            std::fill(sum_B.begin(), sum_B.end(), scalar_t(0));
+            std::fill(sum_C.begin(), sum_C.end(), scalar_t(0));
+            for_vectors<scalar_t>(E, [&](int64_t e, int64_t count) {
+              const V d = load(pd + row * E + e, count), u = load(px + row * E + e, count);
+              const V gy = load(pgy + row * E + e, count), du = d * u;
+              V dx(0), dd(0);
               for (int64_t n = 0; n < N; ++n) {
-                dx += g_e[n] * Bt[n];
-                dd += g_e[n] * (Ae[n] * a_e[n] * he_prev[n] + Bt[n] * u);
+                const int64_t k = n * Ep + e;
+                const V A_n = V::loadu(Al + k), a = (d * A_n).exp(), h_prev = V::loadu(prev + k);
+                const V g = V::loadu(carried.data() + k) + V(Ct[n]) * gy;  // g_t
+                const V g_a_h = g * a * h_prev;                          // dL/d(delta A)
+                (V::loadu(sum_C.data() + n * lanes) + V::loadu(now + k) * gy).store(sum_C.data() + n * lanes);
+                (V::loadu(sum_B.data() + n * lanes) + g * du).store(sum_B.data() + n * lanes);
+                (V::loadu(gA_lanes.data() + k) + g_a_h * d).store(gA_lanes.data() + k);
+                dx = dx + g * V(Bt[n]);
+                dd = dd + g_a_h * A_n + g * V(Bt[n]) * u;
+                (a * g).store(carried.data() + k);
               }
-              pgx[row * E + e] = dx * d + pD[e] * gy;
-              pgd[row * E + e] = dd;
-              gD_i[e] += u * gy;
+              (dx * d + load(pD + e, count) * gy).store(pgx + row * E + e, count);
+              dd.store(pgd + row * E + e, count);
+              (load(gD_i + e, count) + u * gy).store(gD_i + e, count);
+            });
+            for (int64_t n = 0; n < N; ++n) {  // padded lanes hold zeros
+              pgB[row * N + n] = std::accumulate(sum_B.begin() + n * lanes, sum_B.begin() + (n + 1) * lanes, scalar_t(0));
+              pgC[row * N + n] = std::accumulate(sum_C.begin() + n * lanes, sum_C.begin() + (n + 1) * lanes, scalar_t(0));
             }
           }
         }
+        from_lanes(carried.data(), E, N, Ep, pgh0 + i * E * N);
+        from_lanes(gA_lanes.data(), E, N, Ep, pgA + i * E * N);
       }
     });
   });

@@ -27,10 +27,13 @@ _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cpu_kernels.
 _build = {}  # 'module' or 'error', once per process
 
 
-# Vector instructions for the channel loops: the widest this CPU has, as PyTorch detects them. The
-# capability is in the build's name, so machines that share a home folder do not share a build.
-_VECTOR_FLAGS = {'AVX2': ['-mavx2', '-mfma'],
-                 'AVX512': ['-mavx512f', '-mavx512vl', '-mavx512dq', '-mavx2', '-mfma', '-mprefer-vector-width=512']}
+# Vector instructions for the channel loops: the widest this CPU has, as PyTorch detects them, for the
+# compiler and for ATen's at::vec::Vectorized (CPU_CAPABILITY picks its implementation; its exp calls
+# the Sleef functions inside libtorch_cpu). Elsewhere Vectorized is its portable loop. The capability
+# is in the build's name, so machines that share a home folder do not share a build.
+_VECTOR_FLAGS = {'AVX2': ['-mavx2', '-mfma', '-DCPU_CAPABILITY=AVX2', '-DCPU_CAPABILITY_AVX2'],
+                 'AVX512': ['-mavx512f', '-mavx512vl', '-mavx512dq', '-mavx512bw', '-mavx2', '-mfma',
+                            '-DCPU_CAPABILITY=AVX512', '-DCPU_CAPABILITY_AVX512']}
 
 
 def load():

@@ -66,16 +66,22 @@ if triton is not None:
     # ------------------------------------------------------------------- h_t = a_t h_{t-1} + b_t
 
     @triton.jit
+    def _program_channels(h0_ptr, D, HAS_H0: tl.constexpr, BLOCK_D: tl.constexpr):
+        """This program's batch element, its block of channels and their h0 (zero without one)."""
+        batch = tl.program_id(0)
+        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
+        if HAS_H0:
+            h0 = tl.load(h0_ptr + batch * D + d, mask=d < D, other=0.0)
+        return batch, d, h0
+
+    @triton.jit
     def _scan_forward(a_ptr, b_ptr, h0_ptr, h_ptr, T, D, HAS_H0: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
         """h (batch, T, D) from a, b (batch, T, D) and h0 (batch, D): h_t = a_t h_{t-1} + b_t.
         Steps past T are padded with a = 1, b = 0, which leave the state as it is."""
-        batch, block = tl.program_id(0), tl.program_id(1)
-        d = block * BLOCK_D + tl.arange(0, BLOCK_D)
+        batch, d, h = _program_channels(h0_ptr, D, HAS_H0, BLOCK_D)
         steps = tl.arange(0, BLOCK_T)
-        h = tl.zeros([BLOCK_D], dtype=tl.float32)
-        if HAS_H0:
-            h = tl.load(h0_ptr + batch * D + d, mask=d < D, other=0.0)
         for t0 in range(0, T, BLOCK_T):
             t = t0 + steps[None, :]
             offset = batch * T * D + t * D + d[:, None]
@@ -92,12 +98,8 @@ if triton is not None:
                        HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
         """With g_t = dL/dh_t + a_{t+1} g_{t+1} (g past T is 0): dL/db_t = g_t, dL/da_t = g_t h_{t-1}.
         Tiles run from the end, each loaded in reversed time order (column i holds step t1 - i)."""
-        batch, block = tl.program_id(0), tl.program_id(1)
-        d = block * BLOCK_D + tl.arange(0, BLOCK_D)
+        batch, d, h0 = _program_channels(h0_ptr, D, HAS_H0, BLOCK_D)
         steps = tl.arange(0, BLOCK_T)
-        h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
-        if HAS_H0:
-            h0 = tl.load(h0_ptr + batch * D + d, mask=d < D, other=0.0)
         g = tl.zeros([BLOCK_D], dtype=tl.float32)  # g of the step after the tile
         n_tiles = tl.cdiv(T, BLOCK_T)
         for k in range(n_tiles):
