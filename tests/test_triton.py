@@ -9,7 +9,8 @@ import os
 import pytest
 import torch
 
-from model import CharLM, Mamba, ModelConfig
+from model import CharLM, ModelConfig
+from test_model import mamba_inputs, mamba_layer
 from test_scan import reference
 
 triton = pytest.importorskip('triton')
@@ -54,39 +55,26 @@ def test_triton_scan_equals_the_float64_loop(T, with_h0):
         assert relative_error(got_grad.cpu(), expected_grad) < 1e-5
 
 
-def plain_selective_scan(x, delta, A_log, B, C, D, h0):
-    """model.Mamba.scan_channels, the plain path: (batch, T, E, N) coefficients and the sequential scan."""
-    mixer = Mamba.__new__(Mamba)
-    mixer.backend = 'sequential'
-    return Mamba.scan_channels(mixer, x, delta, B, C, A_log, D, h0)
-
-
 @pytest.mark.parametrize('T', T_VALUES)
 @pytest.mark.parametrize('with_h0', [False, True])
 def test_triton_selective_scan_equals_the_plain_one(T, with_h0):
-    """E and N not multiples of the kernel's blocks; gradients of x, delta, A_log, B, C, D and h0."""
-    g = torch.Generator().manual_seed(T)
-    batch, E, N = 2, 6, 5
-    x = torch.randn(batch, T, E, generator=g, dtype=torch.float64)
-    delta = torch.nn.functional.softplus(torch.randn(batch, T, E, generator=g, dtype=torch.float64))
-    A_log = torch.log(torch.arange(1, N + 1, dtype=torch.float64)).repeat(E, 1) + 0.1 * torch.randn(E, N, generator=g)
-    B, C = (torch.randn(batch, T, N, generator=g, dtype=torch.float64) for _ in range(2))
-    D = torch.randn(E, generator=g, dtype=torch.float64)
-    h0 = torch.randn(batch, E, N, generator=g, dtype=torch.float64) if with_h0 else None
-    grad_y = torch.randn(batch, T, E, generator=g, dtype=torch.float64)
-
-    inputs64 = float64_leaves(x, delta, A_log, B, C, D, h0)
-    expected_y, expected_last = plain_selective_scan(*inputs64)
-    leaves64 = [t for t in inputs64 if t is not None]
-    expected_grads = torch.autograd.grad(expected_y, leaves64, grad_y)
-
-    x32, delta32, A_log32, B32, C32, D32, h032 = inputs32 = float32_leaves(x, delta, A_log, B, C, D, h0)
-    y, last = gpu_kernels.selective_scan(x32, delta32, -A_log32.exp(), B32, C32, D32, h032)
-    got_grads = torch.autograd.grad(y, [t for t in inputs32 if t is not None], grad_y.float().to(DEVICE))
-    assert relative_error(y.cpu(), expected_y) < 1e-5
-    assert relative_error(last.cpu(), expected_last) < 1e-5
-    for name, got_grad, expected_grad in zip('x delta A_log B C D h0'.split(), got_grads, expected_grads):
-        assert relative_error(got_grad.cpu(), expected_grad) < 1e-5, name
+    """Mamba.selective_scan on 'triton' in float32 against the plain path ('sequential', which builds the
+    (batch, T, E, N) coefficients) in float64: y, the last state and the gradients of x, delta, B, C,
+    h0, A_log and D. E = 6 and N = 5 are not multiples of the kernel's blocks."""
+    def run(backend, dtype, device):
+        torch.manual_seed(0)  # mamba_layer perturbs A_log and D at random: the same for both
+        layer = mamba_layer(backend, E=6, N=5).to(device, dtype)
+        inputs = [t.to(device, dtype).requires_grad_() for t in mamba_inputs(T, seed=T, E=6, N=5)]
+        h0 = torch.randn(2, 6, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        h0 = h0.to(device, dtype).requires_grad_() if with_h0 else None
+        y, last = layer.selective_scan(*inputs, h0)
+        weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        leaves = [*inputs, *([h0] if with_h0 else []), layer.A_log, layer.D]
+        grads = torch.autograd.grad((y * weights.to(device, dtype)).sum(), leaves)
+        return [t.cpu() for t in (y, last, *grads)]
+    names = ['y', 'last', 'x', 'delta', 'B', 'C'] + (['h0'] if with_h0 else []) + ['A_log', 'D']
+    for name, got, expected in zip(names, run('triton', torch.float32, DEVICE), run('sequential', torch.float64, 'cpu')):
+        assert relative_error(got, expected) < 1e-5, name
 
 
 @pytest.mark.parametrize('block', ['mingru', 'minlstm', 'mamba'])
