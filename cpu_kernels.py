@@ -33,7 +33,7 @@ _build = {}  # 'module' or 'error', once per process
 # is in the build's name, so machines that share a home folder do not share a build.
 _VECTOR_FLAGS = {'AVX2': ['-mavx2', '-mfma', '-DCPU_CAPABILITY=AVX2', '-DCPU_CAPABILITY_AVX2'],
                  'AVX512': ['-mavx512f', '-mavx512vl', '-mavx512dq', '-mavx512bw', '-mavx2', '-mfma',
-                            '-DCPU_CAPABILITY=AVX512', '-DCPU_CAPABILITY_AVX512']}
+                            '-mprefer-vector-width=512', '-DCPU_CAPABILITY=AVX512', '-DCPU_CAPABILITY_AVX512']}
 
 
 def load():

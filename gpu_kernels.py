@@ -35,7 +35,8 @@ def available():
     return triton is not None
 
 
-def _check(*tensors):
+def check(*tensors):
+    """Raises an error that names the fix where the Triton kernels cannot run on these tensors."""
     if triton is None:
         raise RuntimeError("scan_backend='triton' needs the triton package, which ships with PyTorch's CUDA "
                            "builds; install one, or set scan_backend='log' (plain PyTorch)")
@@ -235,7 +236,7 @@ class TritonScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, h0):
-        _check(a, b, h0)
+        check(a, b, h0)
         dtype = a.dtype
         a, b, h0 = _float32(a, b, h0)
         batch, T, D = a.shape
@@ -268,7 +269,7 @@ class TritonSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, delta, A, B, C, D, h0):
-        _check(x, delta, A, B, C, D, h0)
+        check(x, delta, A, B, C, D, h0)
         dtype = x.dtype
         x, delta, A, B, C, D, h0 = _float32(x, delta, A, B, C, D, h0)
         batch, T, E = x.shape

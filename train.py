@@ -170,7 +170,7 @@ def check_config(config):
         if config['scan_backend'] == 'triton':
             if not resolve_device(config['device']).startswith('cuda'):
                 raise ValueError("scan_backend='triton' runs on a CUDA GPU; on a CPU use 'auto' (the compiled loops)")
-            load_gpu_kernels()._check()
+            load_gpu_kernels().check()
     except (ValueError, RuntimeError) as e:
         raise ConfigError(str(e)) from None
 

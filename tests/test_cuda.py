@@ -8,7 +8,7 @@ import torch
 
 from model import CharLM, ModelConfig
 from scan import linear_scan, resolve_backend
-from test_model import IDS, VARIANTS, step_logits
+from test_model import IDS, VARIANTS, assert_bfloat16_training_step, step_logits
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA GPU here')
 CUDA_BACKENDS = ['log', 'sequential'] + (['triton'] if resolve_backend('auto', 'cuda') == 'triton' else [])
@@ -48,14 +48,7 @@ def test_forward_backward_float32_and_parallel_equals_step(block, overrides, bac
 
 @pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
 def test_training_step_under_bfloat16_autocast(block, overrides):
-    model = cuda_model(block, **overrides)
-    idx = tokens()
-    with torch.autocast('cuda', dtype=torch.bfloat16):
-        loss = model(idx, idx)[1]
-    loss.backward()
-    assert torch.isfinite(loss)
-    for p in model.parameters():
-        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+    assert_bfloat16_training_step(cuda_model(block, **overrides), tokens())
 
 
 @pytest.mark.parametrize('backend', CUDA_BACKENDS)

@@ -58,8 +58,12 @@ def test_generation_logits_equal_a_full_forward_of_the_prefix(block, overrides):
 def test_training_step_under_bfloat16_autocast(block, overrides):
     """train.py's dtype=bfloat16: half-precision activations meet the float32 hand-written backwards."""
     model = tiny_model(block, **overrides).float().train()
-    idx = torch.randint(0, 11, (2, 24), generator=torch.Generator().manual_seed(1))
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    assert_bfloat16_training_step(model, torch.randint(0, 11, (2, 24), generator=torch.Generator().manual_seed(1)))
+
+
+def assert_bfloat16_training_step(model, idx):
+    """A forward under bfloat16 autocast on idx's device and a backward: finite loss, float32 gradients."""
+    with torch.autocast(idx.device.type, dtype=torch.bfloat16):
         loss = model(idx, idx)[1]
     loss.backward()
     assert torch.isfinite(loss)
