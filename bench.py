@@ -2,7 +2,7 @@
 Speed and memory of every block, measured side by side in one run (never as timed tests):
 
     python bench.py                                   # everything -> results/speed/<device>/
-    python bench.py --quick                           # a smoke run, well under a minute on a CPU
+    python bench.py --quick                           # a smoke run (-> out/bench-quick/), well under a minute
     python bench.py --parts train --lengths 64 256 512 1024 2048    # the layer comparison only
     python bench.py --parts recipe                                     # ms per training iteration
 
@@ -15,22 +15,19 @@ Speed and memory of every block, measured side by side in one run (never as time
    allocated; on a CPU the bytes of the tensors autograd saves for backward (activations and the
    weights they need, each storage counted once), which is what grows with T.
 2. recipe: one whole training iteration (forward, backward, clipping, AdamW) of each block's CPU
-   recipe model (config/*_cpu.py: batch 12, context 64; --recipe_scale paper: the paper's models,
-   batch 64, context 256), in interleaved rounds so that all four see the same machine; the median,
-   and the ratio to the Transformer.
-3. generate: time per token of each block of the CPU recipe (config/*_cpu.py, untrained weights:
+   recipe model (its config file for the 'cpu' scale in model.py's registry: batch 12, context 64;
+   --recipe_scale paper: the paper-scale ones, batch 64, context 256), in interleaved rounds so that
+   every block sees the same machine; the median, and the ratio to the first block (the Transformer).
+3. generate: time per token of each block of the CPU recipe (its 'cpu' config, untrained weights:
    speed does not depend on them) at positions 10, 100, 1000, 10000, batch 1, stepping its state:
    the recurrent blocks carry a fixed-size state, the Transformer a key/value cache that grows.
 
 Writes train.csv, recipe.csv, generate.csv, ratios.csv, env.json and log-log plots (train.png,
 memory.png, generate.png) into the output folder, and prints the ratios the paper quotes.
 """
-import csv
 import functools
 import json
 import os
-import platform
-import re
 import statistics
 import sys
 import time
@@ -39,12 +36,14 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+import devices
+import report
+import settings
 from configurator import ArgumentParser, resolve, run_cli
 from model import BLOCKS, CausalSelfAttention, CharLM, Mamba, MinGRU, MinLSTM, ModelConfig
-from plot_curves import COLOURS as PLOT_COLOURS, write_csv
-from reproduce import ROOT, config_file
 from scan import BACKENDS, resolve_backend
-from train import DEFAULTS
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -204,15 +203,15 @@ def bench_training(args, device, bar):
 
 
 def recipe_model_config(block, max_position, scale='cpu'):
-    """The model of config/shakespeare_char_<block>_<scale>.py and its batch size; the Transformer's
-    table covers max_position."""
-    path = os.path.join(ROOT, config_file(block, scale))
-    settings = resolve(DEFAULTS, [path])  # train.py's defaults, as the config files expect
-    config = ModelConfig.from_dict(settings)
+    """The model of the block's config file at this scale and its batch size; a position table (the
+    Transformer's) covers max_position."""
+    path = os.path.join(ROOT, BLOCKS[block].configs[scale])
+    values = resolve(settings.defaults(), [path])  # train.py's defaults, as the config files expect
+    config = ModelConfig.from_dict(values)
     config.vocab_size = 65
-    if block == 'transformer':
+    if BLOCKS[block].positions:
         config.block_size = max(config.block_size, max_position + 1)
-    return config, settings['batch_size']
+    return config, values['batch_size']
 
 
 def bench_recipe(args, device, bar):
@@ -238,7 +237,7 @@ def bench_recipe(args, device, bar):
         for block, (step, _) in steps.items():
             times[block].append(median_seconds(step, args.recipe_steps, device))
         bar.update(1)
-    base = statistics.median(times['transformer'])
+    base = statistics.median(times[next(iter(times))])
     return [{'block': block, 'ms_per_iter': round(1000 * statistics.median(t), 3),
              'vs_transformer': round(statistics.median(t) / base, 3), 'params': steps[block][1],
              'scale': args.recipe_scale, 'rounds': args.recipe_rounds, 'steps_per_round': args.recipe_steps}
@@ -316,9 +315,7 @@ def variant_style(variant):
 
 
 def plot(train_rows, generate_rows, out, device_name):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = report.pyplot()
     for what, ylabel, name in (('ms', 'training step (ms)', 'train'), ('memory_mb', 'memory (MiB)', 'memory')):
         if not train_rows:
             break
@@ -337,7 +334,7 @@ def plot(train_rows, generate_rows, out, device_name):
         fig, ax = plt.subplots(figsize=(7, 5))
         for block in dict.fromkeys(r['block'] for r in generate_rows):
             pts = [(r['position'], r['ms_per_token']) for r in generate_rows if r['block'] == block]
-            ax.plot(*zip(*pts), marker='o', label=block, color=PLOT_COLOURS.get(block))
+            ax.plot(*zip(*pts), marker='o', label=report.display(block), color=report.colour(block))
         ax.set(xscale='log', yscale='log', xlabel='position of the generated token', ylabel='ms per token',
                title=f'generation, batch 1, CPU-recipe models, {device_name}')
         ax.grid(True, which='both', alpha=0.3)
@@ -345,12 +342,6 @@ def plot(train_rows, generate_rows, out, device_name):
         fig.tight_layout()
         fig.savefig(os.path.join(out, 'generate.png'), dpi=120)
         plt.close(fig)
-
-
-def device_name(device):
-    if device.startswith('cuda'):
-        return re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(device).lower()).strip('-')
-    return 'cpu'
 
 
 def parse_args(argv=None):
@@ -368,9 +359,9 @@ def parse_args(argv=None):
     parser.add_argument('--recipe_rounds', type=int, default=7, help='round-robin rounds of the recipe part')
     parser.add_argument('--recipe_steps', type=int, default=10, help='timed iterations per block and round')
     parser.add_argument('--recipe_scale', choices=['cpu', 'paper'], default='cpu',
-                        help="the recipe part's models: config/*_cpu.py or the paper's config/*_paper.py")
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--out', help='output folder (default results/speed/<device>)')
+                        help="the recipe part's models: each block's 'cpu' config (config/*_cpu.py) or its paper-scale one")
+    parser.add_argument('--device', default='auto', help=devices.CHOICES)
+    parser.add_argument('--out', help='output folder (default results/speed/<device>; with --quick out/bench-quick)')
     parser.add_argument('--quick', action='store_true', help='tiny sizes: checks the script, measures nothing useful')
     parser.add_argument('--replot', metavar='FOLDER', help='measure nothing: redraw the figures of FOLDER from its CSVs')
     args = parser.parse_args(argv)
@@ -380,42 +371,18 @@ def parse_args(argv=None):
     return args
 
 
-def cpu_model():
-    """The CPU's marketing name where Linux gives it (platform.processor() is empty there)."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-    except OSError:
-        names = []
-    return f'{names[0]} ({platform.machine()})' if names else platform.processor() or platform.machine()
-
-
-def read_csv(path):
-    """A CSV that main() wrote, numbers as numbers; [] where the file is absent."""
-    if not os.path.exists(path):
-        return []
-    with open(path, newline='') as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for key, value in row.items():
-            try:
-                row[key] = float(value) if '.' in value or 'e' in value else int(value)
-            except ValueError:
-                pass
-    return rows
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.replot:
         with open(os.path.join(args.replot, 'env.json')) as f:
             name = json.load(f)['device']
-        plot(read_csv(os.path.join(args.replot, 'train.csv')), read_csv(os.path.join(args.replot, 'generate.csv')),
-             args.replot, name)
+        plot(report.read_csv(os.path.join(args.replot, 'train.csv')),
+             report.read_csv(os.path.join(args.replot, 'generate.csv')), args.replot, name)
         print(f'redrew the figures of {args.replot}/')
         return args.replot
-    device, name = args.device, device_name(args.device)
-    out = args.out or os.path.join('results', 'speed', name + ('-quick' if args.quick else ''))
+    device = devices.resolve(args.device)
+    name = devices.folder_name(device)
+    out = args.out or (os.path.join('out', 'bench-quick') if args.quick else os.path.join('results', 'speed', name))
     os.makedirs(out, exist_ok=True)
     auto_backend = resolve_backend('auto', device)
     total = (len(args.lengths) * len(layer_variants(args.width, device)) * ('train' in args.parts)
@@ -424,27 +391,25 @@ def main(argv=None):
         train_rows = bench_training(args, device, bar) if 'train' in args.parts else []
         recipe_rows = bench_recipe(args, device, bar) if 'recipe' in args.parts else []
         generate_rows = bench_generation(args, device, bar) if 'generate' in args.parts else []
-    env = {'command': 'python bench.py ' + ' '.join(sys.argv[1:] if argv is None else argv), 'device': name,
-           'device_detail': torch.cuda.get_device_name(device) if device.startswith('cuda') else cpu_model(),
-           'cpu_capability': torch.backends.cpu.get_cpu_capability(),
-           'cpu_threads': torch.get_num_threads(), 'torch': torch.__version__, 'python': platform.python_version(),
-           'auto_backend': auto_backend, 'date': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
+    env = {'command': 'python bench.py ' + ' '.join(sys.argv[1:] if argv is None else argv), **devices.environment(device),
+           'device': name, 'cpu_threads': torch.get_num_threads(), 'auto_backend': auto_backend,
+           'date': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
     with open(os.path.join(out, 'env.json'), 'w') as f:
         json.dump(env, f, indent=1)
     if train_rows:
-        write_csv(os.path.join(out, 'train.csv'), train_rows)
+        report.write_csv(os.path.join(out, 'train.csv'), train_rows)
         ratios = ratio_rows(train_rows, auto_backend)
-        write_csv(os.path.join(out, 'ratios.csv'), ratios)
+        report.write_csv(os.path.join(out, 'ratios.csv'), ratios)
         print(f"\nratios on {name} (batch {args.batch}, width {args.width}; 'auto' = {auto_backend}):")
         for label in dict.fromkeys(r['ratio'] for r in ratios):
             print(f'  {label:30s}' + '  '.join(f"T={r['T']}: {r['value']:.2f}x" for r in ratios if r['ratio'] == label))
     if recipe_rows:
-        write_csv(os.path.join(out, 'recipe.csv'), recipe_rows)
-        print(f'\nms per training iteration of the {args.recipe_scale}-recipe models (config/*_{args.recipe_scale}.py):')
+        report.write_csv(os.path.join(out, 'recipe.csv'), recipe_rows)
+        print(f'\nms per training iteration of the {args.recipe_scale}-scale models:')
         for r in recipe_rows:
-            print(f"  {r['block']:12s} {r['ms_per_iter']:8.2f} ms   {r['vs_transformer']:.2f}x the Transformer's")
+            print(f"  {report.display(r['block']):12s} {r['ms_per_iter']:8.2f} ms   {r['vs_transformer']:.2f}x the Transformer's")
     if generate_rows:
-        write_csv(os.path.join(out, 'generate.csv'), generate_rows)
+        report.write_csv(os.path.join(out, 'generate.csv'), generate_rows)
         print('\nms per generated token by position:')
         for block in dict.fromkeys(r['block'] for r in generate_rows):
             cells = [r for r in generate_rows if r['block'] == block]
@@ -452,7 +417,8 @@ def main(argv=None):
             print(f'  {block:12s}' + '  '.join(f"{r['position']}: {r['ms_per_token']:.3f}" for r in cells)
                   + f'   (last / first: {growth:.2f}x)')
     plot(train_rows, generate_rows, out, name)
-    print(f'\nwrote {out}/')
+    print(f'\nwrote {out}/' + (' (a smoke run of --quick sizes: its figures check the script and measure nothing)'
+                               if args.quick else ''))
     return out
 
 

@@ -90,35 +90,6 @@ def resolve(defaults, args):
 
 # ----------------------------------------------------------------------------- help
 
-_COMMENT = re.compile(r'^(\s*)# (.+)$')
-_KEY = re.compile(r'^(\s*)(\w+)\s*(?::[^=]*)?=[^#]*?(?:#\s*(.*))?$')
-
-
-def documented_keys(path, first, last):
-    """[(group, [(key, comment), ...]), ...] from the lines of a defaults table in a source file,
-    between the line that starts with `first` and the next that starts with `last`: a comment alone
-    on a line starts a group, `key=default,  # comment` (or `key: type = ...`) adds a key, and a
-    comment alone indented deeper than its key continues that key's comment."""
-    with open(path) as f:
-        lines = f.read().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(first)) + 1
-    stop = next(i for i in range(start, len(lines)) if lines[i].startswith(last))
-    groups, key_indent = [], None
-    for line in lines[start:stop]:
-        key, comment = _KEY.match(line), _COMMENT.match(line)
-        if key:
-            key_indent = len(key.group(1))
-            if not groups:
-                groups.append(('', []))
-            groups[-1][1].append([key.group(2), key.group(3) or ''])
-        elif comment and key_indent is not None and len(comment.group(1)) > key_indent:
-            groups[-1][1][-1][1] += ' ' + comment.group(2)
-        elif comment:
-            groups.append((comment.group(2), []))
-            key_indent = None
-    return [(name, [tuple(k) for k in keys]) for name, keys in groups]
-
-
 def help_text(usage, defaults, groups):
     """usage, then every key of defaults with its default and comment, under its group's name."""
     lines = [usage, '']

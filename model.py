@@ -1,5 +1,8 @@
 """
-A character-level language model whose sequence-mixing block is a config value:
+A character-level language model whose sequence-mixing block is a config value. Every block is
+declared once, in the registry at the end of this file (BLOCKS): its mixer, its config keys, its
+name in tables and figures, the paper's numbers for it and its config files. The scripts read that
+declaration and name no block themselves (docs/code.md, "Adding a block").
 
     'transformer'  causal self-attention (nanoGPT's GPT)
     'mingru'       minGRU   (Feng et al. 2024, "Were RNNs All We Needed?", section 3.1)
@@ -16,10 +19,11 @@ Every mixer has two paths that compute the same function (the tests hold them eq
 state=None starts a sequence, and both paths take and return the same state, so a sequence can be
 run in chunks, or a prompt read in parallel and then continued step by step. For the recurrent
 mixers the state has a fixed size, so the n-th generated token costs the same as the first; for
-the Transformer it is a key/value cache that grows with the sequence.
+the Transformer it is a key/value cache that grows with the sequence. A mixer ends in a Linear
+named `out`, the residual projection that the model initialises scaled by depth.
 """
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -27,56 +31,81 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
-import cpu_kernels
-from scan import BACKENDS, linear_scan, load_gpu_kernels, resolve_backend
+import scan
 
 
-@dataclass
+# ----------------------------------------------------------------------------- configuration
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its default, what it does (train.py --help prints it), and the values
+    it allows (ok, described by rule; None: any value of the default's type)."""
+    default: object
+    help: str
+    ok: object = None
+    rule: str = ''
+
+
+def at_least(n):
+    return {'ok': lambda v: v >= n, 'rule': f'>= {n}'}
+
+
+def finite_at_least(n):
+    return {'ok': lambda v: n <= v < math.inf, 'rule': f'a finite number >= {n}'}
+
+
+# The keys every block reads; a block's own keys are declared with it in the registry.
+SHARED_KEYS = {
+    'block': Key('transformer', "the mixer: a block of model.py's registry (BLOCKS)"),
+    'vocab_size': Key(65, 'set from the dataset', **at_least(1)),
+    'block_size': Key(256, 'training context (the Transformer\'s positional table)', **at_least(1)),
+    'n_layer': Key(6, 'residual blocks', **at_least(1)),
+    'n_embd': Key(384, 'width of the residual stream', **at_least(1)),
+    'dropout': Key(0.0, 'in [0, 1): after embeddings, mixers and feed-forwards', ok=lambda v: 0 <= v < 1, rule='in [0, 1)'),
+    'bias': Key(False, 'biases in Linear layers and LayerNorm'),
+    'norm': Key('layernorm', "'layernorm' or 'rmsnorm'", ok=lambda v: v in NORMS, rule="'layernorm' or 'rmsnorm'"),
+    'ff_mult': Key(4.0, 'feed-forward width = ff_mult * n_embd; 0 leaves it out',
+                   **finite_at_least(0)),
+}
+
+
 class ModelConfig:
-    block: str = 'transformer'  # the mixer: 'transformer', 'mingru', 'minlstm' or 'mamba'
-    vocab_size: int = 65        # set from the dataset
-    block_size: int = 256       # training context (the Transformer's positional table)
-    n_layer: int = 6            # residual blocks
-    n_embd: int = 384           # width of the residual stream
-    dropout: float = 0.0        # in [0, 1): after embeddings, mixers and feed-forwards
-    bias: bool = False          # biases in Linear layers and LayerNorm
-    norm: str = 'layernorm'     # 'layernorm' or 'rmsnorm'
-    ff_mult: float = 4.0        # feed-forward width = ff_mult * n_embd; 0 leaves it out
-    n_head: int = 6             # transformer: attention heads
-    expansion: float = 1.5      # mingru/minlstm: recurrent width = expansion * n_embd
-    conv_kernel: int = 0        # mingru/minlstm: causal depthwise conv before the RNN (0: off)
-    scan_backend: str = 'auto'  # mingru/minlstm/mamba: 'auto', 'log', 'sequential', 'compiled', 'triton' (scan.py)
-    d_state: int = 16           # mamba: SSM state size N per channel
-    d_conv: int = 4             # mamba: causal conv width
-    mamba_expand: int = 2       # mamba: inner width = mamba_expand * n_embd
-    dt_rank: int = 0            # mamba: rank of the delta projection; 0 = ceil(n_embd / 16)
-    scan_chunk_elems: int = 1 << 26  # mamba: above batch*time*channels*d_state elements, scan channel
-                                     # chunks with recomputation in backward (bounds activation memory)
+    """The model's keys: SHARED_KEYS and every registered block's, each at its default unless given.
+    validate() checks the shared keys and the block's own, and the block's cross-key rules."""
 
-    def validate(self):
-        def need(ok, msg):
-            if not ok:
-                raise ValueError(msg)
-        need(self.block in BLOCKS, f"unknown block {self.block!r}; choose one of {', '.join(BLOCKS)}")
-        need(self.norm in NORMS, f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
-        need(self.scan_backend in BACKENDS,
-             f"unknown scan_backend {self.scan_backend!r}; choose one of {', '.join(BACKENDS)}")
-        for name in ('vocab_size', 'block_size', 'n_layer', 'n_embd', 'n_head', 'd_state', 'd_conv',
-                     'mamba_expand', 'scan_chunk_elems'):
-            need(getattr(self, name) >= 1, f'{name} must be >= 1, got {getattr(self, name)}')
-        for name in ('conv_kernel', 'dt_rank'):
-            need(getattr(self, name) >= 0, f'{name} must be >= 0 (0: off / automatic), got {getattr(self, name)}')
-        need(0 <= self.dropout < 1, f'dropout must be in [0, 1), got {self.dropout}')
-        need(0 <= self.ff_mult < math.inf, f'ff_mult must be a finite number >= 0 (0: no feed-forward), got {self.ff_mult}')
-        need(0 < self.expansion < math.inf and round(self.expansion * self.n_embd) >= 1,
-             f'expansion must be > 0, large enough for a recurrent width expansion * n_embd >= 1, got {self.expansion}')
-        need(self.block != 'transformer' or self.n_embd % self.n_head == 0,
-             f'n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})')
+    def __init__(self, **values):
+        keys = model_keys()
+        unknown = sorted(set(values) - set(keys))
+        if unknown:
+            raise TypeError(f"unknown model key(s): {', '.join(unknown)}")
+        for name, key in keys.items():
+            setattr(self, name, values.get(name, key.default))
 
     @classmethod
     def from_dict(cls, d):
         """Take the model's keys out of a larger dict (a run's whole config)."""
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        return cls(**{name: d[name] for name in model_keys() if name in d})
+
+    def asdict(self):
+        return dict(vars(self))
+
+    def __eq__(self, other):
+        return isinstance(other, ModelConfig) and vars(self) == vars(other)
+
+    def __repr__(self):
+        return 'ModelConfig(' + ', '.join(f'{k}={v!r}' for k, v in vars(self).items()) + ')'
+
+    def validate(self):
+        if self.block not in BLOCKS:
+            raise ValueError(f"unknown block {self.block!r}; choose one of {', '.join(BLOCKS)}")
+        spec = BLOCKS[self.block]
+        for name, key in {**SHARED_KEYS, **spec.keys}.items():
+            value = getattr(self, name)
+            if key.ok is not None and not key.ok(value):
+                raise ValueError(f'{name} must be {key.rule}, got {value!r}')
+        problem = spec.check(self) if spec.check else None
+        if problem:
+            raise ValueError(problem)
 
 
 # ----------------------------------------------------------------------------- shared parts
@@ -311,14 +340,7 @@ class MinRNN(nn.Module):
         if self.conv is not None:
             x, window = self.conv(x, window)
         gates = widen(self.to_gates(x))
-        backend = resolve_backend(self.backend, x.device)
-        if backend == 'log':  # h0 > 0 always: b = z h~ > 0 (minGRU), i' h~ > 0 (minLSTM)
-            log_a, log_b = self.log_coefficients(gates)
-            h = linear_scan(log_a=log_a, log_b=log_b, h0=h0, backend='log')
-        elif backend == 'compiled':  # the same coefficients, in one compiled pass (cpu_kernels.cpp)
-            h = linear_scan(*cpu_kernels.coefficients(self.kind, gates), h0=h0, backend='compiled')
-        else:  # 'sequential' or 'triton': the plain coefficients, scanned in a loop or in tiles
-            h = linear_scan(*self.coefficients(gates), h0=h0, backend=backend)
+        h = scan.gated_scan(self.kind, gates, self.coefficients, self.log_coefficients, h0, self.backend)
         return self.dropout(self.out(h.to(x.dtype))), (h[:, -1], window)
 
     def step(self, x, state):
@@ -429,7 +451,7 @@ class Mamba(nn.Module):
         x     = SiLU(causal depthwise conv(x))
         delta = softplus(dt_proj(dt)),  (dt, B, C) = x_proj(x)         input-dependent (selective)
         h_t   = exp(delta_t A) h_{t-1} + delta_t B_t x_t               per channel, N states each
-        y_t   = C_t . h_t + D x_t,   out = out_proj(y * SiLU(z))
+        y_t   = C_t . h_t + D x_t,   output = out(y * SiLU(z))
 
     A = -exp(A_log) is diagonal (S4D-real init A_n = -(n+1)); A is discretised by zero-order hold and
     B by Euler's rule, as the reference implementation does. The recurrence is the shared scan
@@ -449,7 +471,7 @@ class Mamba(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(inner, 1))
         self.D = nn.Parameter(torch.ones(inner))
         self.A_log._no_weight_decay = self.D._no_weight_decay = True
-        self.out_proj = nn.Linear(inner, d, bias=config.bias)
+        self.out = nn.Linear(inner, d, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
         self.backend = config.scan_backend
         self.chunk_elems = config.scan_chunk_elems
@@ -477,23 +499,24 @@ class Mamba(nn.Module):
         batch, T, E = x.shape
         log_a = delta.unsqueeze(-1) * -A_log.exp()             # log exp(delta A)
         b = (delta * x).unsqueeze(-1) * B.unsqueeze(2)                   # delta B x
-        h = linear_scan(log_a=log_a.reshape(batch, T, -1), b=b.reshape(batch, T, -1),
-                        h0=None if h0 is None else h0.reshape(batch, -1), backend=self.backend)
+        h = scan.linear_scan(log_a=log_a.reshape(batch, T, -1), b=b.reshape(batch, T, -1),
+                             h0=None if h0 is None else h0.reshape(batch, -1), backend=self.backend)
         h = h.view(batch, T, E, -1)
         return (h * C.unsqueeze(2)).sum(-1) + D * x, h[:, -1]
 
     def selective_scan(self, x, delta, B, C, h0=None):
-        backend = resolve_backend(self.backend, x.device)
-        if backend == 'compiled':  # one fused pass each way, no (batch, T, E, N) tensor (cpu_kernels.cpp)
-            return cpu_kernels.selective_scan(x, delta, -self.A_log.exp(), B, C, self.D, h0)
-        if backend == 'triton':  # the same in Triton kernels (gpu_kernels.py)
-            return load_gpu_kernels().selective_scan(x, delta, -self.A_log.exp(), B, C, self.D, h0)
+        """y and the last state; scan.py chooses the kernel (fused in C++ or Triton, or plain_selective_scan)."""
+        return scan.selective_scan(x, delta, -self.A_log.exp(), B, C, self.D, h0, self.backend,
+                                   plain=lambda: self.plain_selective_scan(x, delta, B, C, h0))
+
+    def plain_selective_scan(self, x, delta, B, C, h0=None):
+        """The selective scan on linear_scan, in channel chunks with recomputation where the
+        (batch, T, E, N) coefficients would exceed scan_chunk_elems."""
         batch, T, E = x.shape
         per_channel = batch * T * self.d_state
         chunk = max(1, self.chunk_elems // per_channel)
         if chunk >= E:
             return self.scan_channels(x, delta, B, C, self.A_log, self.D, h0)
-        # Too large to hold at once: scan channel chunks, recomputing each in backward.
         parts = [checkpoint(self.scan_channels, x[..., s:s + chunk], delta[..., s:s + chunk], B, C,
                             self.A_log[s:s + chunk], self.D[s:s + chunk], None if h0 is None else h0[:, s:s + chunk],
                             use_reentrant=False)
@@ -506,7 +529,7 @@ class Mamba(nn.Module):
         x, window = self.conv(x, window)  # and SiLU
         x = widen(x)
         y, h = self.selective_scan(x, *self.selective_inputs(x), h0)
-        return self.dropout(self.out_proj(SiLUGate.apply(y, widen(z)).to(u.dtype))), (h, window)
+        return self.dropout(self.out(SiLUGate.apply(y, widen(z)).to(u.dtype))), (h, window)
 
     def step(self, u, state):
         h, window = state if state is not None else (None, None)
@@ -518,30 +541,103 @@ class Mamba(nn.Module):
         a = torch.exp(delta.unsqueeze(-1) * -self.A_log.exp())
         h = b if h is None else a * h + b
         y = (h * C.unsqueeze(1)).sum(-1) + self.D * x
-        return self.dropout(self.out_proj((y * F.silu(widen(z))).to(u.dtype))), (h, window)
+        return self.dropout(self.out((y * F.silu(widen(z))).to(u.dtype))), (h, window)
 
 
-# ----------------------------------------------------------------------------- the model
+# ----------------------------------------------------------------------------- the block registry
 
-MIXERS = {'transformer': CausalSelfAttention, 'mingru': MinGRU, 'minlstm': MinLSTM, 'mamba': Mamba}
-BLOCKS = tuple(MIXERS)
-# The config keys that only some blocks read (every other key is read by all).
-BLOCK_KEYS = {'transformer': {'n_head'},
-              'mingru': {'expansion', 'conv_kernel', 'scan_backend'},
-              'minlstm': {'expansion', 'conv_kernel', 'scan_backend'},
-              'mamba': {'d_state', 'd_conv', 'mamba_expand', 'dt_rank', 'scan_backend', 'scan_chunk_elems'}}
+@dataclass(frozen=True)
+class BlockSpec:
+    """Everything the scripts need to know of a block, in one declaration (docs/code.md, "Adding a block")."""
+    name: str                  # its config value: block='mingru'
+    display: str               # its name in tables, legends and messages
+    mixer: type                # an nn.Module(config) with forward(x, state) and step(x_t, state), ending in `out`
+    colour: str                # its colour in every figure
+    keys: dict = field(default_factory=dict)  # the config keys it reads beyond SHARED_KEYS: name -> Key
+    check: object = None       # config -> what is wrong with a combination of keys, in words, or None
+    positions: bool = False    # adds a learned position table of block_size rows (attention needs one)
+    recurrent: bool = True     # a fixed-size state: evaluate.py carries it through a whole split
+    paper: tuple = None        # the paper's Shakespeare result: (test loss, step near its best); None: not in it
+    configs: dict = field(default_factory=dict)  # scale ('cpu', 'paper') -> config file, for reproduce.py and bench.py
+
+
+BLOCKS = {}  # name -> BlockSpec, in the order tables and legends list them
+
+
+def register(spec):
+    """Add a block. A key it shares with another block must be declared the same way (one Key object)."""
+    known = model_keys()
+    for name, key in spec.keys.items():
+        if name in known and known[name] is not key:
+            raise ValueError(f'block {spec.name!r} declares key {name!r} differently from another block; share one Key')
+    BLOCKS[spec.name] = spec
+    return spec
+
+
+def model_keys():
+    """Every model key: the shared ones, then each registered block's."""
+    return {**SHARED_KEYS, **{name: key for spec in BLOCKS.values() for name, key in spec.keys.items()}}
+
+
+def blocks_reading(name):
+    """The blocks that read a block-specific key (for --help)."""
+    return [b for b, spec in BLOCKS.items() if name in spec.keys]
 
 
 def keys_unused_by(block):
     """The block-specific keys that this block ignores."""
-    return set().union(*BLOCK_KEYS.values()) - BLOCK_KEYS.get(block, set())
+    spec = BLOCKS.get(block)
+    return set(model_keys()) - set(SHARED_KEYS) - set(spec.keys if spec else ())
 
+
+def width_check(config):
+    if round(config.expansion * config.n_embd) < 1:
+        return f'expansion ({config.expansion}) * n_embd ({config.n_embd}) must give a recurrent width >= 1'
+    return None
+
+
+def head_check(config):
+    if config.n_embd % config.n_head:
+        return f'n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})'
+    return None
+
+
+def configs_of(block):
+    return {'cpu': f'config/shakespeare_char_{block}_cpu.py', 'paper': f'config/shakespeare_char_{block}.py'}
+
+
+SCAN_BACKEND = Key('auto', "the scan's kernel: " + ', '.join(map(repr, scan.BACKENDS)) + ' (scan.py)',
+                   ok=lambda v: v in scan.BACKENDS, rule='one of ' + ', '.join(map(repr, scan.BACKENDS)))
+EXPANSION = Key(1.5, 'recurrent width = expansion * n_embd', ok=lambda v: 0 < v < math.inf, rule='a finite number > 0')
+CONV_KERNEL = Key(0, 'causal depthwise conv before the recurrence (0: off)', **at_least(0))
+
+register(BlockSpec('transformer', 'Transformer', CausalSelfAttention, 'tab:blue',
+                   keys={'n_head': Key(6, 'attention heads', **at_least(1))}, check=head_check,
+                   positions=True, recurrent=False, paper=(1.547, 2000), configs=configs_of('transformer')))
+register(BlockSpec('mingru', 'minGRU', MinGRU, 'tab:orange',
+                   keys={'expansion': EXPANSION, 'conv_kernel': CONV_KERNEL, 'scan_backend': SCAN_BACKEND},
+                   check=width_check, paper=(1.548, 575), configs=configs_of('mingru')))
+register(BlockSpec('minlstm', 'minLSTM', MinLSTM, 'tab:green',
+                   keys={'expansion': EXPANSION, 'conv_kernel': CONV_KERNEL, 'scan_backend': SCAN_BACKEND},
+                   check=width_check, paper=(1.555, 625), configs=configs_of('minlstm')))
+register(BlockSpec('mamba', 'Mamba', Mamba, 'tab:red', keys={
+    'd_state': Key(16, 'SSM state size N per channel', **at_least(1)),
+    'd_conv': Key(4, 'causal conv width', **at_least(1)),
+    'mamba_expand': Key(2, 'inner width = mamba_expand * n_embd', **at_least(1)),
+    'dt_rank': Key(0, 'rank of the delta projection; 0 = ceil(n_embd / 16)', **at_least(0)),
+    'scan_backend': SCAN_BACKEND,
+    'scan_chunk_elems': Key(1 << 26, 'above batch*time*channels*d_state elements, the plain scan runs channel '
+                                     'chunks with recomputation in backward (bounds activation memory)', **at_least(1)),
+}, paper=(1.575, 400), configs=configs_of('mamba')))
+
+
+# ----------------------------------------------------------------------------- the model
 
 class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.norm_mix = NORMS[config.norm](config)
-        self.mixer = MIXERS[config.block](config)
+        self.mixer = BLOCKS[config.block].mixer(config)
         self.ff = None
         if config.ff_mult > 0:
             self.norm_ff, self.ff = NORMS[config.norm](config), FeedForward(config)
@@ -564,16 +660,19 @@ class CharLM(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
         # Only attention needs positions; the recurrent blocks know order from the recurrence.
-        self.pos_emb = nn.Embedding(config.block_size, config.n_embd) if config.block == 'transformer' else None
+        self.pos_emb = nn.Embedding(config.block_size, config.n_embd) if BLOCKS[config.block].positions else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = NORMS[config.norm](config)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight  # weight tying
         self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
-            if name.endswith(('mixer.out.weight', 'mixer.out_proj.weight', 'ff.down.weight')):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        for block in self.blocks:  # GPT-2: scale the residual projections by depth
+            if not isinstance(getattr(block.mixer, 'out', None), nn.Linear):
+                raise TypeError(f'{type(block.mixer).__name__} must end in an nn.Linear named `out` (its residual projection)')
+            for projection in (block.mixer.out, block.ff and block.ff.down):
+                if projection is not None:
+                    nn.init.normal_(projection.weight, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         for module in self.modules():
             if hasattr(module, 'reset_special_parameters'):
                 module.reset_special_parameters()

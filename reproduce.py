@@ -6,10 +6,14 @@ then the figure and the table.
     python reproduce.py --scale paper --seeds 3 --results results/gpu -- --device=cuda
 
 Runs already complete are skipped, interrupted ones resumed (so rerunning after a crash or Ctrl-C
-continues where it stopped). Every logged val loss is already on the whole val split (train.py), so
-the best one is the score of best.pt. Logs and configs are copied to <results>/runs/ (checkpoints
-stay in out/), then plot_curves.py draws the figure and table.
-Arguments after -- go to every train.py call.
+continues where it stopped); a run folder holding another configuration is refused in one line.
+Every logged val loss is already on the whole val split (train.py), so the best one is the score of
+best.pt. Logs and configs are copied to <results>/runs/ (checkpoints stay in out/), then
+plot_curves.py draws the figure and table.
+
+Arguments after -- go to every train.py call. results/<scale> is written only by the plan it
+describes (every block, COMMITTED_SEEDS seeds, no overrides); any other plan writes to
+out/<scale>/results unless --results names a folder.
 """
 import importlib.util
 import json
@@ -23,28 +27,44 @@ import time
 
 import torch
 
-import plot_curves
-import train
-from configurator import ArgumentParser, run_cli
+import devices
+import runs
+import settings
+from configurator import ArgumentParser, UsageError, run_cli
+from dataset import load_dataset
 from model import BLOCKS
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+COMMITTED_SEEDS = 3  # results/<scale> holds every block at this many seeds
 
 
-def config_file(block, scale):
-    return os.path.join('config', f'shakespeare_char_{block}{"_cpu" if scale == "cpu" else ""}.py')
-
-
-def run_state(out_dir, max_iters):
-    """'done', 'partial' (a checkpoint short of max_iters) or 'new'."""
+def run_state(out_dir, config):
+    """'done', 'partial' (a checkpoint of this configuration short of max_iters) or 'new'; a checkpoint
+    of another configuration is a UsageError naming the difference."""
     path = os.path.join(out_dir, 'ckpt.pt')
     if not os.path.exists(path):
         return 'new'
-    try:
-        step = train.load_checkpoint(path)['step']
-    except train.TrainingError:
-        return 'new'  # unreadable: start again rather than fail the whole reproduction
-    return 'partial' if step < max_iters else 'done'
+    ckpt = runs.load_checkpoint(path)
+    planned, found = (runs.identity(c, settings.NEUTRAL_KEYS) for c in (config, ckpt['config']))
+    differ = [f'{k}: {found.get(k)!r} there, {planned.get(k)!r} planned' for k in sorted(set(planned) | set(found))
+              if planned.get(k) != found.get(k)]
+    if differ:
+        raise UsageError(f"{out_dir} holds a run of another configuration ({'; '.join(differ[:3])}); move it away, "
+                         f'or give --out_root for this plan')
+    return 'partial' if ckpt['step'] < config['max_iters'] else 'done'
+
+
+def results_folder(args, extra):
+    """results/<scale> for the plan those results describe; out/<scale>/results for any other."""
+    if args.results:
+        return args.results
+    full_plan = not extra and args.seeds == COMMITTED_SEEDS and list(args.blocks) == list(BLOCKS)
+    if full_plan:
+        return os.path.join('results', args.scale)
+    folder = os.path.join('out', args.scale, 'results')
+    print(f'note: a plan other than the committed one (every block, {COMMITTED_SEEDS} seeds, no overrides) writes '
+          f'its figure and table to {folder}/; --results names another folder', flush=True)
+    return folder
 
 
 def main(argv=None):
@@ -60,12 +80,14 @@ def main(argv=None):
                         help='the one command for a lent GPU (about 8 minutes): see gpu_check()')
     parser.add_argument('--dry_run', action='store_true', help='with --gpu_check: tiny sizes on a CPU')
     args = parser.parse_args(argv[:argv.index('--')] if '--' in argv else argv)
+    if args.dry_run and not args.gpu_check:
+        parser.error('--dry_run goes with --gpu_check (a rehearsal of the GPU command on a CPU)')
     if args.gpu_check:
         return gpu_check(args.dry_run, extra, args.results, args.out_root)
     if args.seeds < 1:
         parser.error(f'--seeds must be >= 1, got {args.seeds}')
     out_root = args.out_root or os.path.join('out', args.scale)
-    results = args.results or os.path.join('results', args.scale)
+    results = results_folder(args, extra)
     if os.path.exists(results) and not os.path.isdir(results):
         parser.error(f'--results {results!r} is a file; give a folder')
 
@@ -74,12 +96,12 @@ def main(argv=None):
         for block in args.blocks:
             name = f'{block}_seed{seed}'
             overrides = [f'--out_dir={os.path.join(out_root, name)}', f'--seed={1337 + seed}', *extra]
-            train_args = [config_file(block, args.scale), *overrides]
-            config = train.configure(train_args)
-            train.check_config(config)  # every run's arguments, before the first one trains
+            train_args = [BLOCKS[block].configs[args.scale], *overrides]
+            config = settings.configure(train_args)
+            settings.check(config)  # every run's arguments, before the first one trains
             plan.append((name, train_args, config))
 
-    states = [run_state(config['out_dir'], config['max_iters']) for _, _, config in plan]
+    states = [run_state(config['out_dir'], config) for _, _, config in plan]
     durations, started = [], time.time()
     for i, ((name, train_args, config), state) in enumerate(zip(plan, states), 1):
         out_dir = config['out_dir']
@@ -88,7 +110,8 @@ def main(argv=None):
         print(f'[{i}/{len(plan)}] {name}: {state}{eta}', flush=True)
         if state in ('new', 'partial'):
             t0 = time.time()
-            command = [sys.executable, 'train.py', *train_args] + (['--init_from=resume'] if state == 'partial' else [])
+            # 'new': no checkpoint, so at most the log of a run killed before its first one, replaced
+            command = [sys.executable, 'train.py', *train_args, '--init_from=resume' if state == 'partial' else '--overwrite=True']
             print('  ' + ' '.join(command[1:]), flush=True)
             if run_training(command) != 0:
                 sys.exit(f'error: {name} failed (see above); rerun this command to resume it')
@@ -99,9 +122,16 @@ def main(argv=None):
             shutil.copy2(os.path.join(out_dir, file), os.path.join(copy, file))
 
     print(f'all {len(plan)} runs complete ({(time.time() - started) / 60:.1f} min this session)')
-    runs = [os.path.join(results, 'runs', name) for name, _, _ in plan]
+    copies = [os.path.join(results, 'runs', name) for name, _, _ in plan]
     for x in ('step', 'time'):
-        plot_curves.main([*runs, '--out', results, '--x', x])
+        plot(copies, results, '--x', x)
+
+
+def plot(run_dirs, out, *options):
+    """plot_curves.py on the runs' copies: the table and the figure."""
+    command = [sys.executable, 'plot_curves.py', *run_dirs, '--out', out, *options]
+    if subprocess.run(command, cwd=ROOT).returncode:
+        raise UsageError(f'plot_curves.py failed on {out} (see above); the runs are complete, rerun it by hand')
 
 
 # ----------------------------------------------------------------------------- one command for a lent GPU
@@ -116,12 +146,16 @@ def gpu_check(dry_run=False, extra=(), results=None, out_root=None):
     paper-scale blocks trained side by side (each stopped by max_seconds), their logs, table and
     figure. Each part has a time limit and streams its output; logs and CSVs are written before any
     plot. dry_run: the same steps on a CPU at tiny sizes (a test runs it), under a minute."""
-    from bench import device_name  # here: bench imports this module
+    if not dry_run and not torch.cuda.is_available():
+        raise UsageError(f'--gpu_check needs a CUDA GPU, and torch {torch.__version__} sees none here; '
+                         f'--gpu_check --dry_run rehearses it on a CPU at tiny sizes')
     device = 'cpu' if dry_run else 'cuda'
-    name = 'dry-run' if dry_run else device_name(device)
+    name = 'dry-run' if dry_run else devices.folder_name(device)
     results = results or os.path.join('out' if dry_run else 'results', 'gpu', name)
     out_root = out_root or os.path.join('out', 'gpu', name)
-    train.load_dataset(train.configure([config_file('mingru', 'paper'), *extra]))  # prepared? else one error line
+    paper_blocks = [block for block, spec in BLOCKS.items() if spec.paper]
+    check = settings.configure([BLOCKS[paper_blocks[0]].configs['paper'], *extra])
+    load_dataset(check['dataset'], check['block_size'])  # prepared? else one error line
     os.makedirs(results, exist_ok=True)
     started = time.time()
     limits = {k: max(20, v // 6) if dry_run else v for k, v in GPU_LIMITS.items()}
@@ -144,18 +178,19 @@ def gpu_check(dry_run=False, extra=(), results=None, out_root=None):
                 '--recipe_scale', 'cpu' if dry_run else 'paper', '--recipe_rounds', '3',
                 '--out', os.path.join(results, 'speed'), *sizes], os.path.join(results, 'bench.log'), limits['bench'])
 
-    print(f"[4/4] the four paper-scale blocks side by side, {limits['train']} s each", flush=True)
+    print(f"[4/4] the paper's blocks at its scale, side by side, {limits['train']} s each", flush=True)
     tiny = ['--n_layer=1', '--n_embd=32', '--n_head=2', '--batch_size=4', '--block_size=32', '--max_iters=4',
             '--eval_interval=2', '--eval_iters=2', '--compile=False'] if dry_run else []
     runs = {}
-    for block in BLOCKS:
+    commands = {}
+    for block in paper_blocks:
         out_dir = os.path.join(out_root, block)
         shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run: the time limit makes each one a sample
-        runs[block] = [sys.executable, 'train.py', config_file(block, 'paper'), f'--out_dir={out_dir}',
-                       f'--device={device}', f"--max_seconds={limits['train']}", '--progress=False', *tiny, *extra]
-    logs = {block: open(os.path.join(results, f'train_{block}.log'), 'w') for block in runs}
+        commands[block] = [sys.executable, 'train.py', BLOCKS[block].configs['paper'], f'--out_dir={out_dir}',
+                           f'--device={device}', f"--max_seconds={limits['train']}", '--progress=False', *tiny, *extra]
+    logs = {block: open(os.path.join(results, f'train_{block}.log'), 'w') for block in commands}
     processes = {block: subprocess.Popen(command, cwd=ROOT, stdout=logs[block], stderr=subprocess.STDOUT)
-                 for block, command in runs.items()}
+                 for block, command in commands.items()}
     deadline = time.time() + limits['train'] + limits['train_margin']
     for block, process in processes.items():
         try:
@@ -166,7 +201,7 @@ def gpu_check(dry_run=False, extra=(), results=None, out_root=None):
         logs[block].close()
         print(f'  {block}: exit {process.returncode}; {logs[block].name}', flush=True)
     copies = []
-    for block in BLOCKS:
+    for block in paper_blocks:
         out_dir = os.path.join(out_root, block)
         copy = os.path.join(results, 'runs', block)
         os.makedirs(copy, exist_ok=True)
@@ -174,7 +209,7 @@ def gpu_check(dry_run=False, extra=(), results=None, out_root=None):
             if os.path.exists(os.path.join(out_dir, file)):
                 shutil.copy2(os.path.join(out_dir, file), os.path.join(copy, file))
         copies.append(copy)
-    plot_curves.main([*copies, '--out', results, '--at', '500', '1000', '2000', '5000'])
+    plot(copies, results)
     print(f'done in {(time.time() - started) / 60:.1f} min: {results}/', flush=True)
     return results
 

@@ -7,13 +7,17 @@ Generate text from a trained run, streaming it as it comes:
 Every block generates with its step path: the recurrent blocks carry a fixed-size state, so each
 new character costs the same; the Transformer carries a key/value cache.
 """
+import math
 import os
 import sys
 
 import torch
 
-from configurator import ArgumentParser, run_cli
-from train import TrainingError, load_checkpoint, model_from_checkpoint
+import devices
+from configurator import ArgumentParser, UsageError, run_cli
+from runs import load_checkpoint, model_from_checkpoint
+
+MAX_PROMPT_BYTES = 16 << 20  # a prompt file larger than this is refused: it would take minutes to read
 
 
 def parse_args(argv=None):
@@ -24,15 +28,18 @@ def parse_args(argv=None):
     parser.add_argument('--start', default='\n', help='prompt text, or FILE:path to read it from a file')
     parser.add_argument('--num_samples', type=int, default=1)
     parser.add_argument('--max_new_tokens', type=int, default=500)
-    parser.add_argument('--temperature', type=float, default=0.8, help='> 0; lower is more conservative')
+    parser.add_argument('--temperature', type=float, default=0.8,
+                        help='finite and > 0; lower is more conservative (--top_k=1 for greedy decoding)')
     parser.add_argument('--top_k', type=int, default=200, help='keep the k likeliest characters (>= 1)')
     parser.add_argument('--seed', type=int, default=1337)
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--device', default='auto', help=devices.CHOICES)
     args = parser.parse_args(argv)
     for name, ok, rule in [('num_samples', args.num_samples >= 1, '>= 1'),
                            ('max_new_tokens', args.max_new_tokens >= 1, '>= 1'),
-                           ('temperature', args.temperature > 0, '> 0'),
-                           ('top_k', args.top_k >= 1, '>= 1')]:
+                           ('temperature', 0 < args.temperature < math.inf,
+                            'a finite number > 0 (for greedy decoding use --top_k=1)'),
+                           ('top_k', args.top_k >= 1, '>= 1'),
+                           ('seed', 0 <= args.seed < 2 ** 63, 'in [0, 2^63)')]:
         if not ok:
             parser.error(f'--{name} must be {rule}, got {getattr(args, name)}')
     return args
@@ -43,16 +50,18 @@ def encode_prompt(start, stoi):
         path = start[len('FILE:'):]
         try:
             with open(path, encoding='utf-8') as f:
-                start = f.read()
+                start = f.read(MAX_PROMPT_BYTES + 1)
         except OSError as e:
-            raise TrainingError(f'cannot read the prompt file {path!r} ({e.strerror})') from e
+            raise UsageError(f'cannot read the prompt file {path!r} ({e.strerror})') from e
         except UnicodeDecodeError:
-            raise TrainingError(f'the prompt file {path!r} is not UTF-8 text') from None
+            raise UsageError(f'the prompt file {path!r} is not UTF-8 text') from None
+        if len(start) > MAX_PROMPT_BYTES:
+            raise UsageError(f'the prompt file {path!r} is longer than {MAX_PROMPT_BYTES:,} characters; give a shorter prompt')
     if not start:
-        raise TrainingError('the prompt is empty; give at least one character with --start')
+        raise UsageError('the prompt is empty; give at least one character with --start')
     unknown = sorted(set(ch for ch in start if ch not in stoi))
     if unknown:
-        raise TrainingError(f'the prompt has characters the model never saw: {unknown!r}; '
+        raise UsageError(f'the prompt has characters the model never saw: {unknown!r}; '
                             f'use only these: {"".join(sorted(stoi))!r}')
     return [stoi[ch] for ch in start]
 
@@ -64,9 +73,10 @@ def sample(args, write=sys.stdout.write):
                            hint=f'train a model into {args.out_dir} first (python train.py CONFIG --out_dir={args.out_dir})')
     stoi, itos = ckpt['vocab']['stoi'], ckpt['vocab']['itos']
     ids = encode_prompt(args.start, stoi)
-    prompt, prompt_text = torch.tensor([ids], device=args.device), ''.join(itos[i] for i in ids)
-    model = model_from_checkpoint(ckpt).to(args.device).eval()
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    device = devices.resolve(args.device)
+    prompt, prompt_text = torch.tensor([ids], device=device), ''.join(itos[i] for i in ids)
+    model = model_from_checkpoint(ckpt).to(device).eval()
+    generator = torch.Generator(device=device).manual_seed(args.seed)
     texts = []
     for k in range(args.num_samples):
         pieces = []

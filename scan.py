@@ -33,6 +33,9 @@ Backends, chosen by name:
   'auto'       'triton' on CUDA where triton imports (it ships with PyTorch's CUDA builds), else 'log';
                'compiled' on a CPU where it builds, else 'sequential' (also on MPS, which has no
                float64).
+
+This module is the one place that decides which kernel runs: resolve_backend() for the name,
+gated_scan() for minGRU / minLSTM and selective_scan() for Mamba; model.py asks them.
 """
 import torch
 
@@ -57,6 +60,45 @@ def resolve_backend(backend, device):
     if backend not in BACKENDS:
         raise ValueError(f"unknown scan backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     return backend
+
+
+def check_backend(backend, device):
+    """A ValueError in words where this backend cannot run on this device (before training, not at the
+    first forward); builds the C++ kernels where they are asked for."""
+    device = torch.device(device).type
+    if backend == 'compiled':
+        if device != 'cpu':
+            raise ValueError("scan_backend='compiled' runs on a CPU; on a GPU use 'auto' (Triton kernels)")
+        cpu_kernels.load()
+    if backend == 'triton':
+        if device != 'cuda':
+            raise ValueError("scan_backend='triton' runs on a CUDA GPU; on a CPU use 'auto' (the compiled loops)")
+        load_gpu_kernels().check()
+
+
+def gated_scan(kind, gates, coefficients, log_coefficients, h0=None, backend='auto'):
+    """h of a minGRU / minLSTM layer (kind) from its gate pre-activations: the 'log' backend scans the
+    log coefficients that never left log space, 'compiled' computes the plain ones in C++, the others
+    scan the plain ones. coefficients / log_coefficients: gates -> (a, b) / (log a, log b)."""
+    backend = resolve_backend(backend, gates.device)
+    if backend == 'log':  # h0 > 0 always: b = z h~ > 0 (minGRU), i' h~ > 0 (minLSTM)
+        log_a, log_b = log_coefficients(gates)
+        return linear_scan(log_a=log_a, log_b=log_b, h0=h0, backend='log')
+    if backend == 'compiled':
+        return linear_scan(*cpu_kernels.coefficients(kind, gates), h0=h0, backend='compiled')
+    return linear_scan(*coefficients(gates), h0=h0, backend=backend)
+
+
+def selective_scan(x, delta, A, B, C, D, h0, backend, plain):
+    """Mamba's selective scan, y and the last state: fused in C++ ('compiled') or Triton ('triton'),
+    which never build the (batch, T, E, N) coefficients; otherwise plain(), the block's own scan on
+    linear_scan."""
+    backend = resolve_backend(backend, x.device)
+    if backend == 'compiled':
+        return cpu_kernels.selective_scan(x, delta, A, B, C, D, h0)
+    if backend == 'triton':
+        return load_gpu_kernels().selective_scan(x, delta, A, B, C, D, h0)
+    return plain()
 
 
 def linear_scan(a=None, b=None, *, log_a=None, log_b=None, h0=None, backend='auto'):

@@ -5,17 +5,12 @@ Train a character-level language model (any block of model.py) from a config fil
     python train.py config/shakespeare_char_mingru_cpu.py --init_from=resume
     torchrun --standalone --nproc_per_node=4 train.py config/shakespeare_char_mingru.py   # DDP
 
-Writes to out_dir: config.json (the resolved configuration), log.jsonl (one JSON object a line:
-'eval' rows every eval_interval, 'train' rows every log_interval), ckpt.pt (latest) and best.pt
-(lowest val loss). Checkpoints are written to a temporary file and renamed, so a kill at any
-moment leaves the previous one whole; resume continues bit-exactly on CPU in float32.
-SIGINT / SIGTERM save a checkpoint at the current step and exit 0.
+Writes config.json, log.jsonl, ckpt.pt and best.pt to out_dir (runs.py says what each holds);
+resume continues bit-exactly on CPU in float32. A fresh start never replaces an earlier run's files
+unless --overwrite=True. SIGINT / SIGTERM save a checkpoint at the current step and exit 130 / 143.
 """
 import contextlib
-import dataclasses
-import fcntl
 import gc
-import inspect
 import json
 import math
 import os
@@ -25,73 +20,19 @@ import threading
 import time
 from datetime import timedelta
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-import cpu_kernels
-from configurator import ConfigError, UsageError, documented_keys, help_text, resolve, run_cli
-from model import CharLM, ModelConfig, keys_unused_by, widen
-from scan import load_gpu_kernels
-
-CHECKPOINT_FORMAT = 1
-CHECKPOINT_KEYS = {'model', 'optimizer', 'scaler', 'model_config', 'config', 'step', 'best_val_loss',
-                   'elapsed', 'tokens', 'rng', 'vocab'}
-_MODEL_DEFAULTS = {k: v for k, v in dataclasses.asdict(ModelConfig()).items() if k != 'vocab_size'}
-
-DEFAULTS = dict(
-    # I/O
-    out_dir='out/run',            # where config.json, log.jsonl, ckpt.pt and best.pt go
-    eval_interval=250,            # evaluate, log and checkpoint every this many steps
-    log_interval=10,              # log the training loss every this many steps
-    eval_iters=200,               # random batches for the train-loss estimate (val: the whole split)
-    eval_only=False,              # evaluate once (with init_from='resume': the checkpoint) and stop
-    always_save_checkpoint=True,  # write ckpt.pt at every evaluation (best.pt only on improvement)
-    init_from='scratch',          # 'scratch' or 'resume' (from out_dir/ckpt.pt)
-    progress=True,                # tqdm bar
-    # data
-    dataset='shakespeare_char',   # data/<dataset>/{train,val}.bin and meta.json, or a path to such a folder
-    batch_size=64,                # sequences per process and micro-step
-    gradient_accumulation_steps=1,  # micro-steps per optimizer step
-    # model (see model.ModelConfig)
-    **_MODEL_DEFAULTS,
-    # AdamW, linear warm-up then cosine decay to min_lr at lr_decay_iters
-    learning_rate=1e-3,           # peak learning rate, reached after warmup_iters
-    max_iters=5000,               # optimizer steps in all
-    weight_decay=0.1,             # AdamW decay of matrices and embeddings (not biases, norms, A_log, D)
-    beta1=0.9,                    # AdamW's first-moment decay, in [0, 1)
-    beta2=0.99,                   # AdamW's second-moment decay, in [0, 1)
-    grad_clip=1.0,                # clip the gradient norm to this; 0: no clipping
-    decay_lr=True,                # False: learning_rate throughout
-    warmup_iters=100,             # steps of linear warm-up
-    lr_decay_iters=None,          # step where the cosine reaches min_lr; None: max_iters
-    min_lr=1e-4,                  # learning rate at and after lr_decay_iters
-    max_bad_steps=5,              # stop after this many consecutive non-finite steps
-    max_seconds=0.0,              # wall-clock limit of the training loop: then evaluate, save, stop; 0: none
-    # system
-    device='auto',                # 'auto' (cuda, mps, cpu), or a torch device string
-    dtype='auto',                 # 'auto' (bfloat16 on capable CUDA, else float32), 'float32', 'bfloat16', 'float16'
-    compile=False,                # torch.compile the model
-    seed=1337,                    # seeds the initialisation and the batches (process k: seed + k)
-    ddp_timeout=300,              # seconds a process waits for its peers before failing
-)
-
-USAGE = """usage: python train.py [CONFIG_FILE ...] [--key=value ...]
-
-Defaults (below), then each config file (Python assignments, e.g. config/shakespeare_char_mingru_cpu.py),
-then each --key=value, in order. Example:
-  python train.py config/shakespeare_char_mingru_cpu.py --max_iters=300 --device=cpu"""
-
-
-def usage():
-    """The --help text: USAGE, then every key with its default and comment, grouped as in DEFAULTS."""
-    groups = documented_keys(__file__, 'DEFAULTS = dict(', ')')
-    model_keys = [key for _, keys in documented_keys(inspect.getsourcefile(ModelConfig), 'class ModelConfig', '    def validate')
-                  for key in keys]
-    return help_text(USAGE, DEFAULTS, [(name, keys or model_keys) for name, keys in groups])
+import devices
+import runs
+import scan
+import settings
+from configurator import UsageError, run_cli
+from dataset import get_batch, load_dataset
+from model import BLOCKS, CharLM, ModelConfig, keys_unused_by
+from scoring import estimate_loss, full_split_loss
 
 
 class TrainingError(UsageError):
@@ -100,16 +41,9 @@ class TrainingError(UsageError):
 
 # ----------------------------------------------------------------------------- set-up
 
-def resolve_device(device):
-    """'auto' becomes cuda, mps or cpu, the first available; other names pass unchanged."""
-    if device != 'auto':
-        return device
-    return 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-
-
 def setup_distributed(config):
     """(rank, world_size, device); under torchrun also initialises the process group."""
-    device = resolve_device(config['device'])
+    device = devices.resolve(config['device'])
     if 'RANK' not in os.environ:
         return 0, 1, device
     rank, local_rank, world = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
@@ -121,133 +55,14 @@ def setup_distributed(config):
     return rank, world, device
 
 
-def resolve_dtype(config, device):
-    if config['dtype'] != 'auto':
-        return config['dtype']
-    return 'bfloat16' if device.startswith('cuda') and torch.cuda.is_bf16_supported() else 'float32'
-
-
-# Every training key's allowed values: (test, the rule in words). The model's keys are checked by
-# ModelConfig.validate; the device, dtype and out_dir below.
-RULES = {
-    'max_iters': (lambda v: v >= 0, '>= 0'),
-    'eval_interval': (lambda v: v >= 1, '>= 1'),
-    'log_interval': (lambda v: v >= 1, '>= 1'),
-    'eval_iters': (lambda v: v >= 1, '>= 1'),
-    'batch_size': (lambda v: v >= 1, '>= 1'),
-    'gradient_accumulation_steps': (lambda v: v >= 1, '>= 1'),
-    'max_bad_steps': (lambda v: v >= 1, '>= 1'),
-    'init_from': (lambda v: v in ('scratch', 'resume'), "'scratch' or 'resume'"),
-    'learning_rate': (lambda v: 0 < v < math.inf, 'a finite number > 0'),
-    'min_lr': (lambda v: 0 <= v < math.inf, 'a finite number >= 0'),
-    'weight_decay': (lambda v: 0 <= v < math.inf, 'a finite number >= 0'),
-    'beta1': (lambda v: 0 <= v < 1, 'in [0, 1)'),
-    'beta2': (lambda v: 0 <= v < 1, 'in [0, 1)'),
-    'grad_clip': (lambda v: 0 <= v < math.inf, 'a finite number >= 0 (0: no clipping)'),
-    'warmup_iters': (lambda v: v >= 0, '>= 0'),
-    'lr_decay_iters': (lambda v: v is None or (isinstance(v, int) and v >= 1), 'an int >= 1, or None (max_iters)'),
-    'seed': (lambda v: 0 <= v < 2 ** 63, 'in [0, 2^63)'),
-    'dtype': (lambda v: v in ('auto', 'float32', 'bfloat16', 'float16'), "'auto', 'float32', 'bfloat16' or 'float16'"),
-    'ddp_timeout': (lambda v: v >= 1, '>= 1 (seconds)'),
-    'max_seconds': (lambda v: 0 <= v < math.inf, 'a finite number of seconds >= 0 (0: no limit)'),
-}
-
-
-def check_config(config):
-    """Every key's value in range, in one place: a ConfigError naming the first that is not."""
-    for key, (ok, rule) in RULES.items():
-        if not ok(config[key]):
-            raise ConfigError(f'{key} must be {rule}, got {config[key]!r}')
-    if os.path.exists(config['out_dir']) and not os.path.isdir(config['out_dir']):
-        raise ConfigError(f"out_dir {config['out_dir']!r} is a file, not a folder; choose another --out_dir")
-    check_device(config['device'])
-    try:
-        ModelConfig.from_dict(config).validate()
-        if config['scan_backend'] == 'compiled':  # fail now, in one line, not at the first forward
-            if not resolve_device(config['device']).startswith('cpu'):
-                raise ValueError("scan_backend='compiled' runs on a CPU; on a GPU use 'auto' (Triton kernels)")
-            cpu_kernels.load()
-        if config['scan_backend'] == 'triton':
-            if not resolve_device(config['device']).startswith('cuda'):
-                raise ValueError("scan_backend='triton' runs on a CUDA GPU; on a CPU use 'auto' (the compiled loops)")
-            load_gpu_kernels().check()
-    except (ValueError, RuntimeError) as e:
-        raise ConfigError(str(e)) from None
-
-
-def check_device(name):
-    """A device this machine has: 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."""
-    if name == 'auto':
-        return
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in ('cpu', 'cuda', 'mps'):
-        raise ConfigError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ConfigError(f"--device={name}, but torch sees no CUDA GPU here (torch {torch.__version__}); "
-                          "use --device=auto or --device=cpu")
-    if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError(f'--device={name}, but this machine has {torch.cuda.device_count()} CUDA GPU(s)')
-    if device.type == 'mps' and not torch.backends.mps.is_available():
-        raise ConfigError(f'--device={name}, but MPS is not available here; use --device=auto or --device=cpu')
-
-
-def load_dataset(config):
-    """(train, val) token arrays (memory-mapped) and the vocabulary of data/<dataset>. Every file is
-    checked before use, and none can run code: the vocabulary is JSON, the splits raw uint16."""
-    name = config['dataset']
-    folder = name if os.sep in name else os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', name)
-    prepare = ('python data/shakespeare_char/prepare.py' if name == 'shakespeare_char' else
-               f"python data/char/prepare.py --input YOUR.txt {'--out_dir' if os.sep in name else '--name'} {name}")
-    paths = {file: os.path.join(folder, file) for file in ('train.bin', 'val.bin', 'meta.json')}
-    missing = [file for file, path in paths.items() if not os.path.isfile(path)]
-    if missing:
-        older = ' (meta.pkl is from an older version and no longer read: unpickling can run code)' \
-            if os.path.exists(os.path.join(folder, 'meta.pkl')) else ''
-        raise TrainingError(f"dataset {name!r} is not prepared ({', '.join(missing)} missing in {folder}{older}); "
-                            f'run: {prepare}')
-    meta = read_meta(paths['meta.json'], f'prepare it again: {prepare}')
-    splits = []
-    for split in ('train', 'val'):
-        path = paths[f'{split}.bin']
-        size = os.path.getsize(path)
-        if size % 2:
-            raise TrainingError(f'{path} has {size} bytes, not a whole number of uint16 tokens; prepare it again: {prepare}')
-        data = np.memmap(path, dtype=np.uint16, mode='r') if size else np.zeros(0, np.uint16)
-        if len(data) < config['block_size'] + 1:
-            raise TrainingError(f"the {split} split of {name!r} has {len(data)} tokens, fewer than "
-                                f"block_size + 1 = {config['block_size'] + 1}; lower --block_size or prepare a longer text")
-        if data.max() >= meta['vocab_size']:
-            raise TrainingError(f"{path} holds token ids up to {data.max()}, beyond the vocabulary of "
-                                f"{meta['vocab_size']} in meta.json; prepare it again: {prepare}")
-        splits.append(data)
-    return splits[0], splits[1], meta
-
-
-def read_meta(path, fix):
-    """vocab_size, stoi and itos from a dataset's meta.json (written by data/char/prepare.py)."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            chars = json.load(f)['chars']
-        ok = isinstance(chars, list) and chars and all(isinstance(c, str) and len(c) == 1 for c in chars) \
-            and len(set(chars)) == len(chars)
-    except (ValueError, KeyError, TypeError) as e:  # not JSON, not UTF-8, not an object with 'chars'
-        raise TrainingError(f'{path} is not a readable vocabulary ({type(e).__name__}); {fix}') from None
-    if not ok:
-        raise TrainingError(f"{path}: 'chars' is not a list of distinct characters; {fix}")
-    return {'vocab_size': len(chars), 'stoi': {c: i for i, c in enumerate(chars)}, 'itos': dict(enumerate(chars))}
-
-
-def get_batch(data, batch_size, block_size, generator, device):
-    """batch_size random windows of block_size tokens and their next-token targets."""
-    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
-    x = torch.from_numpy(np.stack([data[i:i + block_size] for i in starts]).astype(np.int64))
-    y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block_size] for i in starts]).astype(np.int64))
-    if device.startswith('cuda'):
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
+def refuse_to_replace(config):
+    """A fresh start writes over out_dir's log and checkpoints: only when asked to."""
+    if config['eval_only'] and config['init_from'] != 'resume':
+        raise TrainingError('--eval_only=True evaluates a trained checkpoint: add --init_from=resume')
+    earlier = runs.finished_files(config['out_dir'])
+    if config['init_from'] == 'scratch' and earlier and not config['overwrite']:
+        raise TrainingError(f"out_dir {config['out_dir']} holds an earlier run ({', '.join(earlier)}); continue it with "
+                            f'--init_from=resume, replace it with --overwrite=True, or choose another --out_dir')
 
 
 def learning_rate_at(step, config):
@@ -262,167 +77,21 @@ def learning_rate_at(step, config):
     return config['min_lr'] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config['learning_rate'] - config['min_lr'])
 
 
-# ----------------------------------------------------------------------------- checkpoints
+def schedule_changes(saved, config, step):
+    """What a resume changes in the learning-rate schedule, in words; '' where nothing."""
+    changed = [f'{key} {saved.get(key)!r} -> {config[key]!r}' for key in settings.SCHEDULE_KEYS
+               if saved.get(key) != config[key]]
+    if not changed:
+        return ''
+    before = learning_rate_at(step, {**config, **{k: saved[k] for k in settings.SCHEDULE_KEYS if k in saved}})
+    return (f"resuming with another schedule ({'; '.join(changed)}): the learning rate at step {step} is "
+            f'{learning_rate_at(step, config):.2e} (the run had {before:.2e})')
 
-def save_checkpoint(payload, path):
-    """Write to path.tmp, fsync, rename: a reader sees the old file or the new one, never half."""
-    tmp = path + '.tmp'
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError of its writer
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        kept = f'the previous {os.path.basename(path)} is intact' if os.path.exists(path) else 'no earlier checkpoint exists'
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else ' '.join(str(e).split())[:120]
-        raise TrainingError(f'could not write checkpoint {path} ({reason}); {kept}. '
-                            f'Free disk space or choose another --out_dir, then resume') from e
-
-
-def load_checkpoint(path, hint='train first with: python train.py CONFIG'):
-    """The checkpoint dict at path, or a TrainingError that says what is wrong with it."""
-    if not os.path.exists(path):
-        raise TrainingError(f'no checkpoint at {path}; {hint}')
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)  # tensors and plain data only: runs no code
-    except Exception as e:
-        if 'Unsupported global' in str(e):  # the file names a Python callable for the unpickler to run
-            raise TrainingError(f'{path} is unsafe: it holds Python objects beyond tensors and plain data, which '
-                                f'loading would run as code; it was not loaded. Use a checkpoint this project '
-                                f'wrote') from None
-        raise TrainingError(f'{path} is not a readable checkpoint (truncated or corrupt? {type(e).__name__}); '
-                            f'use the other checkpoint of the run (ckpt.pt / best.pt) or train again') from e
-    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT or not CHECKPOINT_KEYS <= ckpt.keys():
-        raise TrainingError(f'{path} is not a checkpoint of this project (format {CHECKPOINT_FORMAT})')
-    return ckpt
-
-
-def model_from_checkpoint(ckpt):
-    try:
-        model = CharLM(ModelConfig(**ckpt['model_config']))
-        model.load_state_dict(ckpt['model'])
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise TrainingError(f"the checkpoint's weights do not fit its model_config ({type(e).__name__}); "
-                            f'use the other checkpoint of the run or train again') from None
-    return model
-
-
-def check_resumable(ckpt, model_config, meta):
-    """Resuming with another block, width or vocabulary would fail deep inside load_state_dict."""
-    saved = ckpt['model_config']
-    differ = [f'{k}: checkpoint {saved[k]!r}, now {v!r}' for k, v in dataclasses.asdict(model_config).items()
-              if k in saved and saved[k] != v and k not in ('dropout', 'scan_backend', 'scan_chunk_elems')]
-    if differ:
-        raise TrainingError('the checkpoint was trained with another model configuration (' + '; '.join(differ) +
-                            '); resume with the config the run started with, or train into a new --out_dir')
-    if ckpt['vocab']['itos'] != meta['itos']:
-        raise TrainingError('the checkpoint was trained on another vocabulary; resume with its --dataset')
-
-
-# ----------------------------------------------------------------------------- logging
-
-class RunLog:
-    """out_dir/log.jsonl, the record plot_curves.py reads; one JSON object a line."""
-
-    def __init__(self, path, resume_step=None):
-        """A fresh log, or with resume_step, the old one cut back to what that checkpoint had seen."""
-        self.path = path
-        if resume_step is not None and os.path.exists(path):
-            self._truncate_after(resume_step)
-        self.file = open(path, 'a' if resume_step is not None else 'w')
-
-    def _truncate_after(self, step):
-        """Drop what the interrupted run logged past its checkpoint: the resumed run logs it again."""
-        kept = []
-        with open(self.path) as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by the kill
-                if row.get('kind') == 'meta' or row.get('step', 0) < step or (row.get('kind') == 'train' and row['step'] == step):
-                    kept.append(line if line.endswith('\n') else line + '\n')
-        with open(self.path + '.tmp', 'w') as f:
-            f.writelines(kept)
-        os.replace(self.path + '.tmp', self.path)
-
-    def write(self, **row):
-        self.file.write(json.dumps(row) + '\n')
-        self.file.flush()
-
-    def close(self):
-        self.file.close()
-
-
-@torch.no_grad()
-def estimate_loss(model, data, config, device, autocast, rank, world):
-    """Mean loss over eval_iters random batches (the same ones at every evaluation: a generator
-    seeded afresh), shared among the processes. Used for the train split, a quick estimate."""
-    generator = torch.Generator().manual_seed(config['seed'])
-    total = torch.zeros((), device=device, dtype=torch.float64)
-    for k in range(config['eval_iters']):
-        x, y = get_batch(data, config['batch_size'], config['block_size'], generator, device)
-        if k % world == rank:
-            with autocast:
-                total += model(x, y)[1].double()
-    if world > 1:
-        dist.all_reduce(total)
-    return total.item() / config['eval_iters']
-
-
-def split_windows(n_tokens, block_size, batch_size):
-    """Batches of window starts and their common length that cover every prediction of a split of
-    n_tokens once: consecutive windows of block_size (the last one shorter, in a batch of its own)."""
-    n_predictions = n_tokens - 1
-    full_starts = list(range(0, n_predictions - block_size + 1, block_size))
-    batches = [(full_starts[i:i + batch_size], block_size) for i in range(0, len(full_starts), batch_size)]
-    rest = n_predictions - len(full_starts) * block_size
-    if rest:
-        batches.append(([len(full_starts) * block_size], rest))
-    return batches
-
-
-@torch.no_grad()
-def full_split_loss(model, data, block_size, batch_size, device, autocast=contextlib.nullcontext(),
-                    rank=0, world=1):
-    """Mean loss over every prediction of a split exactly once (split_windows), each token predicted
-    from the context inside its window, as in training: the deterministic number for curves and
-    tables, where an estimate from a few random batches carries sampling noise. Batches are shared
-    among the processes."""
-    tokens = torch.from_numpy(np.asarray(data, dtype=np.int64))
-    total = torch.zeros(2, device=device, dtype=torch.float64)  # summed loss, predictions
-    for k, (starts, length) in enumerate(split_windows(len(tokens), block_size, batch_size)):
-        if k % world != rank:
-            continue
-        x = torch.stack([tokens[s:s + length] for s in starts]).to(device)
-        y = torch.stack([tokens[s + 1:s + 1 + length] for s in starts]).to(device)
-        with autocast:
-            logits = model(x)[0]
-        total[0] += F.cross_entropy(widen(logits.flatten(0, 1)), y.flatten(), reduction='sum').double()
-        total[1] += y.numel()
-    if world > 1:
-        dist.all_reduce(total)
-    return (total[0] / total[1]).item()
-
-
-def eval_losses(model, splits, config, device, autocast, rank, world):
-    """{'train': random-batch estimate, 'val': the whole val split}, in eval mode."""
-    model.eval()
-    losses = {'train': estimate_loss(model, splits['train'], config, device, autocast, rank, world),
-              'val': full_split_loss(model, splits['val'], config['block_size'], config['batch_size'],
-                                     device, autocast, rank, world)}
-    model.train()
-    return losses
-
-
-# ----------------------------------------------------------------------------- training
 
 class StopRequest:
     """Why the loop should stop after the current step: SIGINT / SIGTERM (save a checkpoint and exit),
-    or max_seconds of wall time spent (evaluate, save and exit, as at max_iters)."""
+    or max_seconds of wall time spent (evaluate, save and exit, as at max_iters). A second signal ends
+    the process at once."""
 
     def __init__(self, max_seconds=0):
         self.signal = None
@@ -436,6 +105,8 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame):
+        if self.signal is not None:  # the second one: the user means now
+            os._exit(128 + signum)
         self.signal = signal.Signals(signum).name
 
     def requested(self, world, device):
@@ -457,212 +128,254 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-@contextlib.contextmanager
-def out_dir_lock(out_dir):
-    """Held while a training runs: a second one in the same out_dir would overwrite its log and
-    checkpoints. The lock is the kernel's (flock), so a killed run never leaves it behind."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        lock = open(os.path.join(out_dir, '.lock'), 'a+')
-    except OSError as e:
-        raise TrainingError(f'cannot write to out_dir {out_dir} ({e.strerror}); choose another --out_dir') from None
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            raise TrainingError(f'out_dir {out_dir} is in use by another training (process {lock.read().strip()}); '
-                                f'wait for it to end, or choose another --out_dir') from None
-        lock.truncate(0)
-        lock.write(str(os.getpid()))
-        lock.flush()
-        yield
+# ----------------------------------------------------------------------------- one process's run
 
+class Training:
+    """One process's training: the data, the model and its optimizer, and the loop's progress (step,
+    best val loss, time and tokens), which a checkpoint saves and a resume restores."""
 
-def train(config, command='python train.py ...'):
-    check_config(config)
-    rank, world, device = setup_distributed(config)
-    with out_dir_lock(config['out_dir']) if rank == 0 else contextlib.nullcontext():
-        return run(config, command, rank, world, device)
-
-
-def run(config, command, rank, world, device):
-    """The training loop of one process (rank of world) on device."""
-    master = rank == 0
-    dtype = resolve_dtype(config, device)
-    device_type = 'cuda' if device.startswith('cuda') else device.split(':')[0]
-    torch.manual_seed(config['seed'] + rank)
-    data_generator = torch.Generator().manual_seed(config['seed'] + rank)
-
-    train_data, val_data, meta = load_dataset(config)
-    model_config = ModelConfig.from_dict({**config, 'vocab_size': meta['vocab_size']})
-    model = CharLM(model_config).to(device)
-    optimizer = model.configure_optimizer(config['weight_decay'], config['learning_rate'],
-                                          (config['beta1'], config['beta2']), device_type)
-    scaler = torch.amp.GradScaler(device_type if device_type == 'cuda' else 'cpu', enabled=(dtype == 'float16'))
-
-    out_dir, ckpt_path = config['out_dir'], os.path.join(config['out_dir'], 'ckpt.pt')
-    step, best_val, best_step, elapsed, tokens_seen = 0, float('inf'), None, 0.0, 0
-    if config['init_from'] == 'resume':
-        ckpt = load_checkpoint(ckpt_path, hint=f"nothing to resume in {out_dir}; start with --init_from=scratch")
-        check_resumable(ckpt, model_config, meta)
-        model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        scaler.load_state_dict(ckpt['scaler'])
-        step, best_val, elapsed, tokens_seen = ckpt['step'], ckpt['best_val_loss'], ckpt['elapsed'], ckpt['tokens']
-        best_step = ckpt.get('best_val_step')
-        if master:
-            print(f'resuming from step {step} of {ckpt_path} (best val loss so far {best_val:.4f})')
-        if len(ckpt['rng']) == world:  # exact: every process continues its own random streams
-            rng = ckpt['rng'][rank]
-            torch.set_rng_state(rng['torch'])
-            data_generator.set_state(rng['data'])
-            if device_type == 'cuda' and rng.get('cuda') is not None:
-                torch.cuda.set_rng_state(rng['cuda'])
-        else:
-            torch.manual_seed(config['seed'] + rank + 1000 * step)
-            data_generator.manual_seed(config['seed'] + rank + 1000 * step)
-            if master:
-                print(f"warning: the checkpoint was written by {len(ckpt['rng'])} process(es), this run has {world}: "
-                      f'training continues with fresh random streams (not bit-exact)')
-        del ckpt
-
-    raw_model = model
-    if config['compile']:
-        model = torch.compile(model)
-    eval_model = model  # compiled too, but outside DDP: evaluation needs no gradient sync
-    if world > 1:
-        model = DDP(model, device_ids=[torch.device(device).index] if device_type == 'cuda' else None)
-    autocast = (torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
-                if dtype != 'float32' else contextlib.nullcontext())
-
-    n_params, n_non_emb = raw_model.num_params(), raw_model.num_params(non_embedding=True)
-    tokens_per_step = config['batch_size'] * config['block_size'] * config['gradient_accumulation_steps'] * world
-    log = None
-    if master:
-        resolved = {**config, 'vocab_size': meta['vocab_size'], 'world_size': world, 'device_resolved': device,
-                    'dtype_resolved': dtype, 'torch_version': torch.__version__, 'params': n_params,
-                    'params_non_embedding': n_non_emb}
-        unused = keys_unused_by(config['block'])
-        print('configuration:\n' + '\n'.join(f'  {k} = {v!r}' for k, v in resolved.items() if k not in unused))
-        if config['decay_lr'] and config['lr_decay_iters'] > config['max_iters']:
-            print(f"warning: lr_decay_iters ({config['lr_decay_iters']}) > max_iters ({config['max_iters']}): the "
-                  f"learning rate ends at {learning_rate_at(config['max_iters'], config):.2e}, above min_lr; "
-                  f"leave lr_decay_iters out (it then follows max_iters) or set it <= max_iters")
-        print(f'parameters: {n_params:,} total, {n_non_emb:,} non-embedding; {tokens_per_step:,} tokens per step')
-        with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-            json.dump(resolved, f, indent=1)
-        log = RunLog(os.path.join(out_dir, 'log.jsonl'), resume_step=step if config['init_from'] == 'resume' else None)
-        if config['init_from'] == 'scratch':
-            log.write(kind='meta', format=1, block=config['block'], val_loss='whole split', params=n_params,
-                      params_non_embedding=n_non_emb, tokens_per_step=tokens_per_step, config=resolved)
-
-    def rng_state():
-        return {'torch': torch.get_rng_state(), 'data': data_generator.get_state(),
-                'cuda': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
-
-    def checkpoint(path):
-        """Called by every process at the same points: each one's RNG states go into the file."""
-        rng_states = [rng_state()]
+    def __init__(self, config, command, rank, world, device):
+        self.config, self.command, self.rank, self.world, self.device = config, command, rank, world, device
+        self.master = rank == 0
+        self.dtype = devices.resolve_dtype(config['dtype'], device)
+        torch.manual_seed(config['seed'] + rank)
+        self.data_generator = torch.Generator().manual_seed(config['seed'] + rank)
+        self.train_data, self.val_data, self.meta = load_dataset(config['dataset'], config['block_size'])
+        self.model_config = ModelConfig.from_dict({**config, 'vocab_size': self.meta['vocab_size']})
+        self.raw_model = CharLM(self.model_config).to(device)
+        self.optimizer = self.raw_model.configure_optimizer(config['weight_decay'], config['learning_rate'],
+                                                            (config['beta1'], config['beta2']), devices.kind(device))
+        self.scaler = torch.amp.GradScaler(devices.kind(device), enabled=self.dtype == 'float16')
+        self.ckpt_path = os.path.join(config['out_dir'], 'ckpt.pt')
+        self.step, self.best_val, self.best_step, self.elapsed, self.tokens_seen = 0, float('inf'), None, 0.0, 0
+        self.bad_steps, self.window = 0, (0.0, 0)  # consecutive non-finite steps; (seconds, steps) since the last log
+        if config['init_from'] == 'resume':
+            self.resume()
+        self.model = torch.compile(self.raw_model) if config['compile'] else self.raw_model
+        self.eval_model = self.model  # compiled too, but outside DDP: evaluation needs no gradient sync
         if world > 1:
-            rng_states = [None] * world
-            dist.all_gather_object(rng_states, rng_state())
-        if not master:
+            index = [torch.device(device).index] if devices.kind(device) == 'cuda' else None
+            self.model = DDP(self.model, device_ids=index)
+        self.autocast = (torch.autocast(devices.kind(device), dtype=getattr(torch, self.dtype))
+                         if self.dtype != 'float32' else contextlib.nullcontext())
+        self.tokens_per_step = config['batch_size'] * config['block_size'] * config['gradient_accumulation_steps'] * world
+        self.log = self.start_log() if self.master and not config['eval_only'] else None
+
+    def resume(self):
+        ckpt = runs.load_checkpoint(self.ckpt_path, hint=f"nothing to resume in {self.config['out_dir']}: start "
+                                                         f'without --init_from=resume (a new run)')
+        runs.check_resumable(ckpt, self.model_config, self.meta)
+        self.raw_model.load_state_dict(ckpt['model'])
+        self.optimizer.load_state_dict(ckpt['optimizer'])
+        self.scaler.load_state_dict(ckpt['scaler'])
+        self.step, self.best_val, self.elapsed, self.tokens_seen = ckpt['step'], ckpt['best_val_loss'], ckpt['elapsed'], ckpt['tokens']
+        self.best_step = ckpt.get('best_val_step')
+        if self.master:
+            print(f'resuming from step {self.step} of {self.ckpt_path} (best val loss so far {self.best_val:.4f})')
+            change = schedule_changes(ckpt['config'], self.config, self.step)
+            if change:
+                print(f'warning: {change}')
+        self.restore_rng(ckpt['rng'])
+
+    def restore_rng(self, saved):
+        if len(saved) == self.world:  # exact: every process continues its own random streams
+            rng = saved[self.rank]
+            torch.set_rng_state(rng['torch'])
+            self.data_generator.set_state(rng['data'])
+            if devices.kind(self.device) == 'cuda' and rng.get('cuda') is not None:
+                torch.cuda.set_rng_state(rng['cuda'])
             return
-        save_checkpoint({'format': CHECKPOINT_FORMAT, 'model': raw_model.state_dict(),
-                         'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
-                         'model_config': dataclasses.asdict(model_config), 'config': config,
-                         'step': step, 'best_val_loss': best_val, 'best_val_step': best_step, 'elapsed': elapsed,
-                         'tokens': tokens_seen, 'rng': rng_states, 'vocab': {'stoi': meta['stoi'], 'itos': meta['itos']}},
-                        path)
+        torch.manual_seed(self.config['seed'] + self.rank + 1000 * self.step)
+        self.data_generator.manual_seed(self.config['seed'] + self.rank + 1000 * self.step)
+        if self.master:
+            print(f'warning: the checkpoint was written by {len(saved)} process(es), this run has {self.world}: '
+                  f'training continues with fresh random streams (not bit-exact)')
 
-    splits = {'train': train_data, 'val': val_data}
-    bar = tqdm(total=config['max_iters'], initial=step, disable=not (master and config['progress']),
-               dynamic_ncols=True, desc=config['block'])
-    bad_steps, window_seconds, window_steps = 0, 0.0, 0
-    accumulate = config['gradient_accumulation_steps']
-    stopping = None  # why the run ends at this step: 'max_iters', 'eval_only' or 'max_seconds'
-    with StopRequest(config['max_seconds']) as stop:
-        while True:
-            lr = learning_rate_at(step, config)
-            for group in optimizer.param_groups:
-                group['lr'] = lr
-            if step >= config['max_iters'] or config['eval_only']:
-                stopping = 'eval_only' if config['eval_only'] else 'max_iters'
+    def resolved_config(self):
+        """The configuration as it ran: with what 'auto' became and what the numbers depend on."""
+        config = self.config
+        reads_scan = 'scan_backend' in BLOCKS[config['block']].keys
+        return {**config, 'vocab_size': self.meta['vocab_size'], 'world_size': self.world,
+                'device_resolved': self.device, 'dtype_resolved': self.dtype, 'torch_version': torch.__version__,
+                'backend_resolved': scan.resolve_backend(config['scan_backend'], self.device) if reads_scan else None,
+                'environment': devices.environment(self.device),
+                'params': self.raw_model.num_params(), 'params_non_embedding': self.raw_model.num_params(non_embedding=True)}
 
-            if step % config['eval_interval'] == 0 or stopping:
+    def start_log(self):
+        """Print the configuration, write config.json, open log.jsonl (its header on a fresh start)."""
+        config, resolved = self.config, self.resolved_config()
+        unused = keys_unused_by(config['block']) | {'environment'}
+        print('configuration:\n' + '\n'.join(f'  {k} = {v!r}' for k, v in resolved.items() if k not in unused))
+        env = resolved['environment']
+        print(f"machine: {env['device_detail']}, {env['threads']} threads, {env['cpu_capability']}, torch {env['torch']}")
+        for warning in settings.schedule_warnings(config, learning_rate_at):
+            print(f'warning: {warning}')
+        print(f"parameters: {resolved['params']:,} total, {resolved['params_non_embedding']:,} non-embedding; "
+              f'{self.tokens_per_step:,} tokens per step')
+        with open(os.path.join(config['out_dir'], 'config.json'), 'w') as f:
+            json.dump(resolved, f, indent=1)
+        resuming = config['init_from'] == 'resume'
+        log = runs.RunLog(os.path.join(config['out_dir'], 'log.jsonl'), resume_step=self.step if resuming else None)
+        if not resuming:
+            log.write(kind='meta', format=runs.LOG_FORMAT, block=config['block'], val_loss='whole split',
+                      params=resolved['params'], params_non_embedding=resolved['params_non_embedding'],
+                      tokens_per_step=self.tokens_per_step, config=resolved)
+        return log
+
+    # ---- saving
+
+    def rng_state(self):
+        return {'torch': torch.get_rng_state(), 'data': self.data_generator.get_state(),
+                'cuda': torch.cuda.get_rng_state() if devices.kind(self.device) == 'cuda' else None}
+
+    def save(self, path):
+        """Called by every process at the same points: each one's RNG states go into the file."""
+        rng_states = [self.rng_state()]
+        if self.world > 1:
+            rng_states = [None] * self.world
+            dist.all_gather_object(rng_states, self.rng_state())
+        if not self.master:
+            return
+        runs.save_checkpoint({
+            'format': runs.CHECKPOINT_FORMAT, 'model': self.raw_model.state_dict(),
+            'optimizer': self.optimizer.state_dict(), 'scaler': self.scaler.state_dict(),
+            'model_config': self.model_config.asdict(), 'config': self.config, 'step': self.step,
+            'best_val_loss': self.best_val, 'best_val_step': self.best_step, 'elapsed': self.elapsed,
+            'tokens': self.tokens_seen, 'rng': rng_states,
+            'vocab': {'stoi': self.meta['stoi'], 'itos': self.meta['itos']}}, path)
+
+    # ---- the loop's parts
+
+    def evaluate(self, lr, final):
+        """Score both splits, log them, save best.pt on improvement and ckpt.pt (eval_only: nothing)."""
+        t0, config = time.perf_counter(), self.config
+        self.eval_model.eval()
+        train_loss = estimate_loss(self.eval_model, self.train_data, config['eval_iters'], config['batch_size'],
+                                   config['block_size'], config['seed'], self.device, self.autocast, self.rank, self.world)
+        val_loss = full_split_loss(self.eval_model, self.val_data, config['block_size'], config['batch_size'],
+                                   self.device, self.autocast, self.rank, self.world)
+        self.eval_model.train()
+        if self.master:
+            tqdm.write(f'step {self.step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}')
+        if config['eval_only']:
+            return
+        if self.master:
+            self.log.write(kind='eval', step=self.step, tokens=self.tokens_seen, time=round(self.elapsed, 3), lr=lr,
+                           train_loss=train_loss, val_loss=val_loss)
+        if val_loss < self.best_val:
+            self.best_val, self.best_step = val_loss, self.step
+            self.save(os.path.join(config['out_dir'], 'best.pt'))
+        if config['always_save_checkpoint'] or final:
+            self.save(self.ckpt_path)
+        self.elapsed += time.perf_counter() - t0
+
+    def train_step(self):
+        """One optimizer step over gradient_accumulation_steps micro-batches; returns the loss."""
+        accumulate = self.config['gradient_accumulation_steps']
+        for micro in range(accumulate):
+            x, y = get_batch(self.train_data, self.config['batch_size'], self.config['block_size'],
+                             self.data_generator, self.device)
+            sync = self.world == 1 or micro == accumulate - 1
+            with (contextlib.nullcontext() if sync else self.model.no_sync()), self.autocast:
+                loss = self.model(x, y)[1] / accumulate
+            self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.config['grad_clip'] or float('inf'))
+        loss_value = loss.item() * accumulate
+        finite = math.isfinite(loss_value) and (self.scaler.is_enabled() or math.isfinite(grad_norm.item()))
+        if finite:
+            self.scaler.step(self.optimizer)
+            self.bad_steps = 0
+        else:
+            self.skip_bad_step(loss_value, grad_norm.item())
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value
+
+    def skip_bad_step(self, loss_value, grad_norm):
+        self.bad_steps += 1
+        limit = self.config['max_bad_steps']
+        if self.master:
+            tqdm.write(f'warning: step {self.step}: non-finite loss or gradient (loss {loss_value}, grad norm '
+                       f'{grad_norm}); step skipped ({self.bad_steps}/{limit})')
+        if self.bad_steps >= limit:
+            raise TrainingError(
+                f'{self.bad_steps} consecutive non-finite steps, the first at step {self.step - self.bad_steps + 1}; '
+                f'the last good checkpoint {self.ckpt_path} is kept. Lower --learning_rate, use --dtype=float32 (or '
+                f'bfloat16 instead of float16), or try --scan_backend=sequential')
+
+    def record(self, loss_value, lr, seconds, bar):
+        """Count the step, log the training loss every log_interval (and print it where no bar shows)."""
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+        self.elapsed += seconds
+        self.window = (self.window[0] + seconds, self.window[1] + 1)
+        if self.master and self.step % self.config['log_interval'] == 0:
+            ms = round(1000 * self.window[0] / self.window[1], 2)
+            self.log.write(kind='train', step=self.step, loss=loss_value, lr=lr, ms_per_iter=ms)
+            if bar.disable:
+                print(f'step {self.step}: loss {loss_value:.4f}, {ms:.1f} ms/iter, lr {lr:.2e}', flush=True)
+            self.window = (0.0, 0)
+        bar.update(1)
+        bar.set_postfix(loss=f'{loss_value:.4f}', tok_s=f'{self.tokens_per_step / seconds:,.0f}', refresh=False)
+
+    # ---- the loop
+
+    def run(self):
+        """Train to max_iters (or max_seconds, or a signal), evaluating every eval_interval steps.
+        Returns the outcome: final step, best val loss and its step, and the signal if one ended it."""
+        config = self.config
+        bar = tqdm(total=config['max_iters'], initial=self.step, disable=not (self.master and config['progress']),
+                   dynamic_ncols=True, desc=config['block'])
+        stopping, interrupted = None, None
+        with StopRequest(config['max_seconds']) as stop:
+            while True:
+                lr = learning_rate_at(self.step, config)
+                for group in self.optimizer.param_groups:
+                    group['lr'] = lr
+                if self.step >= config['max_iters'] or config['eval_only']:
+                    stopping = 'eval_only' if config['eval_only'] else 'max_iters'
+                if self.step % config['eval_interval'] == 0 or stopping:
+                    self.evaluate(lr, final=stopping)
+                if stopping:
+                    break
                 t0 = time.perf_counter()
-                losses = eval_losses(eval_model, splits, config, device, autocast, rank, world)
-                if master:
-                    log.write(kind='eval', step=step, tokens=tokens_seen, time=round(elapsed, 3), lr=lr,
-                              train_loss=losses['train'], val_loss=losses['val'])
-                    bar.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                if losses['val'] < best_val:
-                    best_val, best_step = losses['val'], step
-                    checkpoint(os.path.join(out_dir, 'best.pt'))
-                if config['always_save_checkpoint'] or stopping:
-                    checkpoint(ckpt_path)
-                elapsed += time.perf_counter() - t0
+                loss_value = self.train_step()
+                self.record(loss_value, lr, time.perf_counter() - t0, bar)
+                request = stop.requested(self.world, self.device)
+                if request == 'max_seconds':
+                    stopping = request  # evaluate and save at the top of the loop, then stop
+                elif request:
+                    interrupted = self.interrupt(request, bar)
+                    break
+        bar.close()
+        self.finish(stopping)
+        return {'step': self.step, 'best_val_loss': self.best_val, 'best_val_step': self.best_step,
+                'signal': interrupted}
+
+    def interrupt(self, signal_name, bar):
+        self.save(self.ckpt_path)
+        if self.master:
+            bar.close()
+            print(f'{signal_name}: saved {self.ckpt_path} at step {self.step}. Resume with: '
+                  f'{resume_command(self.command)}')
+        return signal_name
+
+    def finish(self, stopping):
+        if self.log is not None:
             if stopping:
-                if master:
-                    log.write(kind='stop', step=step, reason=stopping)
-                break
+                self.log.write(kind='stop', step=self.step, reason=stopping)
+            self.log.close()
+        if self.master and stopping and not self.config['eval_only']:
+            print(summary(self.config['out_dir'], self.step, self.elapsed, self.best_val, self.best_step, stopping))
+        if self.world > 1:
+            dist.barrier()  # rank 0 may still be writing the checkpoint: tear gloo/nccl down together
 
-            t0 = time.perf_counter()
-            for micro in range(accumulate):
-                x, y = get_batch(train_data, config['batch_size'], config['block_size'], data_generator, device)
-                sync = world == 1 or micro == accumulate - 1
-                with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
-                    loss = model(x, y)[1] / accumulate
-                scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config['grad_clip'] or float('inf'))
-            loss_value = loss.item() * accumulate
-            finite = math.isfinite(loss_value) and (scaler.is_enabled() or math.isfinite(grad_norm.item()))
-            if finite:
-                scaler.step(optimizer)
-                bad_steps = 0
-            else:
-                bad_steps += 1
-                if master:
-                    bar.write(f'warning: step {step}: non-finite loss or gradient (loss {loss_value}, grad norm '
-                              f'{grad_norm.item()}); step skipped ({bad_steps}/{config["max_bad_steps"]})')
-                if bad_steps >= config['max_bad_steps']:
-                    raise TrainingError(
-                        f'{bad_steps} consecutive non-finite steps, the first at step {step - bad_steps + 1}; the last '
-                        f'good checkpoint {ckpt_path} is kept. Lower --learning_rate, use --dtype=float32 (or '
-                        f'bfloat16 instead of float16), or try --scan_backend=sequential')
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += tokens_per_step
-            seconds = time.perf_counter() - t0
-            elapsed += seconds
-            window_seconds, window_steps = window_seconds + seconds, window_steps + 1
-            if master and step % config['log_interval'] == 0:
-                log.write(kind='train', step=step, loss=loss_value, lr=lr,
-                          ms_per_iter=round(1000 * window_seconds / window_steps, 2))
-                window_seconds, window_steps = 0.0, 0
-            bar.update(1)
-            bar.set_postfix(loss=f'{loss_value:.4f}', tok_s=f'{tokens_per_step / seconds:,.0f}', refresh=False)
 
-            request = stop.requested(world, device)
-            if request == 'max_seconds':
-                stopping = request  # evaluate and save at the top of the loop, then stop
-            elif request:
-                checkpoint(ckpt_path)
-                if master:
-                    bar.close()
-                    print(f'{stop.signal}: saved {ckpt_path} at step {step}. Resume with: {command} --init_from=resume')
-                break
-    bar.close()
-    if log is not None:
-        log.close()
-    if master and stopping:
-        print(summary(out_dir, step, elapsed, best_val, best_step, stopping))
-    if world > 1:
-        dist.barrier()  # rank 0 may still be writing the checkpoint: tear gloo/nccl down together
-    return {'step': step, 'best_val_loss': best_val, 'best_val_step': best_step}
+def resume_command(command):
+    """The command that continues this run: the same arguments, init_from=resume once."""
+    words = [w for w in command.split(' ') if not w.startswith(('--init_from=', '--overwrite='))]
+    return ' '.join(words + ['--init_from=resume'])
 
 
 def summary(out_dir, step, elapsed, best_val, best_step, reason):
@@ -677,38 +390,46 @@ def summary(out_dir, step, elapsed, best_val, best_step, reason):
             f'  plot:   python plot_curves.py {out_dir}')
 
 
-def configure(argv):
-    """The run's configuration from the command line (see USAGE), its derived defaults filled in."""
-    config = resolve(DEFAULTS, argv)
-    if config['lr_decay_iters'] is None:
-        config['lr_decay_iters'] = config['max_iters']
-    return config
+def train(config, command='python train.py ...'):
+    settings.check(config)
+    distributed = 'RANK' in os.environ
+    if distributed:
+        refuse_to_replace(config)  # in every process, before any of them writes
+    rank, world, device = setup_distributed(config)
+    writes = rank == 0 and not config['eval_only']
+    with runs.out_dir_lock(config['out_dir']) if writes else contextlib.nullcontext():
+        if not distributed:
+            refuse_to_replace(config)  # inside the lock: a busy out_dir is reported as busy
+        return Training(config, command, rank, world, device).run()
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if {'-h', '--help'} & set(argv):
-        print(usage())
+        print(settings.usage())
         return None
     try:
-        return train(configure(argv), command=' '.join(['python train.py', *argv]))
+        result = train(settings.configure(argv), command=' '.join(['python train.py', *argv]))
     except UsageError as e:
         sys.exit(f'error: {e}')
     except RuntimeError as e:  # torch.distributed's errors are RuntimeErrors
-        if dist.is_available() and dist.is_initialized():
-            detail = (str(e).splitlines() or [''])[0][:160]
-            # Printed now: torchrun may SIGTERM this process while it tears down, before exit could print.
-            print(f'error: a process of this distributed run failed or stopped answering ({type(e).__name__}: '
-                  f'{detail}); the last checkpoint in the out_dir is intact: resume with --init_from=resume',
-                  file=sys.stderr, flush=True)
-            raise SystemExit(1) from None
-        raise
+        if not (dist.is_available() and dist.is_initialized()):
+            raise
+        detail = (str(e).splitlines() or [''])[0][:160]
+        # Printed now: torchrun may SIGTERM this process while it tears down, before exit could print.
+        print(f'error: a process of this distributed run failed or stopped answering ({type(e).__name__}: '
+              f'{detail}); the last checkpoint in the out_dir is intact: resume with --init_from=resume',
+              file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     finally:
         if dist.is_available() and dist.is_initialized():
             # Free the DDP reducer (in reference cycles) and its gloo work while the interpreter is
             # alive: freed at shutdown instead, gloo threads can abort the process (SIGABRT).
             gc.collect()
             dist.destroy_process_group()
+    if result['signal'] and __name__ == '__main__':
+        sys.exit(128 + signal.Signals[result['signal']])
+    return result
 
 
 if __name__ == '__main__':

@@ -69,12 +69,12 @@ def test_key_space_value_gets_a_hint():
 
 @pytest.mark.parametrize('flag', ['--help', '-h'])
 def test_train_help_lists_every_key_with_its_default_and_a_comment(flag):
-    import train
+    import settings
     result = run_script('train.py', 'config/shakespeare_char_mingru_cpu.py', flag)
     assert result.returncode == 0 and result.stdout.startswith('usage: python train.py'), result.stderr
     lines = {line.split()[0].split('=')[0]: line for line in result.stdout.splitlines() if line.startswith('  --')}
-    assert set(lines) == {f'--{key}' for key in train.DEFAULTS}
-    for key, default in train.DEFAULTS.items():
+    assert set(lines) == {f'--{key}' for key in settings.defaults()}
+    for key, default in settings.defaults().items():
         line = lines[f'--{key}']
         assert line.split()[0] == f'--{key}={default!r}' and len(line.split()) > 1, line  # a comment follows
     assert result.stdout.index('I/O:') < result.stdout.index('--out_dir') < result.stdout.index('data:')

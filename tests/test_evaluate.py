@@ -7,6 +7,8 @@ import torch
 
 import evaluate
 import train
+import runs
+import scoring
 from conftest import TINY
 from test_model import tiny_model
 
@@ -32,14 +34,14 @@ def test_carried_state_scores_every_token_from_everything_before_it(block, overr
     with torch.no_grad():
         expected = sum(stepwise_losses(model, DATA[:120])) / 119
         for chunk in (7, 24, 500):  # chunks that do not divide the split, and one longer than it
-            assert math.isclose(evaluate.carried_state_loss(model, DATA[:120], chunk, 'cpu'), expected, rel_tol=1e-10)
+            assert math.isclose(scoring.carried_state_loss(model, DATA[:120], chunk, 'cpu'), expected, rel_tol=1e-10)
 
 
 def test_sliding_window_scores_every_token_from_the_window_before_it():
     model = tiny_model('transformer')  # block_size 24
     with torch.no_grad():
         expected = stepwise_losses(model, DATA[:80], context=24)
-        got = evaluate.sliding_window_loss(model, DATA[:80], 24, 5, 'cpu')
+        got = scoring.sliding_window_loss(model, DATA[:80], 24, 5, 'cpu')
     assert math.isclose(got, sum(expected) / len(expected), rel_tol=1e-10)
 
 
@@ -47,25 +49,25 @@ def test_position_losses_average_to_the_windowed_score():
     model = tiny_model('mingru')
     data = DATA[:193]  # 192 predictions: 8 windows of 24
     with torch.no_grad():
-        by_position = evaluate.position_losses(model, data, 24, 3, 'cpu')
-        windowed = train.full_split_loss(model, data, 24, 5, 'cpu')
+        by_position = scoring.position_losses(model, data, 24, 3, 'cpu')
+        windowed = scoring.full_split_loss(model, data, 24, 5, 'cpu')
     assert len(by_position) == 24 and math.isclose(sum(by_position) / 24, windowed, rel_tol=1e-10)
 
 
 def test_the_command_writes_csv_table_and_figures(tmp_path, tiny_dataset):
-    runs = []
+    run_dirs = []
     for block in ('transformer', 'mingru'):
         out = tmp_path / block
         train.main([f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, f'--block={block}', '--max_iters=2',
                     '--eval_interval=2'])
-        runs.append(str(out))
-    rows, positions = evaluate.main([*runs, '--out', str(tmp_path / 'context')])
+        run_dirs.append(str(out))
+    rows, positions = evaluate.main([*run_dirs, '--out', str(tmp_path / 'context')])
     windowed = {(r['block'], r['context']) for r in rows if r['how'] == 'windowed'}
     assert ('transformer', 32) in windowed and ('transformer', 64) not in windowed  # past its position table
     assert ('mingru', 512) in windowed  # 16 x block_size 32
     assert {r['how'] for r in rows} == {'windowed', 'carried', 'sliding'}
     # the windowed score at the training context is the number training logged for best.pt
-    logged = train.load_checkpoint(runs[1] + '/best.pt')['best_val_loss']
+    logged = runs.load_checkpoint(run_dirs[1] + '/best.pt')['best_val_loss']
     assert math.isclose(next(r['val_loss'] for r in rows if r['block'] == 'mingru' and r['context'] == 32), logged,
                         rel_tol=1e-6)
     for name in ('context.csv', 'position.csv', 'context.md', 'context.png', 'position.png'):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import SHAKESPEARE, run_script
-from data.char.prepare import write_char_dataset
+from dataset import write_char_dataset
 
 
 def read(folder):

@@ -10,6 +10,8 @@ import torch
 import plot_curves
 import reproduce
 import train
+import dataset
+import runs
 from conftest import TINY, read_log
 
 # val losses per seed at steps 0, 100, 200, 300, 400
@@ -19,11 +21,13 @@ CURVES = {
 }
 
 
-def write_run(folder, block, seed, vals, ms=40.0, name=None, n_embd=128):
+def write_run(folder, block, seed, vals, ms=40.0, name=None, n_embd=128, **config):
     run = folder / (name or f'{block}_seed{seed}')
     run.mkdir(parents=True)
     rows = [{'kind': 'meta', 'format': 1, 'block': block, 'params': 1000,
-             'config': {'out_dir': f'out/x/{block}_seed{seed}', 'block_size': 64, 'n_embd': n_embd, 'n_layer': 4}}]
+             'config': {'out_dir': f'out/x/{block}_seed{seed}', 'block': block, 'seed': seed, 'block_size': 64,
+                        'n_embd': n_embd, 'n_layer': 4, 'dataset': 'shakespeare_char', 'learning_rate': 1e-3,
+                        **config}}]
     for i, v in enumerate(vals):
         rows.append({'kind': 'eval', 'step': 100 * i, 'tokens': 768 * 100 * i, 'time': 5.0 * i + seed,
                      'lr': 1e-3, 'train_loss': v - 0.1, 'val_loss': v})
@@ -34,14 +38,14 @@ def write_run(folder, block, seed, vals, ms=40.0, name=None, n_embd=128):
 
 
 @pytest.fixture
-def runs(tmp_path):
+def logs(tmp_path):
     return [write_run(tmp_path / 'runs', block, seed, vals)
             for block, seeds in CURVES.items() for seed, vals in enumerate(seeds)]
 
 
-def test_table_numbers_come_from_the_logs(runs, tmp_path):
-    rows = {r['block']: r for r in plot_curves.main([*runs, '--out', str(tmp_path / 'plots'), '--at', '100', '400'])}
-    assert [r for r in rows] == ['transformer', 'mingru']  # the paper's order
+def test_table_numbers_come_from_the_logs(logs, tmp_path):
+    rows = {r['block']: r for r in plot_curves.main([*logs, '--out', str(tmp_path / 'plots'), '--at', '100', '400'])}
+    assert [r for r in rows] == ['transformer', 'mingru']  # the registry's order
     best = [1.70, 1.69, 1.74]
     assert rows['mingru']['seeds'] == 3
     assert math.isclose(rows['mingru']['best_val_mean'], statistics.fmean(best))
@@ -58,12 +62,12 @@ def test_table_numbers_come_from_the_logs(runs, tmp_path):
 
 
 @pytest.mark.parametrize('x', ['time', 'tokens'])
-def test_other_x_axes(runs, tmp_path, x):
-    plot_curves.main([*runs, '--out', str(tmp_path), '--x', x, '--train', '--band', 'std'])
+def test_other_x_axes(logs, tmp_path, x):
+    plot_curves.main([*logs, '--out', str(tmp_path), '--x', x, '--train', '--band', 'std'])
     assert (tmp_path / f'curves_{x}.png').exists()
 
 
-def test_bad_logs_and_rows_are_skipped_with_a_warning_line(runs, tmp_path, capsys):
+def test_bad_logs_and_rows_are_skipped_with_a_warning_line(logs, tmp_path, capsys):
     bad = tmp_path / 'bad'
     (bad / 'empty').mkdir(parents=True)
     (bad / 'empty' / 'log.jsonl').write_text('')
@@ -78,11 +82,11 @@ def test_bad_logs_and_rows_are_skipped_with_a_warning_line(runs, tmp_path, capsy
     with open(os.path.join(diverged, 'log.jsonl'), 'a') as f:  # json writes NaN and Infinity as such
         f.write('{"kind": "eval", "step": 300, "val_loss": NaN, "train_loss": NaN}\n'
                 '{"kind": "eval", "step": 400, "val_loss": Infinity}\n{"kind": "eval", "step": 500, "val_loss": "x"}\n')
-    rows = plot_curves.main([*runs, str(bad / 'empty'), str(bad / 'old'), str(bad / 'missing'), str(bad / 'binary'),
+    rows = plot_curves.main([*logs, str(bad / 'empty'), str(bad / 'old'), str(bad / 'missing'), str(bad / 'binary'),
                              half, diverged, '--out', str(tmp_path / 'plots')])
     err = capsys.readouterr().err
     assert all(line.startswith('warning: ') for line in err.splitlines()) and 'Traceback' not in err
-    for name in ('empty', 'old', 'missing', 'binary', 'unreadable line', '3 eval row(s) without a finite val loss'):
+    for name in ('empty', 'old', 'missing', 'binary', 'unreadable line', '3 eval row(s) without a whole step and a finite val loss'):
         assert name in err
     # the half-written and the diverged runs still count, with their good rows
     assert {r['block'] for r in rows} == {'transformer', 'mingru', 'mamba', 'minlstm'}
@@ -90,25 +94,64 @@ def test_bad_logs_and_rows_are_skipped_with_a_warning_line(runs, tmp_path, capsy
     assert next(r for r in rows if r['block'] == 'minlstm')['best_val_mean'] == 1.9
 
 
-def test_groups_by_block_and_size_not_folder_name(tmp_path):
-    runs = [write_run(tmp_path / 'runs', 'minlstm', 0, [4.0, 2.0], name=name) for name in ('a', 'b', 'try3', 'x_seed9')]
-    runs.append(write_run(tmp_path / 'runs', 'minlstm', 0, [4.0, 1.5], name='wide', n_embd=256))
-    runs.append(write_run(tmp_path / 'runs', 'mingru', 0, [4.0, 1.8]))
-    rows = plot_curves.main([*runs, '--out', str(tmp_path / 'plots')])
-    assert [(r['group'], r['seeds']) for r in rows] == [
-        ('mingru', 1), ('minlstm (4 x 128, context 64)', 4), ('minlstm (4 x 256, context 64)', 1)]
+def test_groups_by_configuration_not_folder_name(tmp_path, capsys):
+    paths = [write_run(tmp_path / 'runs', 'minlstm', seed, [4.0, 2.0], name=name)
+             for seed, name in enumerate(('a', 'b', 'try3', 'x_seed9'))]
+    paths.append(write_run(tmp_path / 'runs', 'minlstm', 0, [4.0, 1.5], name='wide', n_embd=256))
+    paths.append(write_run(tmp_path / 'runs', 'mingru', 0, [4.0, 1.8]))
+    rows = plot_curves.main([*paths, '--out', str(tmp_path / 'plots')])
+    assert [(r['series'], r['seeds']) for r in rows] == [
+        ('minGRU', 1), ('minLSTM n_embd=128', 4), ('minLSTM n_embd=256', 1)]
+    assert 'warning: the minlstm runs differ in more than their seed: 2 series' in capsys.readouterr().err
     lines = (tmp_path / 'plots' / 'results.md').read_text().splitlines()
-    assert lines[2].startswith('| mingru | 1 | 1,000 | 1.800 | 100 |')  # one seed: no ± 0.000
+    assert lines[2].startswith('| minGRU | 1 | 1,000 | 4 x 128, context 64, batch ? | 1.800 | 100 |')  # no ± 0.000
 
 
-def test_the_output_folder_is_not_read_as_a_run(runs, tmp_path, capsys):
+def test_runs_that_differ_beyond_their_seed_are_separate_series(tmp_path, capsys):
+    """Two learning rates of one seed are two probes, not two seeds; another dataset gets no paper numbers."""
+    paths = [write_run(tmp_path / 'runs', 'mingru', 0, [4.0, 2.0, 1.8], name='lr3e-3', learning_rate=3e-3),
+             write_run(tmp_path / 'runs', 'mingru', 0, [4.0, 2.2, 1.9], name='lr1e-4', learning_rate=1e-4),
+             write_run(tmp_path / 'runs', 'mingru', 0, [4.0, 2.2, 1.9], name='mine', dataset='mytext')]
+    rows = plot_curves.main([*paths, '--out', str(tmp_path / 'plots')])
+    assert [(r['series'], r['seeds'], r['best_val_std']) for r in rows] == [
+        ('minGRU dataset=shakespeare_char learning_rate=0.003', 1, None),
+        ('minGRU dataset=shakespeare_char learning_rate=0.0001', 1, None),
+        ('minGRU dataset=mytext learning_rate=0.001', 1, None)]
+    assert [r['paper_test_loss'] for r in rows] == [1.548, 1.548, None]
+    assert 'differ in more than their seed: 3 series' in capsys.readouterr().err
+
+
+def test_a_run_named_twice_or_through_a_link_counts_once(logs, tmp_path, capsys):
+    link = tmp_path / 'link'
+    os.symlink(logs[0], link)
+    rows = plot_curves.main([logs[0], logs[0], str(link), logs[1], '--out', str(tmp_path / 'plots')])
+    assert rows[0]['seeds'] == 2
+    err = capsys.readouterr().err
+    assert err.count('named twice (or through a link): counted once') == 2
+
+
+def test_the_committed_tuning_probes_plot_as_separate_series(tmp_path):
+    folder = os.path.join(os.path.dirname(plot_curves.__file__), 'results', 'cpu', 'tuning')
+    probes = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith('.jsonl'))
+    rows = plot_curves.main([*probes, '--out', str(tmp_path / 'plots')])
+    assert len(rows) == len(probes) and all(r['seeds'] == 1 for r in rows)
+
+
+def test_a_redraw_gives_the_same_bytes(logs, tmp_path):
+    for out in ('a', 'b'):
+        plot_curves.main([*logs, '--out', str(tmp_path / out), '--x', 'time'])
+    for name in ('curves_time.png', 'curves_time.svg', 'results.md', 'results.csv'):
+        assert (tmp_path / 'a' / name).read_bytes() == (tmp_path / 'b' / name).read_bytes(), name
+
+
+def test_the_output_folder_is_not_read_as_a_run(logs, tmp_path, capsys):
     out = tmp_path / 'runs' / 'plots'  # plot_curves.py out/* --out out/plots
-    plot_curves.main([*runs, '--out', str(out)])
-    plot_curves.main([*runs, str(out), '--out', str(out)])
+    plot_curves.main([*logs, '--out', str(out)])
+    plot_curves.main([*logs, str(out), '--out', str(out)])
     assert 'warning' not in capsys.readouterr().err
     (tmp_path / 'afile').write_text('')
     with pytest.raises(SystemExit, match='is a file'):
-        plot_curves.main([*runs, '--out', str(tmp_path / 'afile')])
+        plot_curves.main([*logs, '--out', str(tmp_path / 'afile')])
 
 
 def test_no_usable_runs_is_a_clear_error(tmp_path):
@@ -136,14 +179,14 @@ def test_reproduce_runs_skips_resumes_and_reports(tmp_path, tiny_dataset, capsys
             '--eval_interval=3', '--lr_decay_iters=6', '--eval_iters=2']
     reproduce.main(args)
     table = (tmp_path / 'results' / 'results.md').read_text()
-    assert table.count('\n') == 4 and '| transformer | 2 |' in table and '| mingru | 2 |' in table
+    assert table.count('\n') == 4 and '| Transformer | 2 |' in table and '| minGRU | 2 |' in table
     assert (tmp_path / 'results' / 'curves_step.png').exists() and (tmp_path / 'results' / 'curves_time.png').exists()
 
     # The logged val loss is the whole split, not an estimate: score best.pt token by token with the step path.
     run = tmp_path / 'out' / 'mingru_seed1'
-    ckpt = train.load_checkpoint(str(run / 'best.pt'))
-    model = train.model_from_checkpoint(ckpt).eval()
-    _, val_data, _ = train.load_dataset(ckpt['config'])
+    ckpt = runs.load_checkpoint(str(run / 'best.pt'))
+    model = runs.model_from_checkpoint(ckpt).eval()
+    _, val_data, _ = dataset.load_dataset(ckpt['config']['dataset'], ckpt['config']['block_size'])
     with torch.no_grad():
         expected = stepwise_loss(model, val_data[:], ckpt['config']['block_size'])
     logged = min(r['val_loss'] for r in read_log(str(tmp_path / 'results' / 'runs' / 'mingru_seed1'), 'eval'))
@@ -176,5 +219,6 @@ def test_the_gpu_command_dry_run_on_a_cpu(tmp_path, tiny_dataset):
         rows = read_log(str(results / 'runs' / block))
         assert rows[-1]['kind'] == 'stop' and rows[-1]['reason'] in ('max_iters', 'max_seconds')
     table = (results / 'results.md').read_text()
-    assert table.count('\n') == 6 and '| 1.575 | 400 |' in table  # the paper's numbers beside ours
+    assert table.count('\n') == 6 and '| Mamba | 1 |' in table
+    assert '1.575' not in table  # the paper's numbers only beside runs on its dataset, not this tiny one
     assert (results / 'curves_step.png').stat().st_size > 0

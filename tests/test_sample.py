@@ -2,6 +2,7 @@ import pytest
 
 import sample
 import train
+from configurator import UsageError
 from conftest import TINY, run_script, small_text
 
 PROMPT = small_text()[:6]  # characters the dataset has, real or synthetic
@@ -45,7 +46,7 @@ def test_cli_streams_and_reports_errors_in_one_line(run_dir, tmp_path):
     assert result.returncode == 0 and result.stdout.startswith(PROMPT) and len(result.stdout) == 6 + 20 + 1
     for args, message in [([f'--start={PROMPT}€'], "never saw: ['€']"),
                           (['--max_new_tokens=0'], '--max_new_tokens must be >= 1'),
-                          (['--temperature=0'], '--temperature must be > 0'),
+                          (['--temperature=0'], '--temperature must be a finite number > 0'),
                           (['--top_k=0'], '--top_k must be >= 1'),
                           ([f'--out_dir={tmp_path}'], 'no checkpoint at')]:
         result = run_script('sample.py', f'--out_dir={run_dir}', *args)
@@ -55,5 +56,12 @@ def test_cli_streams_and_reports_errors_in_one_line(run_dir, tmp_path):
 
 def test_corrupt_checkpoint(tmp_path):
     (tmp_path / 'best.pt').write_bytes(b'\x00' * 100)
-    with pytest.raises(train.TrainingError, match='not a readable checkpoint'):
+    with pytest.raises(UsageError, match='not a readable checkpoint'):
         generate(str(tmp_path))
+
+
+@pytest.mark.parametrize('temperature', ['inf', 'nan', '0', '-1'])
+def test_temperature_must_be_finite_and_positive_and_greedy_is_named(temperature):
+    result = run_script('sample.py', f'--temperature={temperature}')
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    assert 'temperature must be a finite number > 0' in result.stderr and '--top_k=1' in result.stderr, result.stderr

@@ -110,7 +110,12 @@ from triton.compiler import ASTSource
 import gpu_kernels as k
 
 capability = int(sys.argv[1])
-ptxas = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'ptxas')
+try:  # the assembler triton itself runs for this architecture (3.9 picks another one for newer PTX)
+    from triton.backends.nvidia.compiler import get_ptxas
+    ptxas = get_ptxas(capability).path
+except (ImportError, AttributeError) as e:
+    print(f'SKIP triton {triton.__version__} does not say which ptxas it uses ({type(e).__name__})')
+    sys.exit(0)
 scan = dict(BLOCK_T=k.SCAN_BLOCK_T, BLOCK_D=k.SCAN_BLOCK_D)
 selective = dict(BLOCK_T=k.SELECTIVE_BLOCK_T, BLOCK_E=k.SELECTIVE_BLOCK_E, BLOCK_N=16)
 for kernel, constants, warps in [(k._scan_forward, dict(HAS_H0=True, **scan), 4),
@@ -144,8 +149,10 @@ def test_the_kernels_compile_for_gpus_without_spilling_registers(capability):
     except ImportError:
         pytest.skip(f'triton {triton.__version__} has no ahead-of-time compiler API')
     env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
-    result = run_script('-c', AHEAD_OF_TIME, str(capability), env={**env, 'PYTHONPATH': ROOT}, timeout=240)
+    result = run_script('-c', AHEAD_OF_TIME, str(capability), env={**env, 'PYTHONPATH': os.pathsep.join(filter(None, [ROOT, env.get('PYTHONPATH')]))}, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
+    if result.stdout.startswith('SKIP '):
+        pytest.skip(result.stdout[5:].strip())
     lines = result.stdout.splitlines()
     assert len(lines) == 4, result.stdout
     for line in lines:

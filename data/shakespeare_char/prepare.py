@@ -4,9 +4,12 @@ Tiny Shakespeare (1,115,394 characters, 65 distinct) as a character-level datase
     python data/shakespeare_char/prepare.py                      # downloads it
     python data/shakespeare_char/prepare.py --input PATH         # or reads a local copy
 
+The text is Andrej Karpathy's char-rnn copy of Tiny Shakespeare (URL below). Offline, download
+that file on any machine and give its path to --input: it is checked, then read from where it lies.
+
 Checks the text's sha256 so every user trains on the same bytes as the paper and nanoGPT
 (--any-text accepts another file on purpose), then writes train.bin, val.bin and meta.json
-here (see data/char/prepare.py). Idempotent: a second run finds the same text and rewrites
+here (see dataset.py). Idempotent: a second run finds the same text and rewrites
 the same files.
 """
 import argparse
@@ -14,8 +17,9 @@ import hashlib
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from char.prepare import ArgumentParser, UsageError, prepare, read_text, report, run_cli  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
+from configurator import ArgumentParser, UsageError, run_cli  # noqa: E402
+from dataset import describe, read_text, write_char_dataset  # noqa: E402
 
 URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 SHA256 = '86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed'
@@ -52,7 +56,7 @@ def main():
     if digest != SHA256 and not args.any_text:
         raise UsageError(f'{path} has sha256 {digest}, not Tiny Shakespeare\'s {SHA256}; '
                          f'pass --any-text to use it anyway, or data/char/prepare.py for your own text')
-    report(prepare(text, args.out_dir), args.out_dir)
+    print(describe(write_char_dataset(text, args.out_dir), args.out_dir))
 
 
 if __name__ == '__main__':

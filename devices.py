@@ -1,0 +1,81 @@
+"""
+Devices, in one place for every script: the names a user may give (auto, cpu, cuda, cuda:N, mps),
+checked in one line before any work; the dtype 'auto' stands for; a folder-safe name for results;
+and the facts of the machine that a speed figure depends on (threads, vector width, GPU, versions).
+"""
+import os
+import platform
+import re
+
+import torch
+
+from configurator import UsageError
+
+CHOICES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
+def resolve(name):
+    """The device to run on: 'auto' is cuda, mps or cpu, the first available; 'cuda' is cuda:0.
+    Raises UsageError, in one line, for a name this machine cannot run."""
+    check(name)
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    return 'cuda:0' if name == 'cuda' else name
+
+
+def check(name):
+    """A device this machine has: 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."""
+    if name == 'auto':
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ('cpu', 'cuda', 'mps') or (device.type == 'cpu' and device.index):
+        raise UsageError(f'unknown device {name!r}; use {CHOICES}')
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise UsageError(f'--device={name}, but torch sees no CUDA GPU here (torch {torch.__version__}); '
+                         'use --device=auto or --device=cpu')
+    if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f'--device={name}, but this machine has {torch.cuda.device_count()} CUDA GPU(s)')
+    if device.type == 'mps' and not torch.backends.mps.is_available():
+        raise UsageError(f'--device={name}, but MPS is not available here; use --device=auto or --device=cpu')
+
+
+def kind(device):
+    """'cuda', 'mps' or 'cpu': what torch.autocast and the optimizers take."""
+    return torch.device(device).type
+
+
+def resolve_dtype(dtype, device):
+    """'auto' is bfloat16 on a CUDA GPU that has it, else float32."""
+    if dtype != 'auto':
+        return dtype
+    return 'bfloat16' if kind(device) == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+
+
+def folder_name(device):
+    """A name for results/<...>/: the GPU's model on CUDA, 'cpu' otherwise."""
+    if kind(device) == 'cuda':
+        return re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(device).lower()).strip('-')
+    return kind(device)
+
+
+def cpu_model():
+    """The CPU's marketing name where Linux gives it (platform.processor() is empty there)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    except OSError:
+        names = []
+    return f'{names[0]} ({platform.machine()})' if names else platform.processor() or platform.machine()
+
+
+def environment(device):
+    """What a time or a loss measured on this device depends on beyond the code: recorded with every
+    run (config.json, the log's first row) and every bench."""
+    on_cuda = kind(device) == 'cuda'
+    return {'device': device, 'device_detail': torch.cuda.get_device_name(device) if on_cuda else cpu_model(),
+            'threads': torch.get_num_threads(), 'cpu_capability': torch.backends.cpu.get_cpu_capability(),
+            'torch': torch.__version__, 'cuda': torch.version.cuda if on_cuda else None,
+            'python': platform.python_version(), 'os': platform.system(), 'cpus': os.cpu_count()}

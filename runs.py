@@ -1,0 +1,273 @@
+"""
+A run folder (out_dir) and what lies in it:
+
+    config.json   the resolved configuration, with the machine it ran on (devices.environment)
+    log.jsonl     one JSON object a line: a 'meta' header, 'eval' rows every eval_interval,
+                  'train' rows every log_interval, a 'stop' row with the reason it ended
+    ckpt.pt       the latest checkpoint; best.pt the one of lowest val loss
+    .lock         held while a training writes here
+
+Checkpoints are written to a temporary file and renamed, so a kill at any moment leaves the previous
+one whole; they are read with weights_only=True, so loading one runs no code. This module also
+reads logs back for the tables and figures, and decides which runs form one series: runs whose
+configurations are equal apart from the keys in settings.NEUTRAL_KEYS.
+"""
+import contextlib
+import json
+import math
+import os
+import sys
+
+import torch
+
+from configurator import UsageError
+from model import BLOCKS, CharLM, ModelConfig, keys_unused_by
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_KEYS = {'model', 'optimizer', 'scaler', 'model_config', 'config', 'step', 'best_val_loss',
+                   'elapsed', 'tokens', 'rng', 'vocab'}
+LOG_FORMAT = 1
+RUN_FILES = ('ckpt.pt', 'best.pt', 'log.jsonl')
+
+
+class RunError(UsageError):
+    """A checkpoint or run folder that cannot be used: one line, with what to do."""
+
+
+def warn(message):
+    print(f'warning: {message}', file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(payload, path):
+    """Write to path.tmp, fsync, rename: a reader sees the old file or the new one, never half."""
+    tmp = path + '.tmp'
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError of its writer
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        kept = f'the previous {os.path.basename(path)} is intact' if os.path.exists(path) else 'no earlier checkpoint exists'
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else ' '.join(str(e).split())[:120]
+        raise RunError(f'could not write checkpoint {path} ({reason}); {kept}. '
+                       f'Free disk space or choose another --out_dir, then resume') from e
+
+
+def load_checkpoint(path, hint='train first with: python train.py CONFIG'):
+    """The checkpoint dict at path, or a RunError that says what is wrong with it."""
+    if not os.path.exists(path):
+        raise RunError(f'no checkpoint at {path}; {hint}')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)  # tensors and plain data only: runs no code
+    except Exception as e:
+        if 'unsupported global' in str(e).lower():  # the file names a Python callable for the unpickler to run
+            raise RunError(f'{path} is unsafe: it holds Python objects beyond tensors and plain data, which '
+                           f'loading would run as code; it was not loaded. Use a checkpoint this project '
+                           f'wrote') from None
+        raise RunError(f'{path} is not a readable checkpoint (truncated or corrupt? {type(e).__name__}); '
+                       f'use the other checkpoint of the run (ckpt.pt / best.pt) or train again') from e
+    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT or not CHECKPOINT_KEYS <= ckpt.keys():
+        raise RunError(f'{path} is not a checkpoint of this project (format {CHECKPOINT_FORMAT})')
+    return ckpt
+
+
+def model_from_checkpoint(ckpt):
+    try:
+        model = CharLM(ModelConfig(**ckpt['model_config']))
+        model.load_state_dict(ckpt['model'])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise RunError(f"the checkpoint's weights do not fit its model_config ({type(e).__name__}); "
+                       f'use the other checkpoint of the run or train again') from None
+    return model
+
+
+def check_resumable(ckpt, model_config, meta):
+    """Resuming with another block, width or vocabulary would fail deep inside load_state_dict."""
+    saved = ckpt['model_config']
+    differ = [f'{k}: checkpoint {saved[k]!r}, now {v!r}' for k, v in model_config.asdict().items()
+              if k in saved and saved[k] != v and k not in ('dropout', 'scan_backend', 'scan_chunk_elems')]
+    if differ:
+        raise RunError('the checkpoint was trained with another model configuration (' + '; '.join(differ) +
+                       '); resume with the config the run started with, or train into a new --out_dir')
+    if ckpt['vocab']['itos'] != meta['itos']:
+        raise RunError('the checkpoint was trained on another vocabulary; resume with its --dataset')
+
+
+def finished_files(out_dir):
+    """The files of an earlier run in out_dir that a fresh start would replace."""
+    return [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))]
+
+
+# ----------------------------------------------------------------------------- the lock
+
+try:
+    import fcntl
+
+    def _lock(file):
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except ImportError:  # Windows
+    import msvcrt
+
+    def _lock(file):
+        file.seek(0)
+        try:
+            msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            raise BlockingIOError from None
+
+
+@contextlib.contextmanager
+def out_dir_lock(out_dir):
+    """Held while a training runs: a second one in the same out_dir would overwrite its log and
+    checkpoints. The lock is the kernel's (flock; msvcrt on Windows), so a killed run never leaves it."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, '.lock'), 'a+')
+    except OSError as e:
+        raise RunError(f'cannot write to out_dir {out_dir} ({e.strerror}); choose another --out_dir') from None
+    with lock:
+        try:
+            _lock(lock)
+        except BlockingIOError:
+            lock.seek(0)
+            raise RunError(f'out_dir {out_dir} is in use by another training (process {lock.read().strip()}); '
+                           f'wait for it to end, or choose another --out_dir') from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
+# ----------------------------------------------------------------------------- the log
+
+def read_rows(log_path):
+    """The log's rows that are JSON objects; any other line (cut short by a kill, damaged) is named and skipped."""
+    rows = []
+    with open(log_path, encoding='utf-8', errors='replace') as f:
+        for number, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            elif line.strip():
+                warn(f'{log_path}:{number}: unreadable line skipped (a write cut short?)')
+    return rows
+
+
+def is_step(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class RunLog:
+    """out_dir/log.jsonl, the record plot_curves.py reads; one JSON object a line."""
+
+    def __init__(self, path, resume_step=None):
+        """A fresh log, or with resume_step, the old one cut back to what that checkpoint had seen."""
+        self.path = path
+        if resume_step is not None and os.path.exists(path):
+            self._truncate_after(resume_step)
+        self.file = open(path, 'a' if resume_step is not None else 'w')
+
+    def _truncate_after(self, step):
+        """Drop what the interrupted run logged past its checkpoint: the resumed run logs it again."""
+        kept = [row for row in read_rows(self.path)
+                if row.get('kind') == 'meta' or (is_step(row.get('step')) and (
+                    row['step'] < step or (row.get('kind') == 'train' and row['step'] == step)))]
+        with open(self.path + '.tmp', 'w') as f:
+            f.writelines(json.dumps(row) + '\n' for row in kept)
+        os.replace(self.path + '.tmp', self.path)
+
+    def write(self, **row):
+        self.file.write(json.dumps(row) + '\n')
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+def read_run(path):
+    """A run's meta, eval rows and train rows from its log; None (with a warning) if unusable."""
+    log_path = path if path.endswith('.jsonl') else os.path.join(path, 'log.jsonl')
+    if not os.path.isfile(log_path):
+        warn(f'skipping {path}: no log.jsonl there')
+        return None
+    rows = read_rows(log_path)
+    meta = next((r for r in rows if r.get('kind') == 'meta'), None)
+    if meta is None or meta.get('format') != LOG_FORMAT or not isinstance(meta.get('config'), dict):
+        warn(f'skipping {log_path}: no log header of format {LOG_FORMAT} (an older or foreign log)')
+        return None
+    evals = [r for r in rows if r.get('kind') == 'eval' and is_step(r.get('step')) and is_number(r.get('val_loss'))]
+    trains = [r for r in rows if r.get('kind') == 'train' and is_step(r.get('step')) and is_number(r.get('ms_per_iter'))]
+    dropped = sum(r.get('kind') == 'eval' for r in rows) - len(evals)
+    if dropped:
+        warn(f'{log_path}: {dropped} eval row(s) without a whole step and a finite val loss skipped')
+    if not evals:
+        warn(f'skipping {log_path}: no evaluation rows with a finite val loss')
+        return None
+    return {'path': log_path, 'real_path': os.path.realpath(log_path), 'block': meta.get('block', '?'),
+            'params': meta.get('params'), 'config': meta['config'],
+            'evals': sorted(evals, key=lambda r: r['step']), 'trains': trains}
+
+
+# ----------------------------------------------------------------------------- series
+
+def identity(config, neutral):
+    """What makes a run's curve: its configuration without the neutral keys and the keys its block
+    does not read. Runs with equal identities are seeds of one series."""
+    unused = keys_unused_by(config.get('block'))
+    return {k: v for k, v in config.items() if k not in neutral and k not in unused}
+
+
+def group_series(runs, neutral):
+    """[(label, [runs])]: one series per distinct identity, in the order first seen; a run named twice
+    (or through a link) counts once, and runs with the same seed in one series count once, each with
+    a warning. Within a block whose runs form several series, each label names what differs."""
+    seen, unique = set(), []
+    for run in runs:
+        if run['real_path'] in seen:
+            warn(f"{run['path']} is named twice (or through a link): counted once")
+            continue
+        seen.add(run['real_path'])
+        unique.append(run)
+    series = {}
+    for run in unique:
+        key = json.dumps(identity(run['config'], neutral), sort_keys=True, default=str)
+        members = series.setdefault(key, [])
+        if any(m['config'].get('seed') == run['config'].get('seed') for m in members):
+            warn(f"{run['path']}: seed {run['config'].get('seed')} is already in its series: counted once")
+            continue
+        members.append(run)
+    groups = list(series.values())
+    labelled = [(series_label(members, groups, neutral), members) for members in groups]
+    for block in dict.fromkeys(m[0]['block'] for m in groups):
+        labels = [label for label, members in labelled if members[0]['block'] == block]
+        if len(labels) > 1:
+            warn(f"the {block} runs differ in more than their seed: {len(labels)} series ({'; '.join(labels)})")
+    return labelled
+
+
+def series_label(members, groups, neutral):
+    """The block's display name, and where the block has other series, the keys in which they differ."""
+    block = members[0]['block']
+    name = BLOCKS[block].display if block in BLOCKS else block
+    same_block = [identity(g[0]['config'], neutral) for g in groups if g[0]['block'] == block]
+    if len(same_block) == 1:
+        return name
+    mine = identity(members[0]['config'], neutral)
+    differing = sorted(k for k in set().union(*same_block) if len({json.dumps(s.get(k), default=str) for s in same_block}) > 1)
+    return name + ' ' + ' '.join(f'{k}={short(mine.get(k))}' for k in differing)
+
+
+def short(value):
+    return f'{value:g}' if isinstance(value, float) else str(value)

@@ -1,0 +1,99 @@
+"""A block is declared once: a toy block registered here, in this file only, trains, samples, is
+scored, plotted and benchmarked through the scripts, with no other file changed."""
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+import bench
+import evaluate
+import plot_curves
+import sample
+import scan
+import train
+from conftest import TINY, read_log
+from model import BLOCKS, BlockSpec, Key, at_least, keys_unused_by, model_keys, register
+
+
+class MovingAverage(nn.Module):
+    """h_t = decay * h_{t-1} + (1 - decay) * W x_t, on the project's scan: the smallest recurrent mixer."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.decay = config.toy_decay
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.out = nn.Linear(config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x, state=None):
+        b = (1 - self.decay) * self.proj(x)
+        h = scan.linear_scan(torch.full_like(b, self.decay), b, h0=state, backend='sequential')
+        return self.out(h), h[:, -1]
+
+    def step(self, x, state):
+        h = (1 - self.decay) * self.proj(x) + (0 if state is None else self.decay * state)
+        return self.out(h), h
+
+
+@pytest.fixture
+def toy_block(tmp_path):
+    config = tmp_path / 'toy_cpu.py'
+    config.write_text("block = 'toy'\nn_layer = 2\nn_embd = 32\nblock_size = 32\nbatch_size = 8\n"
+                      "toy_decay = 0.8\nmax_iters = 30\neval_interval = 10\n")
+    spec = register(BlockSpec('toy', 'Toy', MovingAverage, 'tab:cyan',
+                              keys={'toy_decay': Key(0.9, 'how much of the state a step keeps', ok=lambda v: 0 < v < 1,
+                                                     rule='in (0, 1)')},
+                              configs={'cpu': str(config)}))
+    yield spec
+    del BLOCKS['toy']
+
+
+def test_a_block_declared_in_one_place_goes_through_every_script(toy_block, tmp_path, tiny_dataset, capsys):
+    assert 'toy_decay' in model_keys() and 'toy_decay' in keys_unused_by('mingru')
+    run = str(tmp_path / 'run')
+    args = [toy_block.configs['cpu'], f'--dataset={tiny_dataset}', f'--out_dir={run}', *TINY, '--n_layer=2']
+    result = train.main(args)
+    evals = read_log(run, 'eval')
+    assert result['step'] == 30 and evals[-1]['val_loss'] < evals[0]['val_loss']
+    assert read_log(run, 'meta')[0]['config']['toy_decay'] == 0.8
+
+    with pytest.raises(SystemExit, match='toy_decay must be in \\(0, 1\\)'):
+        train.main([*args, '--toy_decay=1.5', '--out_dir=' + str(tmp_path / 'bad')])
+
+    text = sample.sample(sample.parse_args([f'--out_dir={run}', '--max_new_tokens=20', '--device=cpu']),
+                         write=lambda s: None)
+    assert len(text[0]) == 20
+
+    rows, _ = evaluate.main([run, '--out', str(tmp_path / 'context'), '--device=cpu'])
+    assert {r['series'] for r in rows} == {'Toy'} and any(r['how'] == 'carried' for r in rows)
+
+    table = plot_curves.main([run, '--out', str(tmp_path / 'plots')])
+    assert table[0]['series'] == 'Toy' and table[0]['paper_test_loss'] is None
+    assert os.path.exists(tmp_path / 'plots' / 'curves_step.png')
+
+    out = bench.main(['--quick', '--parts', 'recipe', 'generate', '--out', str(tmp_path / 'bench'), '--device=cpu'])
+    recipe = open(os.path.join(out, 'recipe.csv')).read()
+    assert '\ntoy,' in recipe and 'transformer' in recipe
+    assert '\ntoy,' in open(os.path.join(out, 'generate.csv')).read()
+
+
+def test_a_key_declared_twice_differently_is_refused():
+    with pytest.raises(ValueError, match="declares key 'expansion' differently"):
+        register(BlockSpec('twice', 'Twice', MovingAverage, 'tab:cyan', keys={'expansion': Key(2.0, 'another')}))
+    assert 'twice' not in BLOCKS
+
+
+def test_a_mixer_without_its_residual_projection_is_refused(toy_block):
+    from model import CharLM, ModelConfig
+
+    class NoOut(MovingAverage):
+        def __init__(self, config):
+            super().__init__(config)
+            del self.out
+
+    register(BlockSpec('noout', 'NoOut', NoOut, 'tab:cyan', keys={'toy_decay': toy_block.keys['toy_decay']}))
+    try:
+        with pytest.raises(TypeError, match='must end in an nn.Linear named `out`'):
+            CharLM(ModelConfig(block='noout', n_embd=8, n_layer=1))
+    finally:
+        del BLOCKS['noout']
