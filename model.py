@@ -8,6 +8,7 @@ declaration and name no block themselves (docs/code.md, "Adding a block").
     'mingru'       minGRU   (Feng et al. 2024, "Were RNNs All We Needed?", section 3.1)
     'minlstm'      minLSTM  (same paper, section 3.2)
     'mamba'        a plain-PyTorch selective SSM (Gu and Dao 2023, "Mamba", Algorithm 2)
+    'gru', 'lstm'  the full GRU and LSTM that minGRU and minLSTM simplify (torch.nn.GRU / nn.LSTM)
 
 Every model is: token embedding -> n_layer residual pre-norm blocks -> final norm -> output head
 tied to the embedding. A block is  x + mixer(norm(x))  then, when ff_mult > 0,  x + ff(norm(x)).
@@ -544,6 +545,51 @@ class Mamba(nn.Module):
         return self.dropout(self.out((y * F.silu(widen(z))).to(u.dtype))), (h, window)
 
 
+# ----------------------------------------------------------------------------- GRU / LSTM
+
+class LibraryRNN(nn.Module):
+    """A full gated RNN (torch.nn.GRU or nn.LSTM: cuDNN on a GPU, oneDNN on a CPU) as a mixer, in the
+    same layer as minGRU / minLSTM: optional causal conv, the recurrence at width expansion * n_embd,
+    and the projection `out` back to n_embd. Its gates read h_{t-1}, which is what the paper removes:
+    no scan applies, so training runs the T steps one after another inside the library. The state is
+    the library's (h, or (h, c) for the LSTM), so a sequence can be continued in chunks; step() is
+    forward on one time step, O(1) in the sequence's length."""
+    rnn_class = None
+
+    def __init__(self, config):
+        super().__init__()
+        d, hidden = config.n_embd, round(config.expansion * config.n_embd)
+        self.conv = CausalDepthwiseConv(d, config.conv_kernel) if config.conv_kernel else None
+        self.rnn = self.rnn_class(d, hidden, batch_first=True)  # the library's own initialisation, kept
+        self.out = nn.Linear(hidden, d, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, state=None):
+        h0, window = state if state is not None else (None, None)
+        if self.conv is not None:
+            x, window = self.conv(x, window)
+        y, h = self.rnn(x, h0)
+        return self.dropout(self.out(y)), (h, window)
+
+    def step(self, x, state):
+        y, state = self(x.unsqueeze(1), state)
+        return y.squeeze(1), state
+
+
+class GRU(LibraryRNN):
+    """The GRU that minGRU simplifies (Cho et al. 2014; torch.nn.GRU's equations):
+        r_t = sigmoid(W_ir x_t + W_hr h_{t-1}),   z_t = sigmoid(W_iz x_t + W_hz h_{t-1}),
+        n_t = tanh(W_in x_t + r_t * (W_hn h_{t-1})),   h_t = (1 - z_t) n_t + z_t h_{t-1}."""
+    rnn_class = nn.GRU
+
+
+class LSTM(LibraryRNN):
+    """The LSTM that minLSTM simplifies (Hochreiter and Schmidhuber 1997; torch.nn.LSTM's equations):
+        i, f, o = sigmoid(W x_t + U h_{t-1}),   c~_t = tanh(W_c x_t + U_c h_{t-1}),
+        c_t = f c_{t-1} + i c~_t,   h_t = o tanh(c_t)."""
+    rnn_class = nn.LSTM
+
+
 # ----------------------------------------------------------------------------- the block registry
 
 @dataclass(frozen=True)
@@ -629,6 +675,10 @@ register(BlockSpec('mamba', 'Mamba', Mamba, 'tab:red', keys={
     'scan_chunk_elems': Key(1 << 26, 'above batch*time*channels*d_state elements, the plain scan runs channel '
                                      'chunks with recomputation in backward (bounds activation memory)', **at_least(1)),
 }, paper=(1.575, 400), configs=configs_of('mamba')))
+register(BlockSpec('gru', 'GRU', GRU, 'tab:purple', keys={'expansion': EXPANSION, 'conv_kernel': CONV_KERNEL},
+                   check=width_check, configs=configs_of('gru')))
+register(BlockSpec('lstm', 'LSTM', LSTM, 'tab:brown', keys={'expansion': EXPANSION, 'conv_kernel': CONV_KERNEL},
+                   check=width_check, configs=configs_of('lstm')))
 
 
 # ----------------------------------------------------------------------------- the model

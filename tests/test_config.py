@@ -53,7 +53,7 @@ def test_malformed_argument():
     (['config/nope.py'], 'does not exist'),
     (['--batch_sise=3'], 'unknown config key'),
     (['--n_layer=two'], 'expects int'),
-    (['--block=gru'], "unknown block 'gru'; choose one of transformer, mingru, minlstm, mamba"),
+    (['--block=rwkv'], "unknown block 'rwkv'; choose one of transformer, mingru, minlstm, mamba, gru, lstm"),
 ])
 def test_train_reports_config_errors_in_one_line(args, message):
     result = run_script('train.py', *args, '--device=cpu', '--progress=False')

@@ -28,7 +28,8 @@ def stepwise_losses(model, tokens, context=None):
     return losses
 
 
-@pytest.mark.parametrize('block, overrides', [('mingru', {'conv_kernel': 4}), ('minlstm', {}), ('mamba', {'ff_mult': 0})])
+@pytest.mark.parametrize('block, overrides', [('mingru', {'conv_kernel': 4}), ('minlstm', {}), ('mamba', {'ff_mult': 0}),
+                                              ('gru', {}), ('lstm', {'conv_kernel': 4})])
 def test_carried_state_scores_every_token_from_everything_before_it(block, overrides):
     model = tiny_model(block, **overrides)
     with torch.no_grad():

@@ -8,7 +8,8 @@ from model import (BLOCKS, CausalDepthwiseConv, SiLUGate, Softplus, CharLM, Mamb
                    MinLSTMCoefficients, ModelConfig, ShiftedSum, g, log_g)
 
 VARIANTS = [('transformer', {}), ('mingru', {}), ('mingru', {'conv_kernel': 4}), ('minlstm', {}),
-            ('minlstm', {'conv_kernel': 3, 'norm': 'rmsnorm'}), ('mamba', {'ff_mult': 0})]
+            ('minlstm', {'conv_kernel': 3, 'norm': 'rmsnorm'}), ('mamba', {'ff_mult': 0}), ('gru', {}),
+            ('lstm', {'conv_kernel': 3})]
 IDS = [f'{b}-{"-".join(f"{k}{v}" for k, v in kw.items())}' for b, kw in VARIANTS]
 COMPILED = pytest.param('compiled', marks=pytest.mark.skipif(not cpu_kernels.available(),
                                                              reason='cpu_kernels.cpp does not build here'))
@@ -182,8 +183,8 @@ def test_g_is_the_papers_piecewise_function():
 
 
 def test_unknown_block_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown block 'gru'; choose one of " + ', '.join(BLOCKS)):
-        CharLM(ModelConfig(block='gru'))
+    with pytest.raises(ValueError, match="unknown block 'rwkv'; choose one of " + ', '.join(BLOCKS)):
+        CharLM(ModelConfig(block='rwkv'))
 
 
 def test_weight_tying_and_parameter_count():
@@ -346,3 +347,17 @@ def test_fused_selective_scan_gradcheck():
     D = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda *a: cpu_kernels.selective_scan(*a)[0], (x, delta, A, B, C, D, h0))
+
+
+# ----------------------------------------------------------------------------- the registry's configs
+
+@pytest.mark.parametrize('scale', ['cpu', 'paper'])
+def test_every_block_has_the_transformers_parameter_budget_at_each_scale(scale):
+    """The comparison is at one parameter count: every block's config file within 3% of the Transformer's."""
+    from settings import configure
+    counts = {}
+    for block, spec in BLOCKS.items():
+        config = configure([spec.configs[scale]])
+        counts[block] = CharLM(ModelConfig.from_dict({**config, 'vocab_size': 65})).num_params()
+    for block, count in counts.items():
+        assert abs(count / counts['transformer'] - 1) < 0.03, (block, count, counts['transformer'])
