@@ -39,7 +39,7 @@ from tqdm import tqdm
 import devices
 import report
 import settings
-from configurator import ArgumentParser, resolve, run_cli
+from configurator import ArgumentParser, UsageError, resolve, run_cli
 from model import BLOCKS, CausalSelfAttention, CharLM, Mamba, MinGRU, MinLSTM, ModelConfig
 from scan import BACKENDS, resolve_backend
 
@@ -302,7 +302,8 @@ def ratio_rows(train_rows, auto_backend):
 BLOCK_COLOURS = {'minGRU': 'tab:orange', 'minLSTM': 'tab:green', 'GRU': 'tab:purple', 'LSTM': 'tab:brown',
                  'Mamba': 'tab:red', 'attention': 'tab:blue'}
 BACKEND_STYLES = {'log': ('-', 'o'), 'sequential': ('--', 's'), 'compiled': ('-.', 'D'), 'triton': ('-', '^'),
-                  'auto': ('-', 'o'), 'loop': (':', 'v'), 'nn': ((0, (5, 1)), 'x'), '': ('-', 'o')}
+                  'auto': ('-', 'o'), 'loop': (':', 'v'), 'nn': ((0, (5, 1)), 'x'), '': ('-', 'o'),
+                  'unfused': ((0, (1, 1)), 'P')}  # Mamba before its fused selective scan (older result folders)
 
 
 def variant_style(variant):
@@ -365,6 +366,12 @@ def parse_args(argv=None):
     parser.add_argument('--quick', action='store_true', help='tiny sizes: checks the script, measures nothing useful')
     parser.add_argument('--replot', metavar='FOLDER', help='measure nothing: redraw the figures of FOLDER from its CSVs')
     args = parser.parse_args(argv)
+    for name in ('lengths', 'positions', 'batch', 'width', 'repeats', 'window', 'recipe_rounds', 'recipe_steps'):
+        values = getattr(args, name) if isinstance(getattr(args, name), list) else [getattr(args, name)]
+        if min(values) < 1:
+            parser.error(f'--{name} must be >= 1, got {min(values)}')
+    if not 0 < args.seconds_per_point < float('inf'):
+        parser.error(f'--seconds_per_point must be a finite number > 0, got {args.seconds_per_point}')
     if args.quick:
         args.lengths, args.positions, args.batch, args.width = [16, 32], [10, 100], 4, 32
         args.repeats, args.window, args.recipe_rounds, args.recipe_steps = 1, 3, 1, 1
@@ -374,8 +381,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.replot:
-        with open(os.path.join(args.replot, 'env.json')) as f:
-            name = json.load(f)['device']
+        try:
+            with open(os.path.join(args.replot, 'env.json')) as f:
+                name = json.load(f)['device']
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UsageError(f'{args.replot}/env.json is missing or damaged ({type(e).__name__}); give a folder '
+                             f'that bench.py wrote') from None
         plot(report.read_csv(os.path.join(args.replot, 'train.csv')),
              report.read_csv(os.path.join(args.replot, 'generate.csv')), args.replot, name)
         print(f'redrew the figures of {args.replot}/')

@@ -58,8 +58,11 @@ def _read_config_file(path):
         listing = f"; files in {folder}/: {', '.join(choices)}" if choices else ''
         raise ConfigError(f'config file {path!r} does not exist{listing}')
     namespace = {}
-    with open(path) as f:
-        source = f.read()
+    try:
+        with open(path, encoding='utf-8') as f:
+            source = f.read()
+    except UnicodeDecodeError:
+        raise ConfigError(f'config file {path!r} is not UTF-8 text: a config file is Python assignments') from None
     try:
         exec(compile(source, path, 'exec'), namespace)
     except (Exception, SystemExit) as e:  # a config file is user code (sys.exit too): name it in the message
@@ -77,6 +80,8 @@ def resolve(defaults, args):
             if not sep:
                 following = args[i + 1] if i + 1 < len(args) else None
                 hint = f'; write --{key}={following}' if following and key in defaults else ''
+                if isinstance(defaults.get(key), bool) and not (following and not following.startswith('--')):
+                    hint = f'; write --{key}=True'
                 raise ConfigError(f'expected --key=value, got {arg!r}{hint} (python train.py --help lists the keys)')
             updates = {key: _parse_value(text)}
         else:

@@ -12,12 +12,15 @@ tests/test_model.py):
 Where it cannot be built, scan_backend='auto' falls back to 'sequential' with one warning, and
 scan_backend='compiled' raises an error that names the fix.
 """
+import contextlib
 import hashlib
 import importlib.util
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 
@@ -74,13 +77,38 @@ def _load_or_build():
     _remove_abandoned_builds(root)
     _put_ninja_on_path()
     private = tempfile.mkdtemp(prefix=f'{name}.building-', dir=root)
-    module = load_extension(name, [_SOURCE], build_directory=private, extra_ldflags=['-fopenmp'],
-                            extra_cflags=flags)
+    print('building the C++ CPU kernels (cpu_kernels.cpp): once for this source and torch, about a minute ...',
+          file=sys.stderr, flush=True)
+    with _interrupt_recorded() as interrupted:
+        try:
+            module = load_extension(name, [_SOURCE], build_directory=private, extra_ldflags=['-fopenmp'],
+                                    extra_cflags=flags)
+        except Exception:
+            shutil.rmtree(private, ignore_errors=True)
+            if interrupted:  # Ctrl-C reached the compiler too: an interruption, not a missing compiler
+                raise KeyboardInterrupt from None
+            raise
     try:
         os.rename(private, final)
     except OSError:  # another process finished the same build first: keep its copy
         shutil.rmtree(private, ignore_errors=True)
+    if interrupted:
+        raise KeyboardInterrupt  # the build finished and is kept; the run stops as asked
     return module
+
+
+@contextlib.contextmanager
+def _interrupt_recorded():
+    """SIGINT during a build is recorded (the list becomes non-empty) rather than raised mid-way."""
+    interrupted = []
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _import_library(name, path):
@@ -122,10 +150,14 @@ def available():
 
 
 def _check(*tensors):
+    """A clear error, not a signal from the C++ loops, for tensors they cannot take."""
     for t in tensors:
         if t is not None and (t.device.type != 'cpu' or t.dtype not in (torch.float32, torch.float64)):
             raise ValueError(f"scan_backend='compiled' runs on CPU float32 / float64 tensors, got {t.dtype} "
                              f"on {t.device}; use scan_backend='auto' on other devices")
+        if t is not None and t.numel() == 0:
+            raise ValueError(f'the compiled kernels need a batch, a time and a width of at least 1, got a tensor '
+                             f'of shape {tuple(t.shape)}')
 
 
 class CompiledScan(torch.autograd.Function):

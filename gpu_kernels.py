@@ -44,6 +44,9 @@ def check(*tensors):
         if t is not None and t.device.type != 'cuda' and not INTERPRETED:
             raise ValueError(f"scan_backend='triton' runs on CUDA tensors, got them on {t.device}; "
                              "use scan_backend='auto' on other devices")
+        if t is not None and t.numel() == 0:
+            raise ValueError(f'the Triton kernels need a batch, a time and a width of at least 1, got a tensor '
+                             f'of shape {tuple(t.shape)}')
 
 
 def _float32(*tensors):

@@ -746,6 +746,8 @@ class CharLM(nn.Module):
         are given (None: a new sequence). Returns logits, the mean loss (or None) and the states
         after the last token."""
         T = idx.shape[1]
+        if idx.numel() == 0:
+            raise ValueError(f'a batch needs at least one sequence of at least one token, got shape {tuple(idx.shape)}')
         states = states or [None] * len(self.blocks)
         x = self.tok_emb(idx)
         if self.pos_emb is not None:

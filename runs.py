@@ -77,12 +77,21 @@ def load_checkpoint(path, hint='train first with: python train.py CONFIG'):
 
 
 def model_from_checkpoint(ckpt):
+    """The model a checkpoint holds, checked: its weights fit its config, are finite, and its
+    vocabulary covers every output."""
     try:
         model = CharLM(ModelConfig(**ckpt['model_config']))
         model.load_state_dict(ckpt['model'])
     except (TypeError, ValueError, RuntimeError) as e:
         raise RunError(f"the checkpoint's weights do not fit its model_config ({type(e).__name__}); "
                        f'use the other checkpoint of the run or train again') from None
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise RunError("the checkpoint's weights are not all finite (a diverged run?); use the other checkpoint "
+                       'of the run, or train again with a lower --learning_rate')
+    itos = ckpt['vocab'].get('itos') if isinstance(ckpt.get('vocab'), dict) else None
+    if not isinstance(itos, dict) or set(itos) != set(range(model.config.vocab_size)):
+        raise RunError(f"the checkpoint's vocabulary does not cover the model's {model.config.vocab_size} tokens; "
+                       f'use a checkpoint this project wrote')
     return model
 
 
@@ -184,9 +193,15 @@ class RunLog:
         kept = [row for row in read_rows(self.path)
                 if row.get('kind') == 'meta' or (is_step(row.get('step')) and (
                     row['step'] < step or (row.get('kind') == 'train' and row['step'] == step)))]
-        with open(self.path + '.tmp', 'w') as f:
-            f.writelines(json.dumps(row) + '\n' for row in kept)
-        os.replace(self.path + '.tmp', self.path)
+        try:
+            with open(self.path + '.tmp', 'w') as f:
+                f.writelines(json.dumps(row) + '\n' for row in kept)
+            os.replace(self.path + '.tmp', self.path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.remove(self.path + '.tmp')
+            raise RunError(f'could not rewrite {self.path} ({e.strerror}); it is unchanged. Free disk space or '
+                           f'choose another --out_dir, then resume') from None
 
     def write(self, **row):
         self.file.write(json.dumps(row) + '\n')

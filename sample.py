@@ -68,12 +68,14 @@ def encode_prompt(start, stoi):
 
 def sample(args, write=sys.stdout.write):
     """Generate args.num_samples texts; write() receives each piece as it is produced. Returns them."""
+    device = devices.resolve(args.device)  # before the checkpoint: a bad --device is the first thing to hear
     name = 'best.pt' if args.checkpoint == 'best' else 'ckpt.pt'
-    ckpt = load_checkpoint(os.path.join(args.out_dir, name),
-                           hint=f'train a model into {args.out_dir} first (python train.py CONFIG --out_dir={args.out_dir})')
+    other = os.path.join(args.out_dir, 'ckpt.pt' if name == 'best.pt' else 'best.pt')
+    hint = (f"use it with --checkpoint={'latest' if name == 'best.pt' else 'best'}" if os.path.exists(other) else
+            f'train a model into {args.out_dir} first (python train.py CONFIG --out_dir={args.out_dir})')
+    ckpt = load_checkpoint(os.path.join(args.out_dir, name), hint=hint)
     stoi, itos = ckpt['vocab']['stoi'], ckpt['vocab']['itos']
     ids = encode_prompt(args.start, stoi)
-    device = devices.resolve(args.device)
     prompt, prompt_text = torch.tensor([ids], device=device), ''.join(itos[i] for i in ids)
     model = model_from_checkpoint(ckpt).to(device).eval()
     generator = torch.Generator(device=device).manual_seed(args.seed)

@@ -88,14 +88,53 @@ def schedule_changes(saved, config, step):
             f'{learning_rate_at(step, config):.2e} (the run had {before:.2e})')
 
 
+def free_memory(device):
+    """Bytes this device can still allocate (a CPU: the system's available memory); None if unknown."""
+    if devices.kind(device) == 'cuda':
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):  # not on every system (macOS, Windows)
+        return None
+
+
+def check_memory(model_config, batch_size, device):
+    """Refuse, in one line, a configuration whose parameters and activations cannot fit, before any
+    allocation. A lower bound: float32 weights, gradients and AdamW's two moments (16 bytes a
+    parameter), and 24 floats of activations per token, layer and unit of width."""
+    try:
+        with torch.device('meta'):  # shapes only: no memory
+            params = CharLM(model_config).num_params()
+    except RuntimeError as e:  # a tensor whose size overflows 64 bits
+        raise TrainingError(f"this configuration's tensors are too large for any machine ({str(e)[:80]}); lower "
+                            f"n_embd (now {model_config.n_embd}), n_layer or the block's width keys") from None
+    weights = 16 * params
+    activations = 4 * 24 * batch_size * model_config.block_size * model_config.n_layer * model_config.n_embd
+    free = free_memory(device)
+    if free is None or weights + activations <= free:
+        return
+    gib = lambda n: f'{n / 2 ** 30:,.1f} GiB'
+    culprit = (f'{params:,} parameters (n_embd={model_config.n_embd}, n_layer={model_config.n_layer} and the '
+               f"block's width keys)" if weights >= activations else
+               f'activations of batch_size={batch_size} x block_size={model_config.block_size}')
+    raise TrainingError(f'this configuration needs at least {gib(weights + activations)} ({culprit}), more than the '
+                        f'{gib(free)} free on {device}; lower those keys')
+
+
+class StopNow(Exception):
+    """A signal during an evaluation: the run stops without waiting for it to finish."""
+
+
 class StopRequest:
     """Why the loop should stop after the current step: SIGINT / SIGTERM (save a checkpoint and exit),
-    or max_seconds of wall time spent (evaluate, save and exit, as at max_iters). A second signal ends
-    the process at once."""
+    or max_seconds of wall time spent (evaluate, save and exit, as at max_iters). Inside
+    interruptible() (an evaluation, which can take minutes) a signal stops at once; a second signal
+    ends the process at once."""
 
     def __init__(self, max_seconds=0):
         self.signal = None
         self.previous = {}
+        self.immediate = False
         self.deadline = time.monotonic() + max_seconds if max_seconds else None
 
     def __enter__(self):
@@ -108,6 +147,19 @@ class StopRequest:
         if self.signal is not None:  # the second one: the user means now
             os._exit(128 + signum)
         self.signal = signal.Signals(signum).name
+        if self.immediate:
+            raise StopNow
+
+    @contextlib.contextmanager
+    def interruptible(self, allowed=True):
+        """A stretch of work (no file written in it) that a signal may cut short."""
+        self.immediate = allowed
+        try:
+            if allowed and self.signal:
+                raise StopNow
+            yield
+        finally:
+            self.immediate = False
 
     def requested(self, world, device):
         """The signal's name, 'max_seconds' or None, the same in every process: all stop after the
@@ -142,6 +194,7 @@ class Training:
         self.data_generator = torch.Generator().manual_seed(config['seed'] + rank)
         self.train_data, self.val_data, self.meta = load_dataset(config['dataset'], config['block_size'])
         self.model_config = ModelConfig.from_dict({**config, 'vocab_size': self.meta['vocab_size']})
+        check_memory(self.model_config, config['batch_size'], device)
         self.raw_model = CharLM(self.model_config).to(device)
         self.optimizer = self.raw_model.configure_optimizer(config['weight_decay'], config['learning_rate'],
                                                             (config['beta1'], config['beta2']), devices.kind(device))
@@ -151,6 +204,7 @@ class Training:
         self.bad_steps, self.window = 0, (0.0, 0)  # consecutive non-finite steps; (seconds, steps) since the last log
         if config['init_from'] == 'resume':
             self.resume()
+        self.first_step = self.step
         self.model = torch.compile(self.raw_model) if config['compile'] else self.raw_model
         self.eval_model = self.model  # compiled too, but outside DDP: evaluation needs no gradient sync
         if world > 1:
@@ -246,15 +300,20 @@ class Training:
 
     # ---- the loop's parts
 
-    def evaluate(self, lr, final):
-        """Score both splits, log them, save best.pt on improvement and ckpt.pt (eval_only: nothing)."""
+    def evaluate(self, lr, final, stop):
+        """Score both splits, log them, save best.pt on improvement and ckpt.pt (eval_only: nothing).
+        A signal during the scoring (one process) stops it at once: StopNow."""
         t0, config = time.perf_counter(), self.config
         self.eval_model.eval()
-        train_loss = estimate_loss(self.eval_model, self.train_data, config['eval_iters'], config['batch_size'],
-                                   config['block_size'], config['seed'], self.device, self.autocast, self.rank, self.world)
-        val_loss = full_split_loss(self.eval_model, self.val_data, config['block_size'], config['batch_size'],
-                                   self.device, self.autocast, self.rank, self.world)
-        self.eval_model.train()
+        try:
+            with stop.interruptible(allowed=self.world == 1):
+                train_loss = estimate_loss(self.eval_model, self.train_data, config['eval_iters'], config['batch_size'],
+                                           config['block_size'], config['seed'], self.device, self.autocast,
+                                           self.rank, self.world)
+                val_loss = full_split_loss(self.eval_model, self.val_data, config['block_size'], config['batch_size'],
+                                           self.device, self.autocast, self.rank, self.world)
+        finally:
+            self.eval_model.train()
         if self.master:
             tqdm.write(f'step {self.step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}')
         if config['eval_only']:
@@ -310,6 +369,11 @@ class Training:
         self.tokens_seen += self.tokens_per_step
         self.elapsed += seconds
         self.window = (self.window[0] + seconds, self.window[1] + 1)
+        remaining_hours = seconds * (self.config['max_iters'] - self.step) / 3600
+        if self.master and self.window[1] == 1 and self.step == self.first_step + 1 and remaining_hours > 2:
+            tqdm.write(f"warning: at {seconds:.1f} s a step on {self.device}, the {self.config['max_iters'] - self.step} "
+                       f'steps left take about {remaining_hours:.0f} hours (measured on the first step); a config '
+                       f'for this device, or --max_seconds, bounds it')
         if self.master and self.step % self.config['log_interval'] == 0:
             ms = round(1000 * self.window[0] / self.window[1], 2)
             self.log.write(kind='train', step=self.step, loss=loss_value, lr=lr, ms_per_iter=ms)
@@ -336,7 +400,11 @@ class Training:
                 if self.step >= config['max_iters'] or config['eval_only']:
                     stopping = 'eval_only' if config['eval_only'] else 'max_iters'
                 if self.step % config['eval_interval'] == 0 or stopping:
-                    self.evaluate(lr, final=stopping)
+                    try:
+                        self.evaluate(lr, stopping, stop)
+                    except StopNow:
+                        interrupted = self.interrupt(stop.signal, bar)
+                        break
                 if stopping:
                     break
                 t0 = time.perf_counter()

@@ -324,3 +324,127 @@ def test_the_kernel_build_is_shared_by_every_checkout_of_the_same_source(tmp_pat
     result = subprocess.run([sys.executable, '-c', code], cwd=checkout, capture_output=True, text=True, timeout=600)
     assert result.stdout.strip() == library, result.stderr
     assert os.stat(library).st_mtime_ns == built  # loaded, not built again
+
+
+# ----------------------------------------------------------------------------- every script: devices, sizes, damage
+
+@pytest.mark.parametrize('script, args, fragment', [
+    ('sample.py', ['--device=bogus'], "unknown device 'bogus'"),
+    ('sample.py', ['--device=meta'], "unknown device 'meta'"),
+    ('sample.py', ['--device=cuda'], 'torch sees no CUDA GPU here'),
+    ('evaluate.py', ['--device=cuda:3', 'somewhere'], 'torch sees no CUDA GPU here'),
+    ('bench.py', ['--quick', '--device', 'bogus'], "unknown device 'bogus'"),
+    ('bench.py', ['--quick', '--device', 'cuda'], 'torch sees no CUDA GPU here'),
+    ('reproduce.py', ['--gpu_check'], '--gpu_check --dry_run rehearses it on a CPU'),
+    ('bench.py', ['--lengths', '0'], '--lengths must be >= 1'),
+    ('bench.py', ['--lengths', '-5'], '--lengths must be >= 1'),
+    ('bench.py', ['--repeats', '0'], '--repeats must be >= 1'),
+    ('bench.py', ['--positions', '-5'], '--positions must be >= 1'),
+    ('bench.py', ['--batch', '0'], '--batch must be >= 1'),
+    ('bench.py', ['--width', '0'], '--width must be >= 1'),
+    ('bench.py', ['--seconds_per_point', '-1'], '--seconds_per_point must be a finite number > 0'),
+    ('sample.py', ['--seed=1180591620717411303424'], '--seed must be in [0, 2^63)'),
+    ('sample.py', ['--temperature=inf'], 'for greedy decoding use --top_k=1'),
+    ('plot_curves.py', ['run', '--at', '-5'], '--at takes steps >= 0'),
+    ('train.py', ['--compile'], 'write --compile=True'),
+])
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CUDA cases need a machine without a GPU')
+def test_every_script_refuses_a_device_or_size_it_cannot_use_in_one_line(script, args, fragment):
+    assert_one_error_line(run_script(script, *args, timeout=120), fragment)
+
+
+@pytest.mark.parametrize('args, fragment', [
+    (['--n_embd=1200000000', '--n_head=1'], 'too large for any machine'),
+    (['--batch_size=1000000000000'], 'activations of batch_size=1000000000000'),
+    (['--block=mingru', '--expansion=1e12'], "parameters (n_embd=32, n_layer=2 and the block's width keys)"),
+    (['--block=mamba', '--d_state=1000000000000'], 'more than the'),
+    (['--block=mamba', '--dt_rank=1000000000000'], 'more than the'),
+])
+def test_a_size_that_cannot_fit_stops_before_allocating(tmp_path, tiny_dataset, args, fragment):
+    message = train_error(f'--dataset={tiny_dataset}', f'--out_dir={tmp_path / "run"}', *args)
+    assert fragment in message and not os.path.exists(tmp_path / 'run' / 'ckpt.pt')
+
+
+def test_empty_inputs_are_a_clear_error_not_a_signal():
+    import cpu_kernels
+    from model import CharLM, ModelConfig
+    model = CharLM(ModelConfig(block='mingru', n_embd=8, n_layer=1, vocab_size=5))
+    for shape in [(1, 0), (0, 4)]:
+        with pytest.raises(ValueError, match='at least one sequence of at least one token'):
+            model(torch.zeros(shape, dtype=torch.long))
+    if cpu_kernels.available():
+        with pytest.raises(ValueError, match='need a batch, a time and a width of at least 1'):
+            cpu_kernels.CompiledScan.apply(torch.zeros(2, 0, 3), torch.zeros(2, 0, 3), None)
+        with pytest.raises(ValueError, match='need a batch, a time and a width of at least 1'):
+            cpu_kernels.selective_scan(*(torch.zeros(0, 3, 4),) * 2, torch.zeros(4, 2), *(torch.zeros(0, 3, 2),) * 2,
+                                       torch.zeros(4))
+
+
+def test_a_binary_config_file(tmp_path):
+    (tmp_path / 'c.py').write_bytes(b'\xff\xfe\x00\x81' * 10)
+    assert_one_error_line(run_script('train.py', str(tmp_path / 'c.py')), 'is not UTF-8 text')
+
+
+def test_damaged_log_lines_are_skipped_with_a_warning_and_the_resume_goes_on(tmp_path, tiny_dataset, capsys):
+    out = str(tmp_path / 'run')
+    train.main([f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--max_iters=4', '--eval_interval=2'])
+    with open(os.path.join(out, 'log.jsonl'), 'ab') as f:
+        f.write(b'5\n[1, 2]\n{"kind": "eval", "step": "x"}\n{"kind": "eval", "step": true}\n\xff\xfe\x81\n')
+    result = train.main([f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--max_iters=6', '--eval_interval=2',
+                         '--init_from=resume'])
+    assert result['step'] == 6
+    err = capsys.readouterr().err
+    assert err.count('unreadable line skipped') == 3, err  # 5, [1, 2] and the binary line, each named
+    assert [r['step'] for r in read_log(out, 'eval')] == [0, 2, 4, 6]
+
+
+def test_sample_names_the_checkpoint_that_exists_and_refuses_a_broken_one(tmp_path, tiny_dataset):
+    out = tmp_path / 'run'
+    train.main([f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--max_iters=2', '--eval_interval=2'])
+    os.rename(out / 'best.pt', out / 'kept.pt')
+    assert_one_error_line(run_script('sample.py', f'--out_dir={out}', '--device=cpu'), 'use it with --checkpoint=latest')
+    ckpt = torch.load(out / 'kept.pt', weights_only=True)
+    broken = {**ckpt, 'model': {k: v * float('nan') for k, v in ckpt['model'].items()}}
+    torch.save(broken, out / 'best.pt')
+    assert_one_error_line(run_script('sample.py', f'--out_dir={out}', '--device=cpu'), 'not all finite')
+    short = {**ckpt, 'vocab': {'stoi': ckpt['vocab']['stoi'], 'itos': {0: 'a'}}}
+    torch.save(short, out / 'best.pt')
+    assert_one_error_line(run_script('sample.py', f'--out_dir={out}', '--device=cpu'), 'does not cover')
+
+
+def test_the_lock_and_the_scripts_work_without_fcntl(tmp_path, monkeypatch):
+    """Windows has no fcntl: runs.py locks with msvcrt there (a stand-in here records the call)."""
+    import importlib
+    import types
+    calls = []
+    fake = types.SimpleNamespace(LK_NBLCK=2, locking=lambda fd, mode, n: calls.append((mode, n)))
+    monkeypatch.setitem(sys.modules, 'fcntl', None)  # import fcntl now fails
+    monkeypatch.setitem(sys.modules, 'msvcrt', fake)
+    try:
+        windows_runs = importlib.reload(runs)
+        with windows_runs.out_dir_lock(str(tmp_path / 'run')):
+            assert calls == [(2, 1)]
+    finally:
+        monkeypatch.undo()
+        importlib.reload(runs)
+
+
+def test_a_signal_during_a_long_evaluation_stops_it_at_once(tmp_path, tiny_dataset):
+    """Step 0's evaluation of a large eval_iters takes minutes: SIGINT ends it within seconds, exit 130."""
+    out = tmp_path / 'run'
+    process = subprocess.Popen([sys.executable, 'train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY,
+                                '--eval_iters=1000000'], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, **interruptible())
+    try:
+        deadline = time.time() + 120
+        while not (out / 'log.jsonl').exists():
+            assert time.time() < deadline and process.poll() is None
+            time.sleep(0.1)
+        time.sleep(1)  # inside the evaluation now
+        process.send_signal(signal.SIGINT)
+        start = time.time()
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and time.time() - start < 20, stderr
+    assert 'SIGINT: saved' in stdout and runs.load_checkpoint(str(out / 'ckpt.pt'))['step'] == 0

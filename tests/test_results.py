@@ -12,6 +12,7 @@ import reproduce
 import train
 import dataset
 import runs
+from configurator import UsageError
 from conftest import TINY, read_log
 
 # val losses per seed at steps 0, 100, 200, 300, 400
@@ -222,3 +223,28 @@ def test_the_gpu_command_dry_run_on_a_cpu(tmp_path, tiny_dataset):
     assert table.count('\n') == 6 and '| Mamba | 1 |' in table
     assert '1.575' not in table  # the paper's numbers only beside runs on its dataset, not this tiny one
     assert (results / 'curves_step.png').stat().st_size > 0
+
+
+def test_only_the_committed_plan_writes_results_and_a_run_of_another_plan_is_not_resumed(tmp_path, tiny_dataset,
+                                                                                         capsys):
+    from types import SimpleNamespace
+    from model import BLOCKS
+    plan = lambda **kw: SimpleNamespace(**{'results': None, 'seeds': 3, 'blocks': list(BLOCKS), 'scale': 'cpu', **kw})
+    assert reproduce.results_folder(plan(), []) == os.path.join('results', 'cpu')
+    assert reproduce.results_folder(plan(), ['--max_iters=30']) == os.path.join('out', 'cpu', 'results')
+    assert reproduce.results_folder(plan(seeds=1), []) == os.path.join('out', 'cpu', 'results')
+    assert reproduce.results_folder(plan(blocks=['mingru']), []) == os.path.join('out', 'cpu', 'results')
+    assert reproduce.results_folder(plan(blocks=['mingru'], results='mine'), []) == 'mine'
+
+    args = ['--scale', 'cpu', '--seeds', '1', '--blocks', 'mingru', '--out_root', str(tmp_path / 'out'),
+            '--results', str(tmp_path / 'results'), '--', f'--dataset={tiny_dataset}', *TINY, '--eval_iters=2']
+    reproduce.main([*args, '--max_iters=4', '--eval_interval=2'])
+    with pytest.raises(UsageError, match=r'mingru_seed0 holds a run of another configuration \(lr_decay_iters: 4 '
+                                         r'there, 6 planned; max_iters: 4 there, 6 planned\); move it away'):
+        reproduce.main([*args, '--max_iters=6', '--eval_interval=2'])
+
+
+def test_dry_run_alone_is_an_error():
+    from conftest import run_script
+    result = run_script('reproduce.py', '--dry_run')
+    assert result.returncode != 0 and '--dry_run goes with --gpu_check' in result.stderr and result.stdout == ''

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -181,3 +182,53 @@ def test_training_on_the_real_text_learns(tmp_path):
     out_dir, _ = run_train(tmp_path, 'shakespeare_char', '--max_iters=40', '--eval_interval=40', '--learning_rate=3e-3')
     losses = evals(out_dir)
     assert losses[40][1] < losses[0][1] - 0.5  # from ln(65) = 4.17 towards the character statistics
+
+
+# ----------------------------------------------------------------------------- nothing finished is destroyed
+
+def test_a_fresh_start_never_replaces_a_finished_run(tmp_path, tiny_dataset):
+    out_dir, _ = run_train(tmp_path, tiny_dataset, '--max_iters=4', '--eval_interval=2')
+    before = {name: os.path.getmtime(os.path.join(out_dir, name)) for name in ('ckpt.pt', 'best.pt', 'log.jsonl')}
+    with pytest.raises(SystemExit, match=r'holds an earlier run \(ckpt.pt, best.pt, log.jsonl\); continue it with '
+                                         r'--init_from=resume, replace it with --overwrite=True'):
+        run_train(tmp_path, tiny_dataset, '--max_iters=2')
+    with pytest.raises(SystemExit, match='--eval_only=True evaluates a trained checkpoint: add --init_from=resume'):
+        run_train(tmp_path, tiny_dataset, '--eval_only=True')
+    run_train(tmp_path, tiny_dataset, '--max_iters=4', '--eval_only=True', '--init_from=resume')
+    after = {name: os.path.getmtime(os.path.join(out_dir, name)) for name in before}
+    assert after == before  # eval_only wrote nothing
+    run_train(tmp_path, tiny_dataset, '--max_iters=2', '--overwrite=True')
+    assert runs.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))['step'] == 2
+
+
+def test_a_resume_that_changes_the_schedule_says_which_keys_and_how(tmp_path, tiny_dataset, capsys):
+    run_train(tmp_path, tiny_dataset, '--max_iters=10', '--eval_interval=5')
+    run_train(tmp_path, tiny_dataset, '--max_iters=20', '--eval_interval=5', '--init_from=resume')
+    out = capsys.readouterr().out
+    assert ('warning: resuming with another schedule (lr_decay_iters 10 -> 20; max_iters 10 -> 20): the learning '
+            'rate at step 10 is') in out and '(the run had 1.00e-04)' in out
+
+
+@pytest.mark.parametrize('args, fragment', [
+    (['--min_lr=0.01', '--learning_rate=0.001'], 'min_lr (0.01) must be <= learning_rate (0.001)'),
+    (['--warmup_iters=50', '--lr_decay_iters=20', '--max_iters=100'], 'lr_decay_iters (20) must be >= warmup_iters (50)'),
+])
+def test_learning_rate_keys_are_checked_against_each_other(tmp_path, tiny_dataset, args, fragment):
+    with pytest.raises(SystemExit, match=fragment.replace('(', r'\(').replace(')', r'\)')):
+        run_train(tmp_path, tiny_dataset, *args)
+
+
+def test_a_run_that_is_all_warm_up_is_warned_about(tmp_path, tiny_dataset, capsys):
+    run_train(tmp_path, tiny_dataset, '--max_iters=4', '--warmup_iters=10', '--eval_interval=4')
+    assert 'warning: warmup_iters (10) >= max_iters (4): the whole run warms up' in capsys.readouterr().out
+
+
+def test_every_run_records_what_its_numbers_depend_on(tmp_path, tiny_dataset):
+    out_dir, _ = run_train(tmp_path, tiny_dataset, '--max_iters=2', '--eval_interval=2', '--block=mingru')
+    with open(os.path.join(out_dir, 'config.json')) as f:
+        config = json.load(f)
+    environment = config['environment']
+    assert environment['threads'] == torch.get_num_threads() and environment['torch'] == torch.__version__
+    assert environment['cpu_capability'] == torch.backends.cpu.get_cpu_capability() and environment['device_detail']
+    assert config['backend_resolved'] in ('compiled', 'sequential') and config['scan_backend'] == 'auto'
+    assert read_log(out_dir, 'meta')[0]['config'] == config  # the log's first row carries the same record
