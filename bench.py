@@ -25,6 +25,8 @@ Speed and memory of every block, measured side by side in one run (never as time
 Writes train.csv, recipe.csv, generate.csv, ratios.csv, env.json and log-log plots (train.png,
 memory.png, generate.png) into the output folder, and prints the ratios the paper quotes.
 """
+import configurator  # noqa: F401  first: a Ctrl-C while torch imports ends in one line (configurator.py)
+
 import functools
 import json
 import os
@@ -215,17 +217,22 @@ def recipe_model_config(block, max_position, scale='cpu'):
 
 
 def bench_recipe(args, device, bar):
-    """ms per training iteration of each recipe model (--recipe_scale), measured round-robin."""
+    """ms per training iteration of each recipe model (--recipe_scale), measured round-robin, in the
+    dtype train.py's dtype='auto' trains in on this device (bfloat16 autocast on a capable GPU)."""
     steps = {}
+    dtype = devices.resolve_dtype('auto', device)
+    autocast = functools.partial(torch.autocast, devices.kind(device), dtype=getattr(torch, dtype),
+                                 enabled=dtype != 'float32')
     for block in BLOCKS:
         torch.manual_seed(0)
         config, batch = recipe_model_config(block, 0, args.recipe_scale)
         model = CharLM(config).to(device)
-        optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), device.split(':')[0])
+        optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), devices.kind(device))
         x = torch.randint(0, 65, (batch, config.block_size), device=device)
 
         def step(model=model, optimizer=optimizer, x=x):
-            loss = model(x, x)[1]
+            with autocast():
+                loss = model(x, x)[1]
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -240,7 +247,8 @@ def bench_recipe(args, device, bar):
     base = statistics.median(times[next(iter(times))])
     return [{'block': block, 'ms_per_iter': round(1000 * statistics.median(t), 3),
              'vs_transformer': round(statistics.median(t) / base, 3), 'params': steps[block][1],
-             'scale': args.recipe_scale, 'rounds': args.recipe_rounds, 'steps_per_round': args.recipe_steps}
+             'scale': args.recipe_scale, 'dtype': dtype, 'rounds': args.recipe_rounds,
+             'steps_per_round': args.recipe_steps}
             for block, t in times.items()]
 
 
@@ -403,7 +411,7 @@ def main(argv=None):
         recipe_rows = bench_recipe(args, device, bar) if 'recipe' in args.parts else []
         generate_rows = bench_generation(args, device, bar) if 'generate' in args.parts else []
     env = {'command': 'python bench.py ' + ' '.join(sys.argv[1:] if argv is None else argv), **devices.environment(device),
-           'device': name, 'cpu_threads': torch.get_num_threads(), 'auto_backend': auto_backend,
+           'device': name, 'auto_backend': auto_backend,
            'date': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
     with open(os.path.join(out, 'env.json'), 'w') as f:
         json.dump(env, f, indent=1)

@@ -120,6 +120,18 @@ class ArgumentParser(argparse.ArgumentParser):
 DEBUG = 'MINRNN_DEBUG'  # set (to anything but '' or 0) to see the traceback of an unexpected error
 
 
+def _interrupted_quietly(kind, value, traceback):
+    """Ctrl-C before run_cli takes over (while a script imports torch, a second or two) ends in one
+    line too; Python still exits as interrupted (130). Every other exception is printed as usual."""
+    if issubclass(kind, KeyboardInterrupt):
+        print('interrupted', file=sys.stderr)
+        return
+    sys.__excepthook__(kind, value, traceback)
+
+
+sys.excepthook = _interrupted_quietly  # scripts import this module first, before torch
+
+
 def run_cli(main, interrupted='interrupted'):
     """Run a script's main() so that it ends in one line, whatever happens: a UsageError or an OSError
     as `error: ...` (exit 1), Ctrl-C as the `interrupted` message (exit 130), a closed stdout

@@ -17,6 +17,8 @@ For each run folder (best.pt and config.json), with L the run's block_size (its 
   which shows how much each further token of context is worth, and where it stops helping.
 Writes context.csv and position.csv first, then context.md, context.png and position.png.
 """
+import configurator  # noqa: F401  first: a Ctrl-C while torch imports ends in one line (configurator.py)
+
 import os
 import statistics
 

@@ -15,6 +15,8 @@ Arguments after -- go to every train.py call. results/<scale> is written only by
 describes (every block, COMMITTED_SEEDS seeds, no overrides); any other plan writes to
 out/<scale>/results unless --results names a folder.
 """
+import configurator  # noqa: F401  first: a Ctrl-C while torch imports ends in one line (configurator.py)
+
 import importlib.util
 import json
 import os

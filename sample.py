@@ -7,6 +7,8 @@ Generate text from a trained run, streaming it as it comes:
 Every block generates with its step path: the recurrent blocks carry a fixed-size state, so each
 new character costs the same; the Transformer carries a key/value cache.
 """
+import configurator  # noqa: F401  first: a Ctrl-C while torch imports ends in one line (configurator.py)
+
 import math
 import os
 import sys

@@ -9,6 +9,8 @@ Writes config.json, log.jsonl, ckpt.pt and best.pt to out_dir (runs.py says what
 resume continues bit-exactly on CPU in float32. A fresh start never replaces an earlier run's files
 unless --overwrite=True. SIGINT / SIGTERM save a checkpoint at the current step and exit 130 / 143.
 """
+import configurator  # noqa: F401  first: a Ctrl-C while torch imports ends in one line (configurator.py)
+
 import contextlib
 import gc
 import json

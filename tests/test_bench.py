@@ -4,6 +4,7 @@ import json
 import torch
 
 import bench
+from model import BLOCKS
 from conftest import run_script
 from scan import resolve_backend
 
@@ -15,7 +16,7 @@ def test_quick_bench_writes_every_column(tmp_path):
     ratios = [r for r in bench.RATIOS if r[1].format(auto=auto) != r[2].format(auto=auto)]
     variants = bench.layer_variants(32, 'cpu')
     assert f'minLSTM ({auto})' in variants and 'nn.LSTM' in variants
-    for name, expected in [('train.csv', len(variants) * 2), ('recipe.csv', 4), ('generate.csv', 4 * 2),
+    for name, expected in [('train.csv', len(variants) * 2), ('recipe.csv', len(BLOCKS)), ('generate.csv', len(BLOCKS) * 2),
                            ('ratios.csv', len(ratios) * 2)]:
         with open(tmp_path / name) as f:
             rows = list(csv.DictReader(f))
@@ -27,6 +28,7 @@ def test_quick_bench_writes_every_column(tmp_path):
     assert env['command'].startswith('python bench.py --quick') and env['torch'] == torch.__version__
     assert env['device'] == 'cpu' and env['device_detail'] and env['cpu_capability'] and env['auto_backend'] == auto
     assert 'GRU loop / minGRU' in result.stdout and 'ms per generated token' in result.stdout
+    assert 'a smoke run of --quick sizes' in result.stdout  # not findings
     # --replot redraws the figures from the CSVs alone
     for name in ('train.png', 'memory.png', 'generate.png'):
         (tmp_path / name).unlink()

@@ -448,3 +448,8 @@ def test_a_signal_during_a_long_evaluation_stops_it_at_once(tmp_path, tiny_datas
         process.kill()
     assert process.returncode == 130 and time.time() - start < 20, stderr
     assert 'SIGINT: saved' in stdout and runs.load_checkpoint(str(out / 'ckpt.pt'))['step'] == 0
+
+
+def test_a_ctrl_c_while_a_script_still_imports_is_one_line():
+    result = run_script('-c', 'import configurator\nraise KeyboardInterrupt')
+    assert result.returncode in (130, -signal.SIGINT) and result.stderr.strip() == 'interrupted', result.stderr
