@@ -229,10 +229,11 @@ def bench_recipe(args, device, bar):
         model = CharLM(config).to(device)
         optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), devices.kind(device))
         x = torch.randint(0, 65, (batch, config.block_size), device=device)
+        forward = torch.compile(model) if args.compile else model
 
-        def step(model=model, optimizer=optimizer, x=x):
+        def step(model=model, forward=forward, optimizer=optimizer, x=x):
             with autocast():
-                loss = model(x, x)[1]
+                loss = forward(x, x)[1]
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -247,7 +248,7 @@ def bench_recipe(args, device, bar):
     base = statistics.median(times[next(iter(times))])
     return [{'block': block, 'ms_per_iter': round(1000 * statistics.median(t), 3),
              'vs_transformer': round(statistics.median(t) / base, 3), 'params': steps[block][1],
-             'scale': args.recipe_scale, 'dtype': dtype, 'rounds': args.recipe_rounds,
+             'scale': args.recipe_scale, 'dtype': dtype, 'compile': args.compile, 'rounds': args.recipe_rounds,
              'steps_per_round': args.recipe_steps}
             for block, t in times.items()]
 
@@ -369,6 +370,7 @@ def parse_args(argv=None):
     parser.add_argument('--recipe_steps', type=int, default=10, help='timed iterations per block and round')
     parser.add_argument('--recipe_scale', choices=['cpu', 'paper'], default='cpu',
                         help="the recipe part's models: each block's 'cpu' config (config/*_cpu.py) or its paper-scale one")
+    parser.add_argument('--compile', action='store_true', help='recipe part: torch.compile each model (as --compile=True)')
     parser.add_argument('--device', default='auto', help=devices.CHOICES)
     parser.add_argument('--out', help='output folder (default results/speed/<device>; with --quick out/bench-quick)')
     parser.add_argument('--quick', action='store_true', help='tiny sizes: checks the script, measures nothing useful')

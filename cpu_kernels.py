@@ -5,9 +5,12 @@ cached in ~/.cache/torch_extensions or $TORCH_EXTENSIONS_DIR). It is an optional
 CPU beside the plain-PyTorch one ('sequential'), which it equals (tests/test_scan.py,
 tests/test_model.py):
 
-    CompiledScan          = scan.SequentialScan             h_t = a_t h_{t-1} + b_t
+    scan(a, b, h0)        = scan.SequentialScan             h_t = a_t h_{t-1} + b_t
     coefficients(kind, .) = model.MinGRUCoefficients, model.MinLSTMCoefficients
     selective_scan(...)   = model.Mamba.scan_channels       Mamba's selective scan, fused
+
+Each is a torch.library custom operator (minrnn::...) with its derivative registered, so
+torch.compile traces through it.
 
 Where it cannot be built, scan_backend='auto' falls back to 'sequential' with one warning, and
 scan_backend='compiled' raises an error that names the fix.
@@ -23,8 +26,10 @@ import tempfile
 import threading
 import time
 import warnings
+from typing import Optional, Tuple
 
 import torch
+from torch import Tensor
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cpu_kernels.cpp')
 _build = {}  # 'module' or 'error', once per process
@@ -160,76 +165,157 @@ def _check(*tensors):
                              f'of shape {tuple(t.shape)}')
 
 
-class CompiledScan(torch.autograd.Function):
-    """h_t = a_t h_{t-1} + b_t in compiled loops; the same function and derivative as scan.SequentialScan."""
+# ----------------------------------------------------------------------------- the operators
+# Each kernel is a torch.library custom operator with a fake (shape-only) implementation and a
+# registered derivative, so torch.compile traces a whole block through it (no graph break) and
+# autograd differentiates it; each backward is itself an operator.
 
-    @staticmethod
-    def forward(ctx, a, b, h0):
-        _check(a, b, h0)
-        a, b = a.contiguous(), b.contiguous()
-        h0 = None if h0 is None else h0.contiguous()
-        h = load().scan_forward(a, b, h0)
-        ctx.save_for_backward(a, h, h0)
-        return h
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_h):
-        a, h, h0 = ctx.saved_tensors
-        grad_a, grad_b, grad_h0 = load().scan_backward(a, h, h0, grad_h.contiguous())
-        return grad_a, grad_b, (grad_h0 if h0 is not None else None)
+@torch.library.custom_op('minrnn::scan', mutates_args=())
+def scan(a: Tensor, b: Tensor, h0: Optional[Tensor]) -> Tensor:
+    """h_t = a_t h_{t-1} + b_t in compiled loops: scan.SequentialScan's function and derivative."""
+    _check(a, b, h0)
+    return load().scan_forward(a.contiguous(), b.contiguous(), None if h0 is None else h0.contiguous())
 
 
-class CompiledCoefficients(torch.autograd.Function):
-    """(a_t, b_t) of minGRU or minLSTM (kind) from the gate pre-activations, in compiled loops. Only
-    the pre-activations are saved; the backward recomputes the gates from them."""
+@scan.register_fake
+def _(a, b, h0):
+    return torch.empty_like(b, memory_format=torch.contiguous_format)
 
-    @staticmethod
-    def forward(ctx, kind, gates):
-        _check(gates)
-        gates = gates.contiguous()
-        ctx.kind = kind
-        ctx.save_for_backward(gates)
-        return tuple(getattr(load(), f'{kind}_forward')(gates))
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_a, grad_b):
-        gates, = ctx.saved_tensors
-        grad = getattr(load(), f'{ctx.kind}_backward')(gates, grad_a.contiguous(), grad_b.contiguous())
-        return None, grad
+@torch.library.custom_op('minrnn::scan_backward', mutates_args=())
+def scan_backward(a: Tensor, h: Tensor, h0: Optional[Tensor], grad_h: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """(dL/da, dL/db, dL/dh0; an empty tensor where h0 is None) by the reverse recurrence."""
+    grad_a, grad_b, grad_h0 = load().scan_backward(a.contiguous(), h, h0, grad_h.contiguous())
+    return grad_a, grad_b, grad_h0 if h0 is not None else a.new_empty(0)
+
+
+@scan_backward.register_fake
+def _(a, h, h0, grad_h):
+    return torch.empty_like(a), torch.empty_like(grad_h), torch.empty_like(h0) if h0 is not None else a.new_empty(0)
+
+
+def _scan_setup(ctx, inputs, output):
+    a, _, h0 = inputs
+    ctx.save_for_backward(a, output, h0)
+
+
+def _scan_derivative(ctx, grad_h):
+    a, h, h0 = ctx.saved_tensors
+    grad_a, grad_b, grad_h0 = scan_backward(a, h, h0, grad_h)
+    return grad_a, grad_b, grad_h0 if h0 is not None else None
+
+
+scan.register_autograd(_scan_derivative, setup_context=_scan_setup)
+
+
+@torch.library.custom_op('minrnn::gate_coefficients', mutates_args=())
+def gate_coefficients(kind: str, gates: Tensor) -> Tuple[Tensor, Tensor]:
+    """(a_t, b_t) of minGRU or minLSTM (kind) from the gate pre-activations (batch, time, k * width):
+    model.MinGRUCoefficients / model.MinLSTMCoefficients. Only the pre-activations are saved; the
+    backward recomputes the gates from them."""
+    _check(gates)
+    a, b = getattr(load(), f'{kind}_forward')(gates.contiguous())
+    return a, b
+
+
+@gate_coefficients.register_fake
+def _(kind, gates):
+    width = gates.shape[-1] // (2 if kind == 'mingru' else 3)
+    a = gates.new_empty(*gates.shape[:-1], width)
+    return a, torch.empty_like(a)
+
+
+@torch.library.custom_op('minrnn::gate_coefficients_backward', mutates_args=())
+def gate_coefficients_backward(kind: str, gates: Tensor, grad_a: Tensor, grad_b: Tensor) -> Tensor:
+    return getattr(load(), f'{kind}_backward')(gates.contiguous(), grad_a.contiguous(), grad_b.contiguous())
+
+
+@gate_coefficients_backward.register_fake
+def _(kind, gates, grad_a, grad_b):
+    return torch.empty_like(gates, memory_format=torch.contiguous_format)
+
+
+def _gates_setup(ctx, inputs, output):
+    ctx.kind = inputs[0]
+    ctx.save_for_backward(inputs[1])
+
+
+def _gates_derivative(ctx, grad_a, grad_b):
+    gates, = ctx.saved_tensors
+    return None, gate_coefficients_backward(ctx.kind, gates, grad_a, grad_b)
+
+
+gate_coefficients.register_autograd(_gates_derivative, setup_context=_gates_setup)
 
 
 def coefficients(kind, gates):
     """(a_t, b_t) of kind 'mingru' or 'minlstm' from its gate pre-activations (batch, time, k * width)."""
-    return CompiledCoefficients.apply(kind, gates)
+    return gate_coefficients(kind, gates)
 
 
-class CompiledSelectiveScan(torch.autograd.Function):
-    """Mamba's selective scan fused (cpu_kernels.cpp): the same function and derivative as
-    model.Mamba.scan_channels over all channels, h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t and
-    y_t = C_t . h_t + D x_t, with no (batch, time, channels, d_state) tensor in memory. Returns y and
-    the last state; the last state carries no gradient (chunked training through it is not supported)."""
+CHUNK = 32  # the fused selective scan keeps the state of every CHUNK-th step (kChunk in cpu_kernels.cpp)
 
-    @staticmethod
-    def forward(ctx, x, delta, A, B, C, D, h0):
-        _check(x, delta, A, B, C, D, h0)
-        inputs = [t.contiguous() for t in (x, delta, A, B, C, D)]
-        y, last, saved = load().selective_scan_forward(*inputs, None if h0 is None else h0.contiguous())
-        ctx.save_for_backward(*inputs, saved)
-        ctx.has_h0 = h0 is not None
-        ctx.mark_non_differentiable(last)
-        return y, last
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y, grad_last):
-        *inputs, saved = ctx.saved_tensors
-        *grads, grad_h0 = load().selective_scan_backward(*inputs, saved, grad_y.contiguous())
-        return (*grads, grad_h0 if ctx.has_h0 else None)
+def _lanes(dtype):
+    """Values in one of the build's vector registers (Vectorized<T>::size()): 64 bytes with AVX-512, else 32."""
+    width = 64 if torch.backends.cpu.get_cpu_capability() == 'AVX512' else 32
+    return width // torch.empty(0, dtype=dtype).element_size()
+
+
+@torch.library.custom_op('minrnn::selective_scan', mutates_args=())
+def selective_scan_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+                      h0: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """Mamba's selective scan fused: model.Mamba.scan_channels's function over all channels,
+    h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t and y_t = C_t . h_t + D x_t, with no (batch, time,
+    channels, d_state) tensor in memory. Returns y, the last state, and the state of every CHUNK-th
+    step (what the backward recomputes from)."""
+    _check(x, delta, A, B, C, D, h0)
+    inputs = [t.contiguous() for t in (x, delta, A, B, C, D)]
+    y, last, saved = load().selective_scan_forward(*inputs, None if h0 is None else h0.contiguous())
+    return y, last, saved
+
+
+@selective_scan_op.register_fake
+def _(x, delta, A, B, C, D, h0):
+    batch, T, E = x.shape
+    lanes = _lanes(x.dtype)
+    saved = x.new_empty(batch, -(-T // CHUNK), A.shape[1], -(-E // lanes) * lanes)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(batch, E, A.shape[1]), saved
+
+
+@torch.library.custom_op('minrnn::selective_scan_backward', mutates_args=())
+def selective_scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, saved: Tensor,
+                            grad_y: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """dL/d of x, delta, A, B, C, D and h0, each chunk recomputed from its saved state."""
+    inputs = [t.contiguous() for t in (x, delta, A, B, C, D)]
+    return tuple(load().selective_scan_backward(*inputs, saved, grad_y.contiguous()))
+
+
+@selective_scan_backward.register_fake
+def _(x, delta, A, B, C, D, saved, grad_y):
+    batch, _, E = x.shape
+    return (*(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, delta, A, B, C, D)),
+            x.new_empty(batch, E, A.shape[1]))
+
+
+def _selective_setup(ctx, inputs, output):
+    x, delta, A, B, C, D, h0 = inputs
+    ctx.save_for_backward(x, delta, A, B, C, D, output[2])
+    ctx.has_h0 = h0 is not None
+    ctx.mark_non_differentiable(output[1], output[2])
+
+
+def _selective_derivative(ctx, grad_y, grad_last, grad_saved):
+    *grads, grad_h0 = selective_scan_backward(*ctx.saved_tensors, grad_y)
+    return (*grads, grad_h0 if ctx.has_h0 else None)
+
+
+selective_scan_op.register_autograd(_selective_derivative, setup_context=_selective_setup)
 
 
 def selective_scan(x, delta, A, B, C, D, h0=None):
     """y (batch, time, channels) and the last state (batch, channels, d_state) of Mamba's selective
-    scan, fused; x, delta (batch, time, channels), A (channels, d_state), B, C (batch, time, d_state)."""
-    return CompiledSelectiveScan.apply(x, delta, A, B, C, D, h0)
+    scan, fused; x, delta (batch, time, channels), A (channels, d_state), B, C (batch, time, d_state).
+    The last state carries no gradient (training never differentiates through a carried state)."""
+    y, last, _ = selective_scan_op(x, delta, A, B, C, D, h0)
+    return y, last

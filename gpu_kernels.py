@@ -268,7 +268,7 @@ class TritonSelectiveScan(torch.autograd.Function):
     """Mamba's selective scan fused in Triton kernels, in float32: the same function and derivative as
     model.Mamba.scan_channels, h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t, y_t = C_t . h_t + D x_t,
     with no (batch, time, channels, d_state) tensor in memory. Returns y and the last state; the last
-    state carries no gradient, as in cpu_kernels.CompiledSelectiveScan."""
+    state carries no gradient, as in cpu_kernels.selective_scan."""
 
     @staticmethod
     def forward(ctx, x, delta, A, B, C, D, h0):

@@ -117,8 +117,9 @@ def linear_scan(a=None, b=None, *, log_a=None, log_b=None, h0=None, backend='aut
         b = b if b is not None else log_b.exp()
         if backend == 'triton':
             return load_gpu_kernels().linear_scan(a, b, h0)
-        loop = SequentialScan if backend == 'sequential' else cpu_kernels.CompiledScan
-        return loop.apply(a, b, h0)
+        if backend == 'compiled':
+            return cpu_kernels.scan(a, b, h0)
+        return SequentialScan.apply(a, b, h0)
     # backend == 'log': float64 on a CPU (a reference there); float32 on a GPU, where float64 runs at
     # 1/2 (H100) to 1/64 (T4, consumer cards) of the float32 rate, made accurate by chunks (log_scan).
     compute = torch.float64 if reference.device.type == 'cpu' else torch.float32

@@ -361,3 +361,39 @@ def test_every_block_has_the_transformers_parameter_budget_at_each_scale(scale):
         counts[block] = CharLM(ModelConfig.from_dict({**config, 'vocab_size': 65})).num_params()
     for block, count in counts.items():
         assert abs(count / counts['transformer'] - 1) < 0.03, (block, count, counts['transformer'])
+
+
+# ----------------------------------------------------------------------------- torch.compile through the kernels
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason='cpu_kernels.cpp does not build here')
+def test_the_compiled_kernels_are_custom_operators_that_pass_opcheck():
+    """Fake (shape-only) implementations, registered derivatives and schemas, checked by torch.library."""
+    g = torch.Generator().manual_seed(20)
+    a, b, h0 = torch.rand(2, 7, 5, generator=g), torch.randn(2, 7, 5, generator=g), torch.randn(2, 5, generator=g)
+    gates = torch.randn(2, 7, 10, generator=g)
+    x, delta = torch.randn(2, 40, 5, generator=g), torch.rand(2, 40, 5, generator=g)
+    A, B, C, D = -torch.rand(5, 3, generator=g), torch.randn(2, 40, 3, generator=g), torch.randn(2, 40, 3, generator=g), torch.randn(5, generator=g)
+    cases = [(cpu_kernels.scan, (a, b, h0)), (cpu_kernels.scan, (a, b, None)),
+             (cpu_kernels.gate_coefficients, ('mingru', gates)),
+             (cpu_kernels.gate_coefficients, ('minlstm', torch.randn(2, 7, 15, generator=g))),
+             (cpu_kernels.selective_scan_op, (x, delta, A, B, C, D, torch.randn(2, 5, 3, generator=g)))]
+    for op, args in cases:
+        args = tuple(t.requires_grad_() if isinstance(t, torch.Tensor) else t for t in args)
+        torch.library.opcheck(op, args, test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason='cpu_kernels.cpp does not build here')
+@pytest.mark.parametrize('block, overrides', [('mingru', {'conv_kernel': 4}), ('minlstm', {}), ('mamba', {'ff_mult': 0})])
+def test_torch_compile_traces_a_whole_model_through_the_kernels(block, overrides):
+    """fullgraph=True: no graph break anywhere, the C++ kernels included; the same loss and gradients."""
+    model = tiny_model(block, scan_backend='compiled', **overrides).float().train()
+    idx = torch.randint(0, 11, (2, 24), generator=torch.Generator().manual_seed(21))
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        loss = fn(idx, idx)[1]
+        loss.backward()
+        return [loss] + [p.grad.clone() for p in model.parameters()]
+    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
+    for got, expected in zip(loss_and_grads(compiled), loss_and_grads(model)):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
