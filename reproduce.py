@@ -138,16 +138,17 @@ def plot(run_dirs, out, *options):
 
 # ----------------------------------------------------------------------------- one command for a lent GPU
 
-# Wall-clock limits of its parts, in seconds: about 8 minutes in all on one H100 / H200-class GPU.
-GPU_LIMITS = {'tests': 120, 'bench': 120, 'train': 270, 'train_margin': 30}
+# Wall-clock limits of its parts, in seconds: under 9 minutes in all on one H100 / H200-class GPU.
+GPU_LIMITS = {'tests': 90, 'bench': 90, 'alone': 15, 'train': 170, 'margin': 25}
 
 
 def gpu_check(dry_run=False, extra=(), results=None, out_root=None):
     """Everything the README needs from a GPU, in one go and in bounded time, into
-    results/gpu/<gpu-name>/: env.json, tests/test_cuda.py's log, bench.py's speed tables, and the four
-    paper-scale blocks trained side by side (each stopped by max_seconds), their logs, table and
-    figure. Each part has a time limit and streams its output; logs and CSVs are written before any
-    plot. dry_run: the same steps on a CPU at tiny sizes (a test runs it), under a minute."""
+    results/gpu/<gpu-name>/: env.json, tests/test_cuda.py's log, bench.py's speed tables, each of the
+    paper's blocks at its scale timed alone, then trained side by side (each stopped by max_seconds),
+    their logs, table, figure and timing.md. Each part has a time limit and streams its output; logs
+    and CSVs are written before any plot. dry_run: the same steps on a CPU at tiny sizes (a test
+    runs it), under a minute."""
     if not dry_run and not torch.cuda.is_available():
         raise UsageError(f'--gpu_check needs a CUDA GPU, and torch {torch.__version__} sees none here; '
                          f'--gpu_check --dry_run rehearses it on a CPU at tiny sizes')
@@ -165,55 +166,87 @@ def gpu_check(dry_run=False, extra=(), results=None, out_root=None):
     env = gpu_environment(device)
     with open(os.path.join(results, 'env.json'), 'w') as f:
         json.dump(env, f, indent=1)
-    print(f"[1/4] env.json: {env['gpu']}, torch {env['torch']}, CUDA {env['cuda']}, triton {env['triton']}; "
+    print(f"[1/5] env.json: {env['gpu']}, torch {env['torch']}, CUDA {env['cuda']}, triton {env['triton']}; "
           f"missing: {', '.join(env['missing']) or 'nothing'}", flush=True)
 
     tests = ['tests/test_cuda.py'] + ([] if dry_run else ['tests/test_triton.py'])  # on a CPU: the slow interpreter
-    print(f"[2/4] {' '.join(tests)} (limit {limits['tests']} s)", flush=True)
+    print(f"[2/5] {' '.join(tests)} (limit {limits['tests']} s)", flush=True)
     timed_part([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *tests],
                os.path.join(results, 'test_cuda.log'), limits['tests'])
 
-    print(f"[3/4] bench.py (limit {limits['bench']} s)", flush=True)
+    print(f"[3/5] bench.py (limit {limits['bench']} s)", flush=True)
     sizes = ['--quick'] if dry_run else ['--lengths', '64', '128', '256', '512', '1024', '2048', '4096',
                                          '--seconds_per_point', '4', '--repeats', '3']
     timed_part([sys.executable, 'bench.py', '--parts', 'train', 'recipe', '--device', device,
                 '--recipe_scale', 'cpu' if dry_run else 'paper', '--recipe_rounds', '3',
                 '--out', os.path.join(results, 'speed'), *sizes], os.path.join(results, 'bench.log'), limits['bench'])
 
-    print(f"[4/4] the paper's blocks at its scale, side by side, {limits['train']} s each", flush=True)
     tiny = ['--n_layer=1', '--n_embd=32', '--n_head=2', '--batch_size=4', '--block_size=32', '--max_iters=4',
             '--eval_interval=2', '--eval_iters=2', '--compile=False'] if dry_run else []
-    runs = {}
-    commands = {}
+    common = [f'--device={device}', '--progress=False', *tiny, *extra]
+    print(f"[4/5] each of the paper's blocks alone, {limits['alone']} s each (uncontended ms / iter)", flush=True)
+    alone = {block: os.path.join(out_root, 'alone', block) for block in paper_blocks}
     for block in paper_blocks:
-        out_dir = os.path.join(out_root, block)
+        train_together({block: alone[block]}, [*common, f"--max_seconds={limits['alone']}", '--eval_interval=1000000'],
+                       results, limits['alone'] + limits['margin'], 'alone')
+
+    print(f"[5/5] the paper's blocks at its scale, side by side, {limits['train']} s each", flush=True)
+    together = {block: os.path.join(out_root, block) for block in paper_blocks}
+    train_together(together, [*common, f"--max_seconds={limits['train']}"], results,
+                   limits['train'] + limits['margin'], 'train')
+    copies = copy_runs(together, os.path.join(results, 'runs'))
+    write_timing(alone, together, os.path.join(results, 'timing.md'))
+    plot(copies, results)
+    print(f'done in {(time.time() - started) / 60:.1f} min: {results}/', flush=True)
+    return results
+
+
+def train_together(out_dirs, options, results, limit, log_prefix):
+    """One train.py process per block (its paper-scale config, a fresh out_dir), all at once, each
+    killed at the limit (its last checkpoint and log rows stay)."""
+    logs, processes = {}, {}
+    for block, out_dir in out_dirs.items():
         shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run: the time limit makes each one a sample
-        commands[block] = [sys.executable, 'train.py', BLOCKS[block].configs['paper'], f'--out_dir={out_dir}',
-                           f'--device={device}', f"--max_seconds={limits['train']}", '--progress=False', *tiny, *extra]
-    logs = {block: open(os.path.join(results, f'train_{block}.log'), 'w') for block in commands}
-    processes = {block: subprocess.Popen(command, cwd=ROOT, stdout=logs[block], stderr=subprocess.STDOUT)
-                 for block, command in commands.items()}
-    deadline = time.time() + limits['train'] + limits['train_margin']
+        logs[block] = open(os.path.join(results, f'{log_prefix}_{block}.log'), 'w')
+        command = [sys.executable, 'train.py', BLOCKS[block].configs['paper'], f'--out_dir={out_dir}', *options]
+        processes[block] = subprocess.Popen(command, cwd=ROOT, stdout=logs[block], stderr=subprocess.STDOUT)
+    deadline = time.time() + limit
     for block, process in processes.items():
         try:
             process.wait(timeout=max(1, deadline - time.time()))
         except subprocess.TimeoutExpired:
-            process.kill()  # its last checkpoint and log rows stay
+            process.kill()
             process.wait()
         logs[block].close()
         print(f'  {block}: exit {process.returncode}; {logs[block].name}', flush=True)
+
+
+def copy_runs(out_dirs, folder):
+    """Each run's log and config into folder/<block>/ (checkpoints stay in out/)."""
     copies = []
-    for block in paper_blocks:
-        out_dir = os.path.join(out_root, block)
-        copy = os.path.join(results, 'runs', block)
+    for block, out_dir in out_dirs.items():
+        copy = os.path.join(folder, block)
         os.makedirs(copy, exist_ok=True)
         for file in ('log.jsonl', 'config.json'):
             if os.path.exists(os.path.join(out_dir, file)):
                 shutil.copy2(os.path.join(out_dir, file), os.path.join(copy, file))
         copies.append(copy)
-    plot(copies, results)
-    print(f'done in {(time.time() - started) / 60:.1f} min: {results}/', flush=True)
-    return results
+    return copies
+
+
+def write_timing(alone, together, path):
+    """ms per training iteration of each block run alone, and side by side with the others (contended:
+    the processes share one GPU, so those figures are not the block's speed)."""
+    def ms(out_dir):
+        log = os.path.join(out_dir, 'log.jsonl')
+        rows = [r for r in runs.read_rows(log) if r.get('kind') == 'train'] if os.path.exists(log) else []
+        times = [r['ms_per_iter'] for r in rows[1:] if runs.is_number(r.get('ms_per_iter'))]  # the first holds the warm-up
+        return f'{sum(times) / len(times):.1f}' if times else '-'
+    lines = ['| block | ms / iter alone | ms / iter side by side (contended) |', '|---|---|---|']
+    lines += [f'| {BLOCKS[b].display} | {ms(alone[b])} | {ms(together[b])} |' for b in alone]
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    print('\n'.join(lines), flush=True)
 
 
 def gpu_environment(device):
