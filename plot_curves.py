@@ -111,11 +111,22 @@ def curve_bands(members, x_key, y_key, band):
 
 
 def title(series):
-    """The dataset and the scales of the series: what a reader needs to read the figure."""
-    sizes = sorted({size_label(m[0]['config']) for _, m in series})
-    datasets = sorted({str(m[0]['config'].get('dataset')) for _, m in series})
+    """The dataset and the recipe of the series (context, batch, parameters): what a reader needs."""
+    configs = [m[0]['config'] for _, m in series]
+    datasets = sorted({str(c.get('dataset')) for c in configs})
     name = 'Tiny Shakespeare (characters)' if datasets == [PAPER_DATASET] else ', '.join(datasets)
-    return f"{name}: {sizes[0] if len(sizes) == 1 else 'several sizes'}"
+    common = [f'{key} {values.pop()}' for key, values in
+              (('context', {c.get('block_size') for c in configs}), ('batch', {c.get('batch_size') for c in configs}))
+              if len(values) == 1]
+    params = [m[0]['params'] for _, m in series if m[0]['params']]
+    if params:
+        low, high = min(params) / 1e6, max(params) / 1e6
+        common.append(f'{low:.2f}M parameters' if round(low, 2) == round(high, 2) else f'{low:.2f}-{high:.2f}M parameters')
+    return f"{name}: {', '.join(common)}"
+
+
+def is_paper_scale(config):
+    return config.get('block_size') == 256 and config.get('n_embd') == 384
 
 
 def plot(series, out, x='step', band='minmax', show_train=False):
@@ -140,18 +151,26 @@ def plot(series, out, x='step', band='minmax', show_train=False):
             txs, tmean, _, _ = curve_bands(members, x_key, 'train_loss', band)
             ax.plot(txs, tmean, color=colour, linestyle=':', alpha=0.8)
         paper_loss, _ = paper_result(members)
-        if paper_loss is not None:
+        if paper_loss is not None and is_paper_scale(members[0]['config']):  # a line only beside its own scale
             ax.axhline(paper_loss, color=colour, linestyle='--', linewidth=0.8, alpha=0.7)
     ax.set(xlabel=x_label, ylabel='validation loss (nats per character)',
            title=title(series) + (' (dotted: train)' if show_train else ''))
     if x != 'step':
         ax.set_xscale('log')
-    all_losses = [r['val_loss'] for _, members in series for run in members for r in run['evals']]
-    ax.set_ylim(min(all_losses) - 0.05, min(min(all_losses) + 1.3, max(all_losses) + 0.05))
+    ax.set_ylim(*loss_range(series))
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
     return report.save(fig, os.path.join(out, f'curves_{x}'))
+
+
+def loss_range(series):
+    """The y range: every loss, except that step 0's (ln vocab_size, far above the rest) is left out
+    where each run has at least three later evaluations to show."""
+    runs_ = [run for _, members in series for run in members]
+    long_enough = all(sum(r['step'] > 0 for r in run['evals']) >= 3 for run in runs_)
+    losses = [r['val_loss'] for run in runs_ for r in run['evals'] if r['step'] > 0 or not long_enough]
+    return min(losses) - 0.05, max(losses) + 0.05
 
 
 def evaluated_steps(series):

@@ -107,6 +107,19 @@ def check_resumable(ckpt, model_config, meta):
         raise RunError('the checkpoint was trained on another vocabulary; resume with its --dataset')
 
 
+def write_config(out_dir, config):
+    """out_dir/config.json, written whole or not at all; a full disk is one line naming the file."""
+    path = os.path.join(out_dir, 'config.json')
+    try:
+        with open(path + '.tmp', 'w') as f:
+            json.dump(config, f, indent=1)
+        os.replace(path + '.tmp', path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(path + '.tmp')
+        raise RunError(f'could not write {path} ({e.strerror}); free disk space or choose another --out_dir') from None
+
+
 def finished_files(out_dir):
     """The files of an earlier run in out_dir that a fresh start would replace."""
     return [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))]

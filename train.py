@@ -13,7 +13,6 @@ import configurator  # noqa: F401  first: a Ctrl-C while torch imports ends in o
 
 import contextlib
 import gc
-import json
 import math
 import os
 import signal
@@ -188,13 +187,13 @@ class Training:
     """One process's training: the data, the model and its optimizer, and the loop's progress (step,
     best val loss, time and tokens), which a checkpoint saves and a resume restores."""
 
-    def __init__(self, config, command, rank, world, device):
+    def __init__(self, config, data, command, rank, world, device):
         self.config, self.command, self.rank, self.world, self.device = config, command, rank, world, device
         self.master = rank == 0
         self.dtype = devices.resolve_dtype(config['dtype'], device)
         torch.manual_seed(config['seed'] + rank)
         self.data_generator = torch.Generator().manual_seed(config['seed'] + rank)
-        self.train_data, self.val_data, self.meta = load_dataset(config['dataset'], config['block_size'])
+        self.train_data, self.val_data, self.meta = data
         self.model_config = ModelConfig.from_dict({**config, 'vocab_size': self.meta['vocab_size']})
         check_memory(self.model_config, config['batch_size'], device)
         self.raw_model = CharLM(self.model_config).to(device)
@@ -268,8 +267,7 @@ class Training:
             print(f'warning: {warning}')
         print(f"parameters: {resolved['params']:,} total, {resolved['params_non_embedding']:,} non-embedding; "
               f'{self.tokens_per_step:,} tokens per step')
-        with open(os.path.join(config['out_dir'], 'config.json'), 'w') as f:
-            json.dump(resolved, f, indent=1)
+        runs.write_config(config['out_dir'], resolved)
         resuming = config['init_from'] == 'resume'
         log = runs.RunLog(os.path.join(config['out_dir'], 'log.jsonl'), resume_step=self.step if resuming else None)
         if not resuming:
@@ -462,6 +460,7 @@ def summary(out_dir, step, elapsed, best_val, best_step, reason):
 
 def train(config, command='python train.py ...'):
     settings.check(config)
+    data = load_dataset(config['dataset'], config['block_size'])  # checked before out_dir is made
     distributed = 'RANK' in os.environ
     if distributed:
         refuse_to_replace(config)  # in every process, before any of them writes
@@ -470,7 +469,7 @@ def train(config, command='python train.py ...'):
     with runs.out_dir_lock(config['out_dir']) if writes else contextlib.nullcontext():
         if not distributed:
             refuse_to_replace(config)  # inside the lock: a busy out_dir is reported as busy
-        return Training(config, command, rank, world, device).run()
+        return Training(config, data, command, rank, world, device).run()
 
 
 def main(argv=None):
