@@ -340,9 +340,11 @@ std::vector<torch::Tensor> selective_scan_forward(torch::Tensor x, torch::Tensor
 //   dL/dA = sum_t g_t delta_t a_t h_{t-1},   dL/dB_t = sum_e g_t delta_t u_t,   dL/dC_t = sum_e h_t dL/dy_t,
 //   dL/dD = sum_t u_t dL/dy_t,   dL/dh0 = a_1 g_1.
 // dA and dD come back per batch element (B, E, N) and (B, E), summed over the batch by the caller.
+// grad_last: dL/d(the last state), where a later chunk of the sequence read it (absent: zero).
 std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tensor delta, torch::Tensor A,
                                                    torch::Tensor Bm, torch::Tensor Cm, torch::Tensor D,
-                                                   torch::Tensor saved, torch::Tensor grad_y) {
+                                                   torch::Tensor saved, torch::Tensor grad_y,
+                                                   c10::optional<torch::Tensor> grad_last) {
   const int64_t batch = x.size(0), T = x.size(1), E = x.size(2), N = A.size(1), chunks = saved.size(1);
   const int64_t Ep = saved.size(3);
   auto gx = torch::empty_like(x), gdelta = torch::empty_like(delta);
@@ -358,6 +360,7 @@ std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tenso
     scalar_t *pgx = gx.data_ptr<scalar_t>(), *pgd = gdelta.data_ptr<scalar_t>(), *pgB = gB.data_ptr<scalar_t>();
     scalar_t *pgC = gC.data_ptr<scalar_t>(), *pgA = gA.data_ptr<scalar_t>(), *pgD = gD.data_ptr<scalar_t>();
     scalar_t* pgh0 = gh0.data_ptr<scalar_t>();
+    const scalar_t* pgl = grad_last.has_value() ? grad_last->data_ptr<scalar_t>() : nullptr;
     std::vector<scalar_t> A_lanes(N * Ep);
     to_lanes(A.data_ptr<scalar_t>(), E, N, Ep, A_lanes.data());
     const scalar_t* Al = A_lanes.data();
@@ -366,7 +369,7 @@ std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tenso
       std::vector<scalar_t> carried(N * Ep), gA_lanes(N * Ep);  // a_{t+1} g_{t+1}, carried backwards; dL/dA
       std::vector<scalar_t> sum_B(N * lanes), sum_C(N * lanes);  // dL/dB_t, dL/dC_t before the sum over lanes
       for (int64_t i = begin; i < end; ++i) {
-        std::fill(carried.begin(), carried.end(), scalar_t(0));
+        to_lanes(pgl ? pgl + i * E * N : nullptr, E, N, Ep, carried.data());  // g after the last step
         std::fill(gA_lanes.begin(), gA_lanes.end(), scalar_t(0));
         scalar_t* gD_i = pgD + i * E;
         for (int64_t c = chunks - 1; c >= 0; --c) {

@@ -285,14 +285,17 @@ def _(x, delta, A, B, C, D, h0):
 
 @torch.library.custom_op('minrnn::selective_scan_backward', mutates_args=())
 def selective_scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, saved: Tensor,
-                            grad_y: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """dL/d of x, delta, A, B, C, D and h0, each chunk recomputed from its saved state."""
+                            grad_y: Tensor, grad_last: Optional[Tensor]
+                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """dL/d of x, delta, A, B, C, D and h0, each chunk recomputed from its saved state; grad_last is
+    dL/d(last state) where a later chunk read it (None: zero)."""
     inputs = [t.contiguous() for t in (x, delta, A, B, C, D)]
-    return tuple(load().selective_scan_backward(*inputs, saved, grad_y.contiguous()))
+    return tuple(load().selective_scan_backward(*inputs, saved, grad_y.contiguous(),
+                                                None if grad_last is None else grad_last.contiguous()))
 
 
 @selective_scan_backward.register_fake
-def _(x, delta, A, B, C, D, saved, grad_y):
+def _(x, delta, A, B, C, D, saved, grad_y, grad_last):
     batch, _, E = x.shape
     return (*(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, delta, A, B, C, D)),
             x.new_empty(batch, E, A.shape[1]))
@@ -302,11 +305,11 @@ def _selective_setup(ctx, inputs, output):
     x, delta, A, B, C, D, h0 = inputs
     ctx.save_for_backward(x, delta, A, B, C, D, output[2])
     ctx.has_h0 = h0 is not None
-    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.mark_non_differentiable(output[2])
 
 
 def _selective_derivative(ctx, grad_y, grad_last, grad_saved):
-    *grads, grad_h0 = selective_scan_backward(*ctx.saved_tensors, grad_y)
+    *grads, grad_h0 = selective_scan_backward(*ctx.saved_tensors, grad_y, grad_last)
     return (*grads, grad_h0 if ctx.has_h0 else None)
 
 
@@ -316,6 +319,6 @@ selective_scan_op.register_autograd(_selective_derivative, setup_context=_select
 def selective_scan(x, delta, A, B, C, D, h0=None):
     """y (batch, time, channels) and the last state (batch, channels, d_state) of Mamba's selective
     scan, fused; x, delta (batch, time, channels), A (channels, d_state), B, C (batch, time, d_state).
-    The last state carries no gradient (training never differentiates through a carried state)."""
+    Both are differentiable, the last state too: a later chunk that reads it passes its gradient back."""
     y, last, _ = selective_scan_op(x, delta, A, B, C, D, h0)
     return y, last

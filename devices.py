@@ -54,6 +54,16 @@ def resolve_dtype(dtype, device):
     return 'bfloat16' if kind(device) == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
 
 
+def free_memory(device):
+    """Bytes this device can still allocate (a CPU: the system's available memory); None if unknown."""
+    if kind(device) == 'cuda':
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):  # not on every system (macOS, Windows)
+        return None
+
+
 def folder_name(device):
     """A name for results/<...>/: the GPU's model on CUDA, 'cpu' otherwise."""
     if kind(device) == 'cuda':

@@ -167,15 +167,17 @@ if triton is not None:
         tl.store(last_ptr + batch * E * N + en, h, mask=en_inside)
 
     @triton.jit
-    def _selective_backward(x_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, saved_ptr, grad_y_ptr,
+    def _selective_backward(x_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, saved_ptr, grad_y_ptr, grad_last_ptr,
                             grad_x_ptr, grad_delta_ptr, grad_A_ptr, grad_B_ptr, grad_C_ptr, grad_D_ptr, grad_h0_ptr,
-                            T, E, N, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
+                            T, E, N, HAS_GRAD_LAST: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                            BLOCK_N: tl.constexpr):
         """Gradients of the selective scan, tiles from the end. Each tile's states are recomputed from
         the state saved before it, then reversed in time (tl.flip) to meet the gradient, which runs in
         reversed order: g_t = grad_y_t C_t + a_{t+1} g_{t+1} (per channel and state). Then
           dL/dlog a_t = g_t a_t h_{t-1} = g_t (h_t - b_t)       (no division, no state shifted in time)
           dx = sum_n g delta B + grad_y D,   ddelta = sum_n (g x B + dlog_a A),   dA = sum_t dlog_a delta,
           dB = sum_e g delta x,   dC = sum_e grad_y h,   dD = sum_t grad_y x,   dh0 = a_1 g_1.
+        g starts from dL/d(last state) where a later chunk read it (HAS_GRAD_LAST), else from zero.
         dB and dC are per channel block and dA, dD per batch element: the caller sums them."""
         batch, block = tl.program_id(0), tl.program_id(1)
         n_blocks = tl.num_programs(1)
@@ -187,6 +189,8 @@ if triton is not None:
         A = tl.load(A_ptr + en, mask=en_inside, other=0.0)
         D = tl.load(D_ptr + e, mask=e < E, other=0.0)
         g = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)  # g of the step after the tile
+        if HAS_GRAD_LAST:
+            g = tl.load(grad_last_ptr + batch * E * N + en, mask=en_inside, other=0.0)
         grad_A = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
         grad_D = tl.zeros([BLOCK_E], dtype=tl.float32)
         a_first = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
@@ -267,8 +271,8 @@ class TritonScan(torch.autograd.Function):
 class TritonSelectiveScan(torch.autograd.Function):
     """Mamba's selective scan fused in Triton kernels, in float32: the same function and derivative as
     model.Mamba.scan_channels, h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t, y_t = C_t . h_t + D x_t,
-    with no (batch, time, channels, d_state) tensor in memory. Returns y and the last state; the last
-    state carries no gradient, as in cpu_kernels.selective_scan."""
+    with no (batch, time, channels, d_state) tensor in memory. Returns y and the last state, both
+    differentiable, as in cpu_kernels.selective_scan."""
 
     @staticmethod
     def forward(ctx, x, delta, A, B, C, D, h0):
@@ -287,14 +291,13 @@ class TritonSelectiveScan(torch.autograd.Function):
                                  BLOCK_N=triton.next_power_of_2(N))
         ctx.save_for_backward(x, delta, A, B, C, D, saved)
         ctx.has_h0, ctx.dtype = h0 is not None, dtype
-        ctx.mark_non_differentiable(last)
         return y.to(dtype), last.to(dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, grad_last):
         x, delta, A, B, C, D, saved = ctx.saved_tensors
-        grad_y, = _float32(grad_y)
+        grad_y, grad_last = _float32(grad_y, grad_last)
         batch, T, E = x.shape
         N = A.shape[1]
         n_blocks = triton.cdiv(E, SELECTIVE_BLOCK_E)
@@ -302,9 +305,10 @@ class TritonSelectiveScan(torch.autograd.Function):
         grad_B_parts, grad_C_parts = x.new_empty(batch, n_blocks, T, N), x.new_empty(batch, n_blocks, T, N)
         grad_A_parts, grad_D_parts, grad_h0 = x.new_empty(batch, E, N), x.new_empty(batch, E), x.new_empty(batch, E, N)
         _selective_backward[(batch, n_blocks)](
-            x, delta, A, B, C, D, saved, grad_y, grad_x, grad_delta, grad_A_parts, grad_B_parts, grad_C_parts,
-            grad_D_parts, grad_h0, T, E, N, BLOCK_T=SELECTIVE_BLOCK_T, BLOCK_E=SELECTIVE_BLOCK_E,
-            BLOCK_N=triton.next_power_of_2(N), num_warps=SELECTIVE_BACKWARD_WARPS)
+            x, delta, A, B, C, D, saved, grad_y, grad_last, grad_x, grad_delta, grad_A_parts, grad_B_parts,
+            grad_C_parts, grad_D_parts, grad_h0, T, E, N, HAS_GRAD_LAST=grad_last is not None,
+            BLOCK_T=SELECTIVE_BLOCK_T, BLOCK_E=SELECTIVE_BLOCK_E, BLOCK_N=triton.next_power_of_2(N),
+            num_warps=SELECTIVE_BACKWARD_WARPS)
         grads = (grad_x, grad_delta, grad_A_parts.sum(0), grad_B_parts.sum(1), grad_C_parts.sum(1),
                  grad_D_parts.sum(0), grad_h0 if ctx.has_h0 else None)
         return tuple(None if g is None else g.to(ctx.dtype) for g in grads)

@@ -89,16 +89,6 @@ def schedule_changes(saved, config, step):
             f'{learning_rate_at(step, config):.2e} (the run had {before:.2e})')
 
 
-def free_memory(device):
-    """Bytes this device can still allocate (a CPU: the system's available memory); None if unknown."""
-    if devices.kind(device) == 'cuda':
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-    except (ValueError, OSError, AttributeError):  # not on every system (macOS, Windows)
-        return None
-
-
 def check_memory(model_config, batch_size, device):
     """Refuse, in one line, a configuration whose parameters and activations cannot fit, before any
     allocation. A lower bound: float32 weights, gradients and AdamW's two moments (16 bytes a
@@ -111,7 +101,7 @@ def check_memory(model_config, batch_size, device):
                             f"n_embd (now {model_config.n_embd}), n_layer or the block's width keys") from None
     weights = 16 * params
     activations = 4 * 24 * batch_size * model_config.block_size * model_config.n_layer * model_config.n_embd
-    free = free_memory(device)
+    free = devices.free_memory(device)
     if free is None or weights + activations <= free:
         return
     gib = lambda n: f'{n / 2 ** 30:,.1f} GiB'
@@ -422,6 +412,9 @@ class Training:
                 'signal': interrupted}
 
     def interrupt(self, signal_name, bar):
+        """Save where the run stands (eval_only: nothing to save) and say how to go on."""
+        if self.config['eval_only']:
+            return signal_name
         self.save(self.ckpt_path)
         if self.master:
             bar.close()

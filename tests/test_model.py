@@ -259,6 +259,24 @@ def test_selective_scan_finite_with_delta_at_its_extremes(backend, T):
 
 # ----------------------------------------------------------------------------- carried state
 
+@pytest.mark.parametrize('backend', ['log', COMPILED])
+def test_the_gradient_through_mambas_last_state_is_the_same_on_every_path(backend):
+    """A later chunk's loss reaches back through the carried state: dL/d(last state) flows into every
+    input, on the fused C++ path as on the plain one (float64, relative to the largest gradient)."""
+    def gradients(backend):
+        torch.manual_seed(0)
+        layer = mamba_layer(backend)
+        inputs = [t.requires_grad_() for t in mamba_inputs(70, seed=5)]
+        h0 = torch.randn(2, 6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6)).requires_grad_()
+        y, last = layer.selective_scan(*inputs, h0)
+        g = torch.Generator().manual_seed(7)
+        loss = (y * torch.randn(y.shape, generator=g, dtype=torch.float64)).sum() + \
+            (last * torch.randn(last.shape, generator=g, dtype=torch.float64)).sum()
+        return torch.autograd.grad(loss, [*inputs, h0, layer.A_log, layer.D])
+    for got, expected in zip(gradients(backend), gradients('sequential')):
+        assert (got - expected).abs().max() <= 1e-9 * expected.abs().max()
+
+
 def chunked_logits(model, idx, lengths):
     """The parallel path over idx cut into chunks of the given lengths, the state carried across."""
     out, states, start = [], None, 0
