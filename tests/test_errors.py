@@ -457,3 +457,28 @@ def test_a_signal_during_a_long_evaluation_stops_it_at_once(tmp_path, tiny_datas
 def test_a_ctrl_c_while_a_script_still_imports_is_one_line():
     result = run_script('-c', 'import configurator\nraise KeyboardInterrupt')
     assert result.returncode in (130, -signal.SIGINT) and result.stderr.strip() == 'interrupted', result.stderr
+
+
+def test_without_a_progress_bar_a_line_every_log_interval_and_a_long_run_is_warned_about(tmp_path, tiny_dataset,
+                                                                                         capsys):
+    train.main([f'--dataset={tiny_dataset}', f'--out_dir={tmp_path / "run"}', *TINY, '--max_iters=10000000',
+                '--max_seconds=1', '--log_interval=2', '--eval_interval=100000000'])
+    out = capsys.readouterr().out
+    assert 'step 2: loss ' in out and ' ms/iter, lr ' in out  # nanoGPT's line, without the bar
+    assert 'steps left take about' in out and 'hours (measured on the first step)' in out
+
+
+def test_ctrl_c_ends_a_long_bench_in_one_line(tmp_path):
+    """bench.py, as every script, ends on Ctrl-C through configurator.run_cli: one line, exit 130."""
+    process = subprocess.Popen([sys.executable, 'bench.py', '--parts', 'train', '--out', str(tmp_path / 'bench'),
+                                '--device=cpu'], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, **interruptible())
+    try:
+        time.sleep(6)  # past the imports, into minutes of measuring
+        assert process.poll() is None, 'it ended before it could be interrupted'
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and stderr.strip().splitlines()[-1] == 'interrupted', stderr
+    assert 'Traceback' not in stderr
