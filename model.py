@@ -794,7 +794,8 @@ class CharLM(nn.Module):
         context = idx[:, -window:] if window else idx
         logits, states = self.prefill(context)  # the prompt in parallel, then one step per token
         for _ in range(max_new_tokens):
-            logits = logits.float() / temperature
+            logits = logits.float()
+            logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature  # <= 0: no overflow at tiny T
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float('-inf'))

@@ -384,6 +384,13 @@ def test_empty_inputs_are_a_clear_error_not_a_signal():
                                        torch.zeros(4))
 
 
+def test_a_damaged_bench_folder_and_no_steps_at_all(tmp_path, tiny_dataset):
+    (tmp_path / 'env.json').write_text('{"dev')
+    assert_one_error_line(run_script('bench.py', '--replot', str(tmp_path)), 'env.json is missing or damaged')
+    result = train.main([f'--dataset={tiny_dataset}', f'--out_dir={tmp_path / "run"}', *TINY, '--max_iters=0'])
+    assert result['step'] == 0 and read_log(str(tmp_path / 'run'), 'eval')[0]['step'] == 0  # evaluated, no step
+
+
 def test_a_binary_config_file(tmp_path):
     (tmp_path / 'c.py').write_bytes(b'\xff\xfe\x00\x81' * 10)
     assert_one_error_line(run_script('train.py', str(tmp_path / 'c.py')), 'is not UTF-8 text')
@@ -414,6 +421,10 @@ def test_sample_names_the_checkpoint_that_exists_and_refuses_a_broken_one(tmp_pa
     short = {**ckpt, 'vocab': {'stoi': ckpt['vocab']['stoi'], 'itos': {0: 'a'}}}
     torch.save(short, out / 'best.pt')
     assert_one_error_line(run_script('sample.py', f'--out_dir={out}', '--device=cpu'), 'does not cover')
+    os.replace(out / 'kept.pt', out / 'best.pt')
+    assert_one_error_line(run_script('sample.py', f'--out_dir={out}', '--start=FILE:/dev/zero'), 'is longer than')
+    tiny = run_script('sample.py', f'--out_dir={out}', '--temperature=1e-45', '--max_new_tokens=5', '--device=cpu')
+    assert tiny.returncode == 0 and tiny.stderr == '', tiny.stderr  # a legitimate, greedy-like temperature
 
 
 def test_the_lock_and_the_scripts_work_without_fcntl(tmp_path, monkeypatch):
