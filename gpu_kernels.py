@@ -174,7 +174,8 @@ if triton is not None:
         """Gradients of the selective scan, tiles from the end. Each tile's states are recomputed from
         the state saved before it, then reversed in time (tl.flip) to meet the gradient, which runs in
         reversed order: g_t = grad_y_t C_t + a_{t+1} g_{t+1} (per channel and state). Then
-          dL/dlog a_t = g_t a_t h_{t-1} = g_t (h_t - b_t)       (no division, no state shifted in time)
+          dL/dlog a_t = g_t a_t h_{t-1}   (h_{t-1} from a second scan over the steps shifted by one: the
+                                           equal g_t (h_t - b_t) cancels where a_t -> 0, at large delta)
           dx = sum_n g delta B + grad_y D,   ddelta = sum_n (g x B + dlog_a A),   dA = sum_t dlog_a delta,
           dB = sum_e g delta x,   dC = sum_e grad_y h,   dD = sum_t grad_y x,   dh0 = a_1 g_1.
         g starts from dL/d(last state) where a later chunk read it (HAS_GRAD_LAST), else from zero.
@@ -203,6 +204,13 @@ if triton is not None:
             _, _, _, a, b = _selective_tile(x_ptr, delta_ptr, B_ptr, batch, t, e, n, A, T, E, N)
             a_prod, b_sum = tl.associative_scan((a, b), 2, _combine)
             states = tl.flip(a_prod * h[:, :, None] + b_sum, 2)
+            # h_{t-1}: the same scan over the steps shifted by one, the tile's first step the identity.
+            _, _, _, a_prev, b_prev = _selective_tile(x_ptr, delta_ptr, B_ptr, batch, tl.maximum(t - 1, 0), e, n,
+                                                      A, T, E, N)
+            first = steps[None, None, :] == 0
+            a_prev, b_prev = tl.where(first, 1.0, a_prev), tl.where(first, 0.0, b_prev)
+            a_prev_prod, b_prev_sum = tl.associative_scan((a_prev, b_prev), 2, _combine)
+            previous = tl.flip(a_prev_prod * h[:, :, None] + b_prev_sum, 2)
             # Everything else in reversed time order: column i is step r = (k + 1) * BLOCK_T - 1 - i.
             r = (k + 1) * BLOCK_T - 1 - steps[None, :]
             x, delta, B, a, b = _selective_tile(x_ptr, delta_ptr, B_ptr, batch, r, e, n, A, T, E, N)
@@ -215,7 +223,7 @@ if triton is not None:
             a_next = tl.exp(delta_next[:, None, :] * A[:, :, None])
             a_next_prod, g_sum = tl.associative_scan((a_next, grad_y[:, None, :] * C[None, :, :]), 2, _combine)
             g_tile = a_next_prod * g[:, :, None] + g_sum
-            grad_log_a = g_tile * (states - b)
+            grad_log_a = g_tile * a * previous  # not g (h_t - b_t), which cancels where a_t -> 0
             g_B = tl.sum(g_tile * B[None, :, :], axis=1)
             tl.store(grad_x_ptr + er, g_B * delta + grad_y * D[:, None], mask=er_inside)
             tl.store(grad_delta_ptr + er, g_B * x + tl.sum(grad_log_a * A[:, :, None], axis=1), mask=er_inside)

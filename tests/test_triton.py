@@ -80,6 +80,26 @@ def test_triton_selective_scan_equals_the_plain_one(T, with_h0):
         assert relative_error(got, expected) < 1e-5, name
 
 
+@pytest.mark.parametrize('low, high', [(10, 30), (30, 100)])
+def test_triton_selective_scan_gradients_hold_where_exp_delta_a_vanishes(low, high):
+    """At large delta, a_t = exp(delta A) -> 0 and h_t -> b_t: dL/dA must not come from h_t - b_t
+    (which cancels; it was 1.0 off at delta 30-100), but from a_t h_{t-1}."""
+    def run(backend, dtype):
+        torch.manual_seed(0)
+        layer = mamba_layer(backend, E=6, N=5).to(DEVICE if backend == 'triton' else 'cpu', dtype)
+        x, delta, B, C = mamba_inputs(40, seed=1, E=6, N=5)
+        delta = low + (high - low) * torch.rand(delta.shape, generator=torch.Generator().manual_seed(2),
+                                                 dtype=torch.float64)
+        inputs = [t.to(layer.D.device, dtype).requires_grad_() for t in (x, delta, B, C)]
+        y, _ = layer.selective_scan(*inputs)
+        weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+        grads = torch.autograd.grad((y * weights.to(y.device, dtype)).sum(), [*inputs, layer.A_log, layer.D])
+        return [g.cpu() for g in grads]
+    for name, got, expected in zip(['x', 'delta', 'B', 'C', 'A_log', 'D'], run('triton', torch.float32),
+                                   run('sequential', torch.float64)):
+        assert relative_error(got, expected) < 1e-5, name
+
+
 @pytest.mark.parametrize('block', ['mingru', 'minlstm', 'mamba'])
 def test_every_recurrent_block_on_triton_equals_sequential(block):
     """The whole model, forward and backward, and the state it hands on: the second chunk's loss
