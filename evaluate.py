@@ -31,7 +31,6 @@ from configurator import ArgumentParser, UsageError, run_cli
 from dataset import load_dataset
 from model import BLOCKS
 from scoring import carried_state_loss, full_split_loss, position_losses, sliding_window_loss
-from settings import NEUTRAL_KEYS
 
 CONTEXTS = (0.25, 0.5, 1, 2, 4, 8, 16)  # evaluation contexts, in multiples of the training context
 
@@ -141,7 +140,7 @@ def read_runs(paths):
                                                                         f'that finished training')
         found.append({'path': path, 'real_path': os.path.realpath(path), 'block': ckpt['config']['block'],
                       'config': ckpt['config'], 'ckpt': ckpt})
-    return [(run['path'], label, run['ckpt']) for label, members in runs.group_series(found, NEUTRAL_KEYS)
+    return [(run['path'], label, run['ckpt']) for label, members in runs.group_series(found)
             for run in members]
 
 

@@ -21,7 +21,6 @@ import report
 import runs
 from configurator import ArgumentParser, run_cli
 from model import BLOCKS
-from settings import NEUTRAL_KEYS
 
 X_AXES = {'step': ('step', 'training step'), 'time': ('time', 'wall-clock seconds of training'),
           'tokens': ('tokens', 'tokens seen')}
@@ -201,7 +200,7 @@ def main(argv=None):
     for run in found:
         if len(run['evals']) < 3:
             runs.warn(f"{run['path']} has {len(run['evals'])} evaluation(s): its curve is a line through fewer than 3 points")
-    series = sorted(runs.group_series(found, NEUTRAL_KEYS), key=lambda s: report.block_order(s[1][0]['block']))
+    series = sorted(runs.group_series(found), key=lambda s: report.block_order(s[1][0]['block']))
     at = args.at if args.at is not None else evaluated_steps(series)
     os.makedirs(args.out, exist_ok=True)
     rows = summarise(series, at)

@@ -47,7 +47,7 @@ def run_state(out_dir, config):
     if not os.path.exists(path):
         return 'new'
     ckpt = runs.load_checkpoint(path)
-    planned, found = (runs.identity(c, settings.NEUTRAL_KEYS) for c in (config, ckpt['config']))
+    planned, found = (runs.identity(c) for c in (config, ckpt['config']))
     differ = [f'{k}: {found.get(k)!r} there, {planned.get(k)!r} planned' for k in sorted(set(planned) | set(found))
               if planned.get(k) != found.get(k)]
     if differ:

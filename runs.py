@@ -22,6 +22,7 @@ import torch
 
 from configurator import UsageError
 from model import BLOCKS, CharLM, ModelConfig, keys_unused_by
+from settings import NEUTRAL_KEYS
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEYS = {'model', 'optimizer', 'scaler', 'model_config', 'config', 'step', 'best_val_loss',
@@ -250,14 +251,15 @@ def read_run(path):
 
 # ----------------------------------------------------------------------------- series
 
-def identity(config, neutral):
-    """What makes a run's curve: its configuration without the neutral keys and the keys its block
-    does not read. Runs with equal identities are seeds of one series."""
+def identity(config):
+    """What makes a run's curve: its configuration without the keys that cannot change it
+    (settings.NEUTRAL_KEYS) and the keys its block does not read. Runs with equal identities are
+    seeds of one series."""
     unused = keys_unused_by(config.get('block'))
-    return {k: v for k, v in config.items() if k not in neutral and k not in unused}
+    return {k: v for k, v in config.items() if k not in NEUTRAL_KEYS and k not in unused}
 
 
-def group_series(runs, neutral):
+def group_series(runs):
     """[(label, [runs])]: one series per distinct identity, in the order first seen; a run named twice
     (or through a link) counts once, and runs with the same seed in one series count once, each with
     a warning. Within a block whose runs form several series, each label names what differs."""
@@ -270,14 +272,14 @@ def group_series(runs, neutral):
         unique.append(run)
     series = {}
     for run in unique:
-        key = json.dumps(identity(run['config'], neutral), sort_keys=True, default=str)
+        key = json.dumps(identity(run['config']), sort_keys=True, default=str)
         members = series.setdefault(key, [])
         if any(m['config'].get('seed') == run['config'].get('seed') for m in members):
             warn(f"{run['path']}: seed {run['config'].get('seed')} is already in its series: counted once")
             continue
         members.append(run)
     groups = list(series.values())
-    labelled = [(series_label(members, groups, neutral), members) for members in groups]
+    labelled = [(series_label(members, groups), members) for members in groups]
     for block in dict.fromkeys(m[0]['block'] for m in groups):
         labels = [label for label, members in labelled if members[0]['block'] == block]
         if len(labels) > 1:
@@ -285,14 +287,14 @@ def group_series(runs, neutral):
     return labelled
 
 
-def series_label(members, groups, neutral):
+def series_label(members, groups):
     """The block's display name, and where the block has other series, the keys in which they differ."""
     block = members[0]['block']
     name = BLOCKS[block].display if block in BLOCKS else block
-    same_block = [identity(g[0]['config'], neutral) for g in groups if g[0]['block'] == block]
+    same_block = [identity(g[0]['config']) for g in groups if g[0]['block'] == block]
     if len(same_block) == 1:
         return name
-    mine = identity(members[0]['config'], neutral)
+    mine = identity(members[0]['config'])
     differing = sorted(k for k in set().union(*same_block) if len({json.dumps(s.get(k), default=str) for s in same_block}) > 1)
     return name + ' ' + ' '.join(f'{k}={short(mine.get(k))}' for k in differing)
 
