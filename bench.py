@@ -308,8 +308,7 @@ def ratio_rows(train_rows, auto_backend):
 
 
 # Colour by block, line style and marker by how it runs: every series of train.png tells apart.
-BLOCK_COLOURS = {'minGRU': 'tab:orange', 'minLSTM': 'tab:green', 'GRU': 'tab:purple', 'LSTM': 'tab:brown',
-                 'Mamba': 'tab:red', 'attention': 'tab:blue'}
+BLOCK_COLOURS = {**{spec.display: spec.colour for spec in BLOCKS.values()}, 'attention': BLOCKS['transformer'].colour}
 BACKEND_STYLES = {'log': ('-', 'o'), 'sequential': ('--', 's'), 'compiled': ('-.', 'D'), 'triton': ('-', '^'),
                   'auto': ('-', 'o'), 'loop': (':', 'v'), 'nn': ((0, (5, 1)), 'x'), '': ('-', 'o'),
                   'unfused': ((0, (1, 1)), 'P')}  # Mamba before its fused selective scan (older result folders)

@@ -30,6 +30,7 @@ import time
 import torch
 
 import devices
+import report
 import runs
 import settings
 from configurator import ArgumentParser, UsageError, run_cli
@@ -118,10 +119,7 @@ def main(argv=None):
             if run_training(command) != 0:
                 sys.exit(f'error: {name} failed (see above); rerun this command to resume it')
             durations.append(time.time() - t0)
-        copy = os.path.join(results, 'runs', name)
-        os.makedirs(copy, exist_ok=True)
-        for file in ('log.jsonl', 'config.json'):
-            shutil.copy2(os.path.join(out_dir, file), os.path.join(copy, file))
+        copy_runs({name: out_dir}, os.path.join(results, 'runs'))
 
     print(f'all {len(plan)} runs complete ({(time.time() - started) / 60:.1f} min this session)')
     copies = [os.path.join(results, 'runs', name) for name, _, _ in plan]
@@ -222,10 +220,10 @@ def train_together(out_dirs, options, results, limit, log_prefix):
 
 
 def copy_runs(out_dirs, folder):
-    """Each run's log and config into folder/<block>/ (checkpoints stay in out/)."""
+    """Each run's log and config into folder/<name>/ (checkpoints stay in out/); the copies' paths."""
     copies = []
-    for block, out_dir in out_dirs.items():
-        copy = os.path.join(folder, block)
+    for name, out_dir in out_dirs.items():
+        copy = os.path.join(folder, name)
         os.makedirs(copy, exist_ok=True)
         for file in ('log.jsonl', 'config.json'):
             if os.path.exists(os.path.join(out_dir, file)):
@@ -242,11 +240,11 @@ def write_timing(alone, together, path):
         rows = [r for r in runs.read_rows(log) if r.get('kind') == 'train'] if os.path.exists(log) else []
         times = [r['ms_per_iter'] for r in rows[1:] if runs.is_number(r.get('ms_per_iter'))]  # the first holds the warm-up
         return f'{sum(times) / len(times):.1f}' if times else '-'
-    lines = ['| block | ms / iter alone | ms / iter side by side (contended) |', '|---|---|---|']
-    lines += [f'| {BLOCKS[b].display} | {ms(alone[b])} | {ms(together[b])} |' for b in alone]
+    table = report.markdown_table(['block', 'ms / iter alone', 'ms / iter side by side (contended)'],
+                                  [[BLOCKS[b].display, ms(alone[b]), ms(together[b])] for b in alone])
     with open(path, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
-    print('\n'.join(lines), flush=True)
+        f.write(table)
+    print(table, flush=True)
 
 
 def gpu_environment(device):

@@ -360,7 +360,7 @@ class Training:
         self.elapsed += seconds
         self.window = (self.window[0] + seconds, self.window[1] + 1)
         remaining_hours = seconds * (self.config['max_iters'] - self.step) / 3600
-        if self.master and self.window[1] == 1 and self.step == self.first_step + 1 and remaining_hours > 2:
+        if self.master and self.step == self.first_step + 1 and remaining_hours > 2:
             tqdm.write(f"warning: at {seconds:.1f} s a step on {self.device}, the {self.config['max_iters'] - self.step} "
                        f'steps left take about {remaining_hours:.0f} hours (measured on the first step); a config '
                        f'for this device, or --max_seconds, bounds it')
