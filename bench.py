@@ -5,6 +5,7 @@ Speed and memory of every block, measured side by side in one run (never as time
     python bench.py --quick                           # a smoke run (-> out/bench-quick/), well under a minute
     python bench.py --parts train --lengths 64 256 512 1024 2048    # the layer comparison only
     python bench.py --parts recipe                                     # ms per training iteration
+    python bench.py --static                          # the Triton kernels' cost on GPUs, without one
 
 1. train: one layer's training step (forward + backward, batch 64, width 128) against sequence
    length T, for minGRU / minLSTM with each scan backend; GRU / LSTM stepped in a Python loop with
@@ -24,14 +25,22 @@ Speed and memory of every block, measured side by side in one run (never as time
 
 Writes train.csv, recipe.csv, generate.csv, ratios.csv, env.json and log-log plots (train.png,
 memory.png, generate.png) into the output folder, and prints the ratios the paper quotes.
+
+--static measures nothing: it compiles every Triton kernel (gpu_kernels.launches) for an H100 (sm_90)
+and an A100 (sm_80) with the assembler triton bundles, and writes per kernel and GPU the registers,
+spilled bytes, shared memory and CTAs per SM that ptxas reports, and, from the machine code (SASS) of
+the kernel's innermost loop, instructions, warp shuffles, barriers and exps per state element and
+step (kernels.csv, kernels.md and the SASS it read, in results/speed/static/ by default).
 """
 import configurator  # noqa: F401  first: a Ctrl-C while torch imports ends in one line (configurator.py)
 
 import functools
 import json
 import os
+import re
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
@@ -43,7 +52,7 @@ import report
 import settings
 from configurator import ArgumentParser, UsageError, resolve, run_cli
 from model import BLOCKS, CausalSelfAttention, CharLM, Mamba, MinGRU, MinLSTM, ModelConfig
-from scan import BACKENDS, resolve_backend
+from scan import BACKENDS, load_gpu_kernels, resolve_backend
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -353,6 +362,91 @@ def plot(train_rows, generate_rows, out, device_name):
         plt.close(fig)
 
 
+# ----------------------------------------------------------------------------- static cost
+
+GPUS = {90: dict(name='H100 (sm_90)', warps=64, ctas=32, registers=65536, shared=228 * 1024),
+        80: dict(name='A100 (sm_80)', warps=64, ctas=32, registers=65536, shared=164 * 1024)}
+SASS_LINE = re.compile(r'/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);')
+
+
+def innermost_loop(sass):
+    """The opcodes of the longest loop that holds no other loop: the body a kernel repeats per tile
+    or step. A loop is a branch back to an earlier address."""
+    code = [(int(address, 16), opcode, operands) for address, opcode, operands in SASS_LINE.findall(sass)]
+    loops = []
+    for address, opcode, operands in code:
+        target = re.search(r'0x([0-9a-f]+)', operands)
+        if opcode.startswith('BRA') and target and int(target.group(1), 16) <= address:
+            loops.append((int(target.group(1), 16), address))
+    innermost = [(a, b) for a, b in loops if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops)]
+    if not innermost:
+        return []
+    start, end = max(innermost, key=lambda loop: loop[1] - loop[0])
+    return [opcode for address, opcode, _ in code if start <= address <= end]
+
+
+def occupancy(registers, warps, shared, gpu):
+    """CTAs per SM and the share of the SM's warps they keep busy; registers go to warps in units of 256."""
+    per_warp = -(-registers * 32 // 256) * 256
+    ctas = min(gpu['ctas'], gpu['warps'] // warps, gpu['registers'] // (per_warp * warps),
+               gpu['shared'] // shared if shared else gpu['ctas'])
+    return ctas, ctas * warps / gpu['warps']
+
+
+def static_rows(out):
+    """One row per kernel and GPU; the SASS goes to out/sass/."""
+    kernels = load_gpu_kernels()
+    if not kernels.available():
+        raise UsageError('--static needs the triton package (pip install triton): it compiles the kernels')
+    if kernels.INTERPRETED:
+        raise UsageError('--static compiles the kernels, which TRITON_INTERPRET=1 replaces by its interpreter: '
+                         'run it without TRITON_INTERPRET')
+    os.makedirs(os.path.join(out, 'sass'), exist_ok=True)
+    rows = []
+    for capability, gpu in GPUS.items():
+        for name, (kernel, constants, options, elements) in kernels.launches().items():
+            with tempfile.TemporaryDirectory() as folder:
+                resources, sass, shared = kernels.compile_ahead_of_time(kernel, constants, options, capability, folder)
+            with open(os.path.join(out, 'sass', f'{name}.sm_{capability}.sass'), 'w') as f:
+                f.write(sass)
+            registers = int(re.search(r'Used (\d+) registers', resources).group(1))
+            ctas, share = occupancy(registers, options['num_warps'], shared, gpu)
+            loop = innermost_loop(sass)
+            per_element = lambda prefix: round(sum(op.startswith(prefix) for op in loop) / elements, 2)
+            rows.append({'kernel': name, 'gpu': gpu['name'], 'registers': registers,
+                         'spilled_bytes': int(re.search(r'(\d+) bytes spill stores', resources).group(1)),
+                         'shared_bytes': shared, 'warps': options['num_warps'], 'ctas_per_sm': ctas,
+                         'occupancy': round(share, 3), 'loop_instructions': len(loop),
+                         'elements_per_loop': elements, 'instructions_per_element': round(len(loop) / elements, 2),
+                         'shuffles_per_element': per_element('SHFL'), 'barriers_per_element': per_element('BAR'),
+                         'exps_per_element': per_element('MUFU.EX2')})
+    return rows
+
+
+def static_report(args):
+    out = args.out or os.path.join('results', 'speed', 'static')
+    rows = static_rows(out)
+    report.write_csv(os.path.join(out, 'kernels.csv'), rows)
+    columns = ['kernel', 'gpu', 'registers', 'spilled_bytes', 'occupancy', 'instructions_per_element',
+               'shuffles_per_element', 'barriers_per_element', 'exps_per_element']
+    with open(os.path.join(out, 'kernels.md'), 'w') as f:
+        f.write(f'# The Triton kernels compiled ahead of time (`python bench.py --static`, triton {triton_version()})\n\n'
+                'Per element = per state element (channel x state) and time step, in the innermost loop of the '
+                'kernel\'s SASS. A count from the machine code, not a measurement on a GPU.\n\n')
+        f.write(report.markdown_table(columns, [[str(r[c]) for c in columns] for r in rows]))
+    for r in rows:
+        print(f"  {r['kernel']:20s} {r['gpu']:14s} {r['registers']:4d} registers, {r['spilled_bytes']} bytes spilled, "
+              f"occupancy {r['occupancy']:.0%}, per element: {r['instructions_per_element']} instructions, "
+              f"{r['shuffles_per_element']} shuffles, {r['exps_per_element']} exps")
+    print(f'wrote {out}/')
+    return out
+
+
+def triton_version():
+    import triton
+    return triton.__version__
+
+
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__)
     parser.add_argument('--parts', nargs='+', default=['train', 'recipe', 'generate'],
@@ -374,6 +468,8 @@ def parse_args(argv=None):
     parser.add_argument('--out', help='output folder (default results/speed/<device>; with --quick out/bench-quick)')
     parser.add_argument('--quick', action='store_true', help='tiny sizes: checks the script, measures nothing useful')
     parser.add_argument('--replot', metavar='FOLDER', help='measure nothing: redraw the figures of FOLDER from its CSVs')
+    parser.add_argument('--static', action='store_true',
+                        help='measure nothing: compile the Triton kernels for GPUs and count their cost (needs triton, no GPU)')
     args = parser.parse_args(argv)
     for name in ('lengths', 'positions', 'batch', 'width', 'repeats', 'window', 'recipe_rounds', 'recipe_steps'):
         values = getattr(args, name) if isinstance(getattr(args, name), list) else [getattr(args, name)]
@@ -389,6 +485,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.static:
+        return static_report(args)
     if args.replot:
         try:
             with open(os.path.join(args.replot, 'env.json')) as f:

@@ -1,22 +1,27 @@
 """
-The 'triton' scan backend: the two recurrences of the project as Triton kernels for a CUDA GPU, in
-float32, beside the plain-PyTorch paths that the tests hold them equal to (tests/test_triton.py):
+The 'triton' scan backend: the two recurrences of the project as Triton kernels for a CUDA GPU,
+beside the plain-PyTorch paths that the tests hold them equal to (tests/test_triton.py):
 
     TritonScan            = scan.SequentialScan             h_t = a_t h_{t-1} + b_t
     selective_scan(...)   = model.Mamba.scan_channels       Mamba's selective scan, fused
 
-Both split time into tiles of BLOCK_T steps. Inside a tile, an associative scan (tl.associative_scan)
-combines the pairs (a_t, b_t) in parallel; between tiles, each program carries the state in registers
-from the tile before. A program owns one batch element and a block of channels, so the grid is
-batch x channel blocks and no tensor ever holds more than (batch, time, channels) in memory.
+The scan splits time into tiles of BLOCK_T steps: inside a tile an associative scan
+(tl.associative_scan) combines the pairs (a_t, b_t) in parallel, and each program carries the state
+from the tile before. Its backward loads each tile in reversed time order, so the reverse recurrence
+of the gradient (g_t = dL/dh_t + a_{t+1} g_{t+1}) is a forward scan too.
 
-The backward passes never scan backwards: they load each tile in reversed time order, so the reverse
-recurrence of the gradient (g_t = dL/dh_t + a_{t+1} g_{t+1}) is a forward scan too.
+The selective scan follows mamba_ssm's design: a thread owns a channel and its N states, so the sum
+over states (y = C . h) stays in the thread, and the forward walks the steps one at a time with no
+(batch, time, channels, N) tensor anywhere. The backward recomputes the states from the ones the
+forward saved every SELECTIVE_CHUNK steps, its time tiles again inside each thread. It reads inputs
+in any float dtype (bfloat16 under autocast) and computes in float32; it can fuse delta's softplus
+and bias. `python bench.py --static` counts what the kernels cost on an H100 (results/speed/static/).
 
 Triton is not needed on a CPU. Where it is installed, TRITON_INTERPRET=1 (set before this module is
 imported) runs the same kernels on CPU tensors through Triton's interpreter: that is how the tests
 check them without a GPU.
 """
+import contextlib
 import os
 
 import torch
@@ -44,9 +49,17 @@ def check(*tensors):
         if t is not None and t.device.type != 'cuda' and not INTERPRETED:
             raise ValueError(f"scan_backend='triton' runs on CUDA tensors, got them on {t.device}; "
                              "use scan_backend='auto' on other devices")
+        if t is not None and t.device != tensors[0].device:
+            raise ValueError(f'the Triton kernels need their tensors on one device, got {tensors[0].device} and {t.device}')
         if t is not None and t.numel() == 0:
             raise ValueError(f'the Triton kernels need a batch, a time and a width of at least 1, got a tensor '
                              f'of shape {tuple(t.shape)}')
+
+
+def _on_device_of(tensor):
+    """Makes the tensor's GPU the current one while a kernel launches: Triton launches on the current
+    device, which is cuda:0 in a process that runs on cuda:1 without setting it."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def _float32(*tensors):
@@ -121,128 +134,166 @@ if triton is not None:
             g = _at_step(g_tile, steps[None, :], BLOCK_T - 1)
 
     # ------------------------------------------------------------------- Mamba's selective scan
+    # After mamba_ssm's design: a thread owns its channels with all their N states, so the sum over
+    # states (y = C . h) never leaves the thread and each state walks its steps in registers. Tiles are
+    # (states, channels) or (channels, time), channels on the lanes; time last, where tl.flip works in
+    # every triton >= 3.0. A batch element's base offset is int64 (batch x time x width passes 2^31
+    # at scale); offsets inside one element stay int32.
 
     @triton.jit
-    def _selective_tile(x_ptr, delta_ptr, B_ptr, batch, t, e, n, A, T, E, N):
-        """The tile's x, delta (channels, time), B (states, time) and the scan's coefficients
-        a = exp(delta A), b = delta B x (channels, states, time); zero-padded past T, E and N."""
-        et = batch * T * E + t * E + e[:, None]
-        inside = (t < T) & (e[:, None] < E)
-        x = tl.load(x_ptr + et, mask=inside, other=0.0)
-        delta = tl.load(delta_ptr + et, mask=inside, other=0.0)
-        B = tl.load(B_ptr + batch * T * N + t * N + n[:, None], mask=(t < T) & (n[:, None] < N), other=0.0)
-        a = tl.exp(delta[:, None, :] * A[:, :, None])
-        b = (delta * x)[:, None, :] * B[None, :, :]
-        return x, delta, B, a, b
+    def _softplus(v):
+        """log(1 + e^v) without overflow, with log1p's accuracy where e^v is small (Goldberg's trick)."""
+        z = tl.exp(-tl.abs(v))
+        u = 1.0 + z
+        return tl.maximum(v, 0.0) + tl.where(u == 1.0, z, tl.log(u) * (z / tl.where(u == 1.0, 1.0, u - 1.0)))
 
     @triton.jit
-    def _selective_forward(x_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, y_ptr, last_ptr, saved_ptr,
-                           T, E, N, HAS_H0: tl.constexpr,
-                           BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
-        """h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t and y_t = C_t . h_t + D x_t for one batch
-        element and BLOCK_E channels, the (BLOCK_E, N) state in registers. Writes y (batch, T, E), the
-        last state (batch, E, N) and the state before each tile (batch, tiles, E, N) for the backward."""
-        batch, block = tl.program_id(0), tl.program_id(1)
-        e = block * BLOCK_E + tl.arange(0, BLOCK_E)
+    def _load_delta(delta_ptr, bias, offset, inside, SOFTPLUS: tl.constexpr):
+        """delta, or softplus(its pre-activation + bias) where SOFTPLUS, in float32; 0 outside, where
+        exp(delta A) = 1 and delta B x = 0 leave the state as it is."""
+        delta = tl.load(delta_ptr + offset, mask=inside, other=0.0).to(tl.float32)
+        if SOFTPLUS:
+            delta = tl.where(inside, _softplus(delta + bias), 0.0)
+        return delta
+
+    @triton.jit
+    def _load_tile(ptr, t, e, T, E):
+        """The (channels, time) tile of a batch element's (T, E) tensor at steps t, in float32; 0 outside."""
+        return tl.load(ptr + t * E + e, mask=(t >= 0) & (t < T) & (e < E), other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _selective_forward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, y_ptr, last_ptr,
+                           saved_ptr, T, E, N: tl.constexpr, HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr,
+                           CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
+        """h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t,  y_t = C_t . h_t + D x_t  (the selective SSM
+        after zero-order hold), one step at a time, for one batch element and BLOCK_E channels;
+        SOFTPLUS: delta = softplus(delta + bias). A, h0, the last state and the states saved before
+        every CHUNK steps for the backward are states-major: (N, E), (batch, [chunks,] N, E)."""
+        batch = tl.program_id(0).to(tl.int64)
+        e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
         n = tl.arange(0, BLOCK_N)
-        steps = tl.arange(0, BLOCK_T)
-        en = e[:, None] * N + n[None, :]
-        en_inside = (e[:, None] < E) & (n[None, :] < N)
-        A = tl.load(A_ptr + en, mask=en_inside, other=0.0)  # padded channels and states: a = 1, b = 0
+        ne = n[:, None] * E + e[None, :]
+        ne_inside = (n[:, None] < N) & (e[None, :] < E)
+        x_ptr, delta_ptr, y_ptr = x_ptr + batch * T * E, delta_ptr + batch * T * E, y_ptr + batch * T * E
+        B_ptr, C_ptr = B_ptr + batch * T * N, C_ptr + batch * T * N
+        saved_ptr += batch * tl.cdiv(T, CHUNK) * N * E
+        A = tl.load(A_ptr + ne, mask=ne_inside, other=0.0)
         D = tl.load(D_ptr + e, mask=e < E, other=0.0)
-        h = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
+        bias = tl.load(bias_ptr + e, mask=e < E, other=0.0) if SOFTPLUS else 0.0
+        h = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)
         if HAS_H0:
-            h = tl.load(h0_ptr + batch * E * N + en, mask=en_inside, other=0.0)
-        n_tiles = tl.cdiv(T, BLOCK_T)
-        for k in range(n_tiles):
-            tl.store(saved_ptr + (batch * n_tiles + k) * E * N + en, h, mask=en_inside)
-            t = k * BLOCK_T + steps[None, :]
-            x, delta, B, a, b = _selective_tile(x_ptr, delta_ptr, B_ptr, batch, t, e, n, A, T, E, N)
-            C = tl.load(C_ptr + batch * T * N + t * N + n[:, None], mask=(t < T) & (n[:, None] < N), other=0.0)
-            a_prod, b_sum = tl.associative_scan((a, b), 2, _combine)
-            states = a_prod * h[:, :, None] + b_sum
-            y = tl.sum(states * C[None, :, :], axis=1) + D[:, None] * x
-            tl.store(y_ptr + batch * T * E + t * E + e[:, None], y, mask=(t < T) & (e[:, None] < E))
-            h = _at_step(states, steps[None, None, :], BLOCK_T - 1)
-        tl.store(last_ptr + batch * E * N + en, h, mask=en_inside)
+            h = tl.load(h0_ptr + batch * N * E + ne, mask=ne_inside, other=0.0).to(tl.float32)
+        for t in range(T):
+            if t % CHUNK == 0:
+                tl.store(saved_ptr + t // CHUNK * N * E + ne, h, mask=ne_inside)
+            x = tl.load(x_ptr + t * E + e, mask=e < E, other=0.0).to(tl.float32)
+            delta = _load_delta(delta_ptr, bias, t * E + e, e < E, SOFTPLUS)
+            B = tl.load(B_ptr + t * N + n, mask=n < N, other=0.0).to(tl.float32)
+            C = tl.load(C_ptr + t * N + n, mask=n < N, other=0.0).to(tl.float32)
+            h = tl.exp(delta[None, :] * A) * h + (delta * x)[None, :] * B[:, None]
+            tl.store(y_ptr + t * E + e, tl.sum(C[:, None] * h, axis=0) + D * x, mask=e < E)
+        tl.store(last_ptr + batch * N * E + ne, h, mask=ne_inside)
 
     @triton.jit
-    def _selective_backward(x_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, saved_ptr, grad_y_ptr, grad_last_ptr,
-                            grad_x_ptr, grad_delta_ptr, grad_A_ptr, grad_B_ptr, grad_C_ptr, grad_D_ptr, grad_h0_ptr,
-                            T, E, N, HAS_GRAD_LAST: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-                            BLOCK_N: tl.constexpr):
-        """Gradients of the selective scan, tiles from the end. Each tile's states are recomputed from
-        the state saved before it, then reversed in time (tl.flip) to meet the gradient, which runs in
-        reversed order: g_t = grad_y_t C_t + a_{t+1} g_{t+1} (per channel and state). Then
-          dL/dlog a_t = g_t a_t h_{t-1}   (h_{t-1} from a second scan over the steps shifted by one: the
-                                           equal g_t (h_t - b_t) cancels where a_t -> 0, at large delta)
-          dx = sum_n g delta B + grad_y D,   ddelta = sum_n (g x B + dlog_a A),   dA = sum_t dlog_a delta,
-          dB = sum_e g delta x,   dC = sum_e grad_y h,   dD = sum_t grad_y x,   dh0 = a_1 g_1.
-        g starts from dL/d(last state) where a later chunk read it (HAS_GRAD_LAST), else from zero.
-        dB and dC are per channel block and dA, dD per batch element: the caller sums them."""
-        batch, block = tl.program_id(0), tl.program_id(1)
-        n_blocks = tl.num_programs(1)
-        e = block * BLOCK_E + tl.arange(0, BLOCK_E)
-        n = tl.arange(0, BLOCK_N)
-        steps = tl.arange(0, BLOCK_T)
-        en = e[:, None] * N + n[None, :]
-        en_inside = (e[:, None] < E) & (n[None, :] < N)
-        A = tl.load(A_ptr + en, mask=en_inside, other=0.0)
+    def _channel_sums(tile, PARTS: tl.constexpr):
+        """A (channels, time) tile summed over channels into PARTS partial sums (PARTS, time). Channel
+        r * 32 + l is lane l's r-th: each part adds a thread's channels in registers, then 32 / PARTS
+        lanes by shuffles (fewer than all 32), and the caller sums the parts."""
+        parts = tl.reshape(tile, [tile.shape[0] // 32, PARTS, 32 // PARTS, tile.shape[1]])
+        return tl.sum(tl.sum(parts, axis=2), axis=0)
+
+    @triton.jit
+    def _selective_backward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, saved_ptr, grad_y_ptr,
+                            grad_x_ptr, grad_delta_ptr, grad_A_ptr, grad_B_ptr, grad_C_ptr, grad_D_ptr,
+                            grad_bias_ptr, g_ptr, T, E, N: tl.constexpr, SOFTPLUS: tl.constexpr, CHUNK: tl.constexpr,
+                            PARTS: tl.constexpr, BLOCK_E: tl.constexpr):
+        """Gradients of _selective_forward, in chunks of CHUNK steps from the end and one state at a
+        time. A chunk is a (channels, time) tile whose steps lie in one thread, so its scans run in
+        registers. From the state saved before the chunk, a scan over the steps shifted by one gives
+        h_{t-1}, then h_t = a_t h_{t-1} + b_t; a scan in reversed time gives g_t = dL/dh_t = C_t dy_t +
+        a_{t+1} g_{t+1}, g after the sequence being dL/d(last state), which g_ptr holds (batch, N, E)
+        on entry. Per channel, state and step:
+          dL/dlog a = g a h_{t-1}  (not g (h_t - b_t), which cancels where a -> 0 at large delta),
+          dx = sum_n g delta B + dy D,   ddelta = sum_n (g x B + dlog_a A),   dA = sum_t dlog_a delta,
+          dB = sum_e g delta x,   dC = sum_e dy h,   dD = sum_t dy x,   dh0 = a_1 g_1 (left in g_ptr),
+        and through the softplus d(pre-activation) = ddelta sigmoid = ddelta (1 - e^-delta). dB and dC
+        are PARTS partial sums per program, dA (zeroed by the caller), dD and dbias per batch element:
+        the caller sums them."""
+        batch = tl.program_id(0).to(tl.int64)
+        e = (tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E))[:, None]
+        x_ptr, delta_ptr, grad_y_ptr = x_ptr + batch * T * E, delta_ptr + batch * T * E, grad_y_ptr + batch * T * E
+        grad_x_ptr, grad_delta_ptr = grad_x_ptr + batch * T * E, grad_delta_ptr + batch * T * E
+        B_ptr, C_ptr = B_ptr + batch * T * N, C_ptr + batch * T * N
+        grad_B_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * PARTS * T * N
+        grad_C_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * PARTS * T * N
+        grad_A_ptr, g_ptr = grad_A_ptr + batch * N * E, g_ptr + batch * N * E
+        n_chunks = tl.cdiv(T, CHUNK)
+        saved_ptr += batch * n_chunks * N * E
         D = tl.load(D_ptr + e, mask=e < E, other=0.0)
-        g = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)  # g of the step after the tile
-        if HAS_GRAD_LAST:
-            g = tl.load(grad_last_ptr + batch * E * N + en, mask=en_inside, other=0.0)
-        grad_A = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
-        grad_D = tl.zeros([BLOCK_E], dtype=tl.float32)
-        a_first = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
-        n_tiles = tl.cdiv(T, BLOCK_T)
-        for j in range(n_tiles):
-            k = n_tiles - 1 - j
-            # The tile's states, in time order, then reversed.
-            h = tl.load(saved_ptr + (batch * n_tiles + k) * E * N + en, mask=en_inside, other=0.0)
-            t = k * BLOCK_T + steps[None, :]
-            _, _, _, a, b = _selective_tile(x_ptr, delta_ptr, B_ptr, batch, t, e, n, A, T, E, N)
-            a_prod, b_sum = tl.associative_scan((a, b), 2, _combine)
-            states = tl.flip(a_prod * h[:, :, None] + b_sum, 2)
-            # h_{t-1}: the same scan over the steps shifted by one, the tile's first step the identity.
-            _, _, _, a_prev, b_prev = _selective_tile(x_ptr, delta_ptr, B_ptr, batch, tl.maximum(t - 1, 0), e, n,
-                                                      A, T, E, N)
-            first = steps[None, None, :] == 0
-            a_prev, b_prev = tl.where(first, 1.0, a_prev), tl.where(first, 0.0, b_prev)
-            a_prev_prod, b_prev_sum = tl.associative_scan((a_prev, b_prev), 2, _combine)
-            previous = tl.flip(a_prev_prod * h[:, :, None] + b_prev_sum, 2)
-            # Everything else in reversed time order: column i is step r = (k + 1) * BLOCK_T - 1 - i.
-            r = (k + 1) * BLOCK_T - 1 - steps[None, :]
-            x, delta, B, a, b = _selective_tile(x_ptr, delta_ptr, B_ptr, batch, r, e, n, A, T, E, N)
-            delta_next = tl.load(delta_ptr + batch * T * E + (r + 1) * E + e[:, None],
-                                 mask=(r + 1 < T) & (e[:, None] < E), other=0.0)
-            C = tl.load(C_ptr + batch * T * N + r * N + n[:, None], mask=(r < T) & (n[:, None] < N), other=0.0)
-            er = batch * T * E + r * E + e[:, None]
-            er_inside = (r < T) & (e[:, None] < E)
-            grad_y = tl.load(grad_y_ptr + er, mask=er_inside, other=0.0)
-            a_next = tl.exp(delta_next[:, None, :] * A[:, :, None])
-            a_next_prod, g_sum = tl.associative_scan((a_next, grad_y[:, None, :] * C[None, :, :]), 2, _combine)
-            g_tile = a_next_prod * g[:, :, None] + g_sum
-            grad_log_a = g_tile * a * previous  # not g (h_t - b_t), which cancels where a_t -> 0
-            g_B = tl.sum(g_tile * B[None, :, :], axis=1)
-            tl.store(grad_x_ptr + er, g_B * delta + grad_y * D[:, None], mask=er_inside)
-            tl.store(grad_delta_ptr + er, g_B * x + tl.sum(grad_log_a * A[:, :, None], axis=1), mask=er_inside)
-            nr = ((batch * n_blocks + block) * T + r) * N + n[:, None]
-            nr_inside = (r < T) & (n[:, None] < N)
-            tl.store(grad_B_ptr + nr, tl.sum(g_tile * (delta * x)[:, None, :], axis=0), mask=nr_inside)
-            tl.store(grad_C_ptr + nr, tl.sum(states * grad_y[:, None, :], axis=0), mask=nr_inside)
-            grad_A += tl.sum(grad_log_a * delta[:, None, :], axis=2)
-            grad_D += tl.sum(grad_y * x, axis=1)
-            g = _at_step(g_tile, steps[None, None, :], BLOCK_T - 1)  # step k * BLOCK_T
-            a_first = _at_step(a, steps[None, None, :], BLOCK_T - 1)
-        tl.store(grad_A_ptr + batch * E * N + en, grad_A, mask=en_inside)
+        bias = tl.load(bias_ptr + e, mask=e < E, other=0.0) if SOFTPLUS else 0.0
+        step = tl.arange(0, CHUNK)[None, :]  # a step's place in its chunk
+        part = tl.arange(0, PARTS)[:, None]
+        grad_D = tl.zeros([BLOCK_E, 1], dtype=tl.float32)
+        grad_bias = tl.zeros([BLOCK_E, 1], dtype=tl.float32)
+        for j in range(n_chunks):
+            k = n_chunks - 1 - j
+            t = k * CHUNK + step
+            inside = (t < T) & (e < E)
+            x, grad_y = _load_tile(x_ptr, t, e, T, E), _load_tile(grad_y_ptr, t, e, T, E)
+            delta = _load_delta(delta_ptr, bias, t * E + e, inside, SOFTPLUS)
+            # the chunk's steps shifted by one, its first one the identity (a = 1, b = 0)
+            delta_prev = _load_delta(delta_ptr, bias, (t - 1) * E + e, (step > 0) & inside, SOFTPLUS)
+            delta_x_prev = delta_prev * _load_tile(x_ptr, t - 1, e, T, E)
+            delta_next = _load_delta(delta_ptr, bias, (t + 1) * E + e, (t + 1 < T) & (e < E), SOFTPLUS)
+            grad_x = grad_y * D
+            grad_delta = tl.zeros([BLOCK_E, CHUNK], dtype=tl.float32)
+            for n in range(N):
+                A = tl.load(A_ptr + n * E + e, mask=e < E, other=0.0)
+                B = tl.load(B_ptr + t * N + n, mask=t < T, other=0.0).to(tl.float32)
+                C = tl.load(C_ptr + t * N + n, mask=t < T, other=0.0).to(tl.float32)
+                # h_{t-1}: the recurrence over the chunk's steps shifted by one
+                B_prev = tl.load(B_ptr + (t - 1) * N + n, mask=(step > 0) & (t < T), other=0.0).to(tl.float32)
+                a_prod, b_sum = tl.associative_scan((tl.exp(delta_prev * A), delta_x_prev * B_prev), 1, _combine)
+                h_prev = a_prod * tl.load(saved_ptr + (k * N + n) * E + e, mask=e < E, other=0.0) + b_sum
+                a = tl.exp(delta * A)
+                h = a * h_prev + delta * x * B
+                # g in reversed time (tl.flip permutes registers; a reversed tl.associative_scan shuffles
+                # lanes); a_{t+1} is 1 past the last step, where g_ptr holds dL/d(last state)
+                a_next = tl.where(t + 1 < T, tl.exp(delta_next * A), 1.0)
+                a_next_prod, g_sum = tl.associative_scan((tl.flip(a_next, 1), tl.flip(grad_y * C, 1)), 1, _combine)
+                g_after = tl.load(g_ptr + n * E + e, mask=e < E, other=0.0)
+                g = tl.flip(a_next_prod * g_after + g_sum, 1)
+                grad_log_a = g * a * h_prev
+                grad_x += g * B * delta
+                grad_delta += g * B * x + grad_log_a * A
+                tl.store(grad_A_ptr + n * E + e, tl.load(grad_A_ptr + n * E + e, mask=e < E, other=0.0)
+                         + tl.sum(grad_log_a * delta, axis=1)[:, None], mask=e < E)
+                tl.store(g_ptr + n * E + e, tl.sum(tl.where(step == 0, g, 0.0), axis=1)[:, None], mask=e < E)
+                tl.store(grad_B_ptr + (part * T + t) * N + n, _channel_sums(g * delta * x, PARTS), mask=t < T)
+                tl.store(grad_C_ptr + (part * T + t) * N + n, _channel_sums(grad_y * h, PARTS), mask=t < T)
+            if SOFTPLUS:
+                grad_delta *= 1.0 - tl.exp(-delta)
+            tl.store(grad_x_ptr + t * E + e, grad_x, mask=inside)
+            tl.store(grad_delta_ptr + t * E + e, grad_delta, mask=inside)
+            grad_D += tl.sum(grad_y * x, axis=1)[:, None]
+            grad_bias += tl.sum(tl.where(inside, grad_delta, 0.0), axis=1)[:, None]
         tl.store(grad_D_ptr + batch * E + e, grad_D, mask=e < E)
-        tl.store(grad_h0_ptr + batch * E * N + en, a_first * g, mask=en_inside)
+        tl.store(grad_bias_ptr + batch * E + e, grad_bias, mask=e < E)
+        delta_first = _load_delta(delta_ptr, bias, e, e < E, SOFTPLUS)
+        for state in range(N):
+            a_first = tl.exp(delta_first * tl.load(A_ptr + state * E + e, mask=e < E, other=0.0))
+            tl.store(g_ptr + state * E + e, a_first * tl.load(g_ptr + state * E + e, mask=e < E, other=0.0), mask=e < E)
 
 
 SCAN_BLOCK_T, SCAN_BLOCK_D = 32, 32
-SELECTIVE_BLOCK_T, SELECTIVE_BLOCK_E = 16, 8
-SELECTIVE_BACKWARD_WARPS = 8  # with Triton's default 4, ptxas spills registers on sm_90 (tests/test_triton.py)
+# Mamba's selective scan: one channel per thread (a program's 4 warps own 128 channels), a backward tile
+# of 4 steps, registers capped at 128 so that 4 programs share an SM (25% occupancy) without a spill
+# (python bench.py --static counts them).
+SELECTIVE_CHUNK = 4       # steps a backward tile holds per thread, and between two saved states
+SELECTIVE_PARTS = 4       # partial sums of dB and dC per program
+SELECTIVE_BLOCK_E = 128   # channels a program owns
+SELECTIVE_WARPS = 4
+SELECTIVE_REGISTERS = 128
 
 
 class TritonScan(torch.autograd.Function):
@@ -257,7 +308,8 @@ class TritonScan(torch.autograd.Function):
         batch, T, D = a.shape
         h = torch.empty_like(a)
         grid = (batch, triton.cdiv(D, SCAN_BLOCK_D))
-        _scan_forward[grid](a, b, h0, h, T, D, HAS_H0=h0 is not None, BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
+        with _on_device_of(a):
+            _scan_forward[grid](a, b, h0, h, T, D, HAS_H0=h0 is not None, BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
         ctx.save_for_backward(a, h, h0)
         ctx.dtype = dtype
         return h.to(dtype)
@@ -270,56 +322,69 @@ class TritonScan(torch.autograd.Function):
         batch, T, D = a.shape
         grad_a, grad_b = torch.empty_like(a), torch.empty_like(a)
         grid = (batch, triton.cdiv(D, SCAN_BLOCK_D))
-        _scan_backward[grid](a, h, h0, grad_h, grad_a, grad_b, T, D, HAS_H0=h0 is not None,
-                             BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
+        with _on_device_of(a):
+            _scan_backward[grid](a, h, h0, grad_h, grad_a, grad_b, T, D, HAS_H0=h0 is not None,
+                                 BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
         grad_h0 = None if h0 is None else (a[:, 0] * grad_b[:, 0]).to(ctx.dtype)
         return grad_a.to(ctx.dtype), grad_b.to(ctx.dtype), grad_h0
 
 
+def _states_major(h):
+    """(batch, E, N) <-> (batch, N, E): the kernels hold states in the slow axis, channels on the lanes."""
+    return None if h is None else h.transpose(1, 2).contiguous()
+
+
 class TritonSelectiveScan(torch.autograd.Function):
-    """Mamba's selective scan fused in Triton kernels, in float32: the same function and derivative as
+    """Mamba's selective scan fused in Triton kernels: the same function and derivative as
     model.Mamba.scan_channels, h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t, y_t = C_t . h_t + D x_t,
-    with no (batch, time, channels, d_state) tensor in memory. Returns y and the last state, both
-    differentiable, as in cpu_kernels.selective_scan."""
+    with no (batch, time, channels, d_state) tensor in memory. Given delta_bias, delta is the
+    pre-activation and the kernels apply delta = softplus(delta + delta_bias). Inputs in any float
+    dtype, y in x's, arithmetic in float32. Returns y and the last state, both differentiable."""
 
     @staticmethod
-    def forward(ctx, x, delta, A, B, C, D, h0):
-        check(x, delta, A, B, C, D, h0)
-        dtype = x.dtype
-        x, delta, A, B, C, D, h0 = _float32(x, delta, A, B, C, D, h0)
+    def forward(ctx, x, delta, A, B, C, D, h0, delta_bias):
+        check(x, delta, A, B, C, D, h0, delta_bias)
+        x, delta, B, C = (t.contiguous() for t in (x, delta, B, C))
         batch, T, E = x.shape
         N = A.shape[1]
-        n_tiles = triton.cdiv(T, SELECTIVE_BLOCK_T)
+        A_t, D = A.float().t().contiguous(), D.float().contiguous()
         y = torch.empty_like(x)
-        last = x.new_empty(batch, E, N)
-        saved = x.new_empty(batch, n_tiles, E, N)
-        grid = (batch, triton.cdiv(E, SELECTIVE_BLOCK_E))
-        _selective_forward[grid](x, delta, A, B, C, D, h0, y, last, saved, T, E, N, HAS_H0=h0 is not None,
-                                 BLOCK_T=SELECTIVE_BLOCK_T, BLOCK_E=SELECTIVE_BLOCK_E,
-                                 BLOCK_N=triton.next_power_of_2(N))
-        ctx.save_for_backward(x, delta, A, B, C, D, saved)
-        ctx.has_h0, ctx.dtype = h0 is not None, dtype
-        return y.to(dtype), last.to(dtype)
+        last = x.new_empty(batch, N, E, dtype=torch.float32)
+        saved = x.new_empty(batch, triton.cdiv(T, SELECTIVE_CHUNK), N, E, dtype=torch.float32)
+        bias = D if delta_bias is None else delta_bias.float().contiguous()  # D: a pointer never read
+        with _on_device_of(x):
+            _selective_forward[(batch, triton.cdiv(E, SELECTIVE_BLOCK_E))](
+                x, delta, bias, A_t, B, C, D, _states_major(h0), y, last, saved, T, E, N, HAS_H0=h0 is not None,
+                SOFTPLUS=delta_bias is not None, CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E,
+                BLOCK_N=triton.next_power_of_2(N), num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
+        ctx.save_for_backward(x, delta, A_t, B, C, D, saved, bias)
+        ctx.input_dtypes = [None if t is None else t.dtype for t in (x, delta, A, B, C, D, h0, delta_bias)]
+        ctx.has_bias = delta_bias is not None
+        return y, _states_major(last).to(x.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, grad_last):
-        x, delta, A, B, C, D, saved = ctx.saved_tensors
-        grad_y, grad_last = _float32(grad_y, grad_last)
+        x, delta, A_t, B, C, D, saved, bias = ctx.saved_tensors
         batch, T, E = x.shape
-        N = A.shape[1]
-        n_blocks = triton.cdiv(E, SELECTIVE_BLOCK_E)
-        grad_x, grad_delta = torch.empty_like(x), torch.empty_like(x)
-        grad_B_parts, grad_C_parts = x.new_empty(batch, n_blocks, T, N), x.new_empty(batch, n_blocks, T, N)
-        grad_A_parts, grad_D_parts, grad_h0 = x.new_empty(batch, E, N), x.new_empty(batch, E), x.new_empty(batch, E, N)
-        _selective_backward[(batch, n_blocks)](
-            x, delta, A, B, C, D, saved, grad_y, grad_last, grad_x, grad_delta, grad_A_parts, grad_B_parts,
-            grad_C_parts, grad_D_parts, grad_h0, T, E, N, HAS_GRAD_LAST=grad_last is not None,
-            BLOCK_T=SELECTIVE_BLOCK_T, BLOCK_E=SELECTIVE_BLOCK_E, BLOCK_N=triton.next_power_of_2(N),
-            num_warps=SELECTIVE_BACKWARD_WARPS)
-        grads = (grad_x, grad_delta, grad_A_parts.sum(0), grad_B_parts.sum(1), grad_C_parts.sum(1),
-                 grad_D_parts.sum(0), grad_h0 if ctx.has_h0 else None)
-        return tuple(None if g is None else g.to(ctx.dtype) for g in grads)
+        N = A_t.shape[0]
+        blocks = triton.cdiv(E, SELECTIVE_BLOCK_E)
+        grad_x, grad_delta = torch.empty_like(x), torch.empty_like(delta)  # the kernel rounds once, into their dtype
+        grad_B_parts, grad_C_parts = (x.new_empty(batch, blocks * SELECTIVE_PARTS, T, N, dtype=torch.float32)
+                                      for _ in range(2))
+        grad_A_parts = x.new_zeros(batch, N, E, dtype=torch.float32)
+        grad_D_parts, grad_bias_parts = (x.new_empty(batch, E, dtype=torch.float32) for _ in range(2))
+        # g after the sequence, dL/d(last state); the kernel leaves dL/dh0 in it
+        g = x.new_zeros(batch, N, E, dtype=torch.float32) if grad_last is None else _states_major(grad_last.float())
+        with _on_device_of(x):
+            _selective_backward[(batch, blocks)](
+                x, delta, bias, A_t, B, C, D, saved, grad_y.contiguous(), grad_x, grad_delta, grad_A_parts,
+                grad_B_parts, grad_C_parts, grad_D_parts, grad_bias_parts, g, T, E, N, SOFTPLUS=ctx.has_bias,
+                CHUNK=SELECTIVE_CHUNK, PARTS=SELECTIVE_PARTS, BLOCK_E=SELECTIVE_BLOCK_E, num_warps=SELECTIVE_WARPS,
+                maxnreg=SELECTIVE_REGISTERS)
+        grads = (grad_x, grad_delta, grad_A_parts.sum(0).t(), grad_B_parts.sum(1), grad_C_parts.sum(1),
+                 grad_D_parts.sum(0), _states_major(g), grad_bias_parts.sum(0))
+        return tuple(None if dtype is None else grad.to(dtype) for grad, dtype in zip(grads, ctx.input_dtypes))
 
 
 @torch.compiler.disable  # torch.compile runs the kernels as they are, between two graphs
@@ -329,7 +394,53 @@ def linear_scan(a, b, h0=None):
 
 
 @torch.compiler.disable
-def selective_scan(x, delta, A, B, C, D, h0=None):
+def selective_scan(x, delta, A, B, C, D, h0=None, delta_bias=None):
     """y (batch, time, channels) and the last state (batch, channels, d_state) of Mamba's selective
-    scan in Triton; x, delta (batch, time, channels), A (channels, d_state), B, C (batch, time, d_state)."""
-    return TritonSelectiveScan.apply(x, delta, A, B, C, D, h0)
+    scan in Triton; x, delta (batch, time, channels), A (channels, d_state), B, C (batch, time, d_state).
+    With delta_bias (channels,), delta is its pre-activation: softplus(delta + delta_bias) is fused in."""
+    return TritonSelectiveScan.apply(x, delta, A, B, C, D, h0, delta_bias)
+
+
+# ----------------------------------------------------------------------------- ahead of time
+# What the kernels cost on a GPU that need not be here (bench.py --static, tests/test_triton.py):
+# Triton compiles them to PTX for a compute capability, the ptxas that triton bundles assembles the
+# PTX, and the cuobjdump beside it prints the machine code (SASS).
+
+def launches(d_state=16):
+    """Every kernel as it is launched, Mamba's at d_state: name -> (kernel, constexprs, options,
+    state elements x steps one thread computes per pass of the kernel's innermost loop)."""
+    scan = dict(BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D, HAS_H0=True)
+    selective = dict(N=d_state, SOFTPLUS=True, CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E)
+    options = dict(num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
+    channels = SELECTIVE_BLOCK_E // (32 * SELECTIVE_WARPS)
+    return {'scan_forward': (_scan_forward, scan, dict(num_warps=4), SCAN_BLOCK_T * SCAN_BLOCK_D // 128),
+            'scan_backward': (_scan_backward, scan, dict(num_warps=4), SCAN_BLOCK_T * SCAN_BLOCK_D // 128),
+            'selective_forward': (_selective_forward, dict(HAS_H0=True, BLOCK_N=triton.next_power_of_2(d_state),
+                                                           **selective), options, d_state * channels),
+            'selective_backward': (_selective_backward, dict(PARTS=SELECTIVE_PARTS, **selective), options,
+                                   SELECTIVE_CHUNK * channels)}
+
+
+def compile_ahead_of_time(kernel, constants, options, capability, folder):
+    """Compiles kernel for an NVIDIA GPU of compute capability `capability` (90: H100) into folder and
+    returns (ptxas's resource report, the SASS, bytes of shared memory). Needs no GPU, and no
+    TRITON_INTERPRET (the interpreter replaces the compiler)."""
+    import subprocess
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+    signature = {name: 'constexpr' if name in constants else 'i32' if name in ('T', 'D', 'E', 'N') else '*fp32'
+                 for name in kernel.arg_names}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
+                              target=GPUTarget('cuda', capability, 32), options=options)
+    ptx, cubin = os.path.join(folder, 'kernel.ptx'), os.path.join(folder, 'kernel.cubin')
+    with open(ptx, 'w') as f:
+        f.write(compiled.asm['ptx'])
+    ptxas = get_ptxas(capability).path  # the assembler triton runs itself for this architecture
+    arch = f'sm_{capability}a' if capability >= 90 else f'sm_{capability}'
+    assembled = subprocess.run([ptxas, '-v', f'--gpu-name={arch}', ptx, '-o', cubin], capture_output=True, text=True)
+    if assembled.returncode:
+        raise RuntimeError(f'ptxas failed for {kernel.__name__} on {arch}: {assembled.stderr[-2000:]}')
+    sass = subprocess.run([os.path.join(os.path.dirname(ptxas), 'cuobjdump'), '-sass', cubin],
+                          capture_output=True, text=True, check=True).stdout
+    return ' '.join(assembled.stderr.split()), sass, compiled.metadata.shared

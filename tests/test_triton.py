@@ -80,6 +80,49 @@ def test_triton_selective_scan_equals_the_plain_one(T, with_h0):
         assert relative_error(got, expected) < 1e-5, name
 
 
+def test_triton_selective_scan_fuses_the_softplus_of_delta_and_its_bias():
+    """Given delta_bias, the kernels take delta's pre-activation: the same y, last state and gradients
+    (the bias's included) as softplus(pre-activation + bias) fed to the plain path in float64. The
+    pre-activations span the softplus's range, from e^-30 to linear."""
+    layer = mamba_layer('sequential', E=6, N=5)
+    x, _, B, C = mamba_inputs(37, seed=2, E=6, N=5)
+    pre = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 12
+    bias = torch.randn(6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    A, D = -layer.A_log.detach().exp(), layer.D.detach()
+
+    def run(fused, dtype, device):
+        leaves = [t.detach().to(device, dtype).requires_grad_() for t in (x, pre, B, C, bias)]
+        x_, pre_, B_, C_, bias_ = leaves
+        if fused:
+            y, last = gpu_kernels.selective_scan(x_, pre_, A.to(device, dtype), B_, C_, D.to(device, dtype),
+                                                 delta_bias=bias_)
+        else:
+            y, last = layer.plain_selective_scan(x_, torch.nn.functional.softplus(pre_ + bias_), B_, C_)
+        loss = (y * weights.to(device, dtype)).sum() + last.sum()
+        return [t.detach().cpu() for t in (y, last, *torch.autograd.grad(loss, leaves))]
+    for name, got, expected in zip(['y', 'last', 'x', 'pre', 'B', 'C', 'bias'], run(True, torch.float32, DEVICE),
+                                   run(False, torch.float64, 'cpu')):
+        assert relative_error(got, expected) < 1e-5, name
+
+
+def test_triton_selective_scan_keeps_bfloat16_in_and_out():
+    """Inputs in bfloat16 (training's autocast) give y and gradients in bfloat16, computed in float32:
+    equal to the float32 kernels' result rounded once (bfloat16 holds 8 bits: 2^-8 relative)."""
+    layer = mamba_layer('sequential', E=6, N=5)
+    inputs = [t.float().to(torch.bfloat16) for t in mamba_inputs(19, seed=6, E=6, N=5)]
+    A, D = (-layer.A_log.detach().exp()).float().to(DEVICE), layer.D.detach().float().to(DEVICE)
+
+    def run(dtype):
+        leaves = [t.to(DEVICE, dtype).requires_grad_() for t in inputs]
+        y, last = gpu_kernels.selective_scan(*leaves[:2], A, *leaves[2:], D)
+        return [y, last, *torch.autograd.grad(y.float().sum() + last.float().sum(), leaves)]
+    low, high = run(torch.bfloat16), run(torch.float32)
+    for name, got, expected in zip(['y', 'last', 'x', 'delta', 'B', 'C'], low, high):
+        assert got.dtype == torch.bfloat16, name
+        assert relative_error(got.float().cpu(), expected.detach().double().cpu()) < 2 ** -7, name
+
+
 @pytest.mark.parametrize('low, high', [(10, 30), (30, 100)])
 def test_triton_selective_scan_gradients_hold_where_exp_delta_a_vanishes(low, high):
     """At large delta, a_t = exp(delta A) -> 0 and h_t -> b_t: dL/dA must not come from h_t - b_t
@@ -126,60 +169,42 @@ def test_the_triton_backend_says_where_it_runs():
         gpu_kernels.linear_scan(torch.ones(1, 2, 3), torch.ones(1, 2, 3))
 
 
-AHEAD_OF_TIME = """
-import os, subprocess, sys, tempfile
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-import gpu_kernels as k
-
-capability = int(sys.argv[1])
-try:  # the assembler triton itself runs for this architecture (3.9 picks another one for newer PTX)
-    from triton.backends.nvidia.compiler import get_ptxas
-    ptxas = get_ptxas(capability).path
-except (ImportError, AttributeError) as e:
-    print(f'SKIP triton {triton.__version__} does not say which ptxas it uses ({type(e).__name__})')
-    sys.exit(0)
-scan = dict(BLOCK_T=k.SCAN_BLOCK_T, BLOCK_D=k.SCAN_BLOCK_D)
-selective = dict(BLOCK_T=k.SELECTIVE_BLOCK_T, BLOCK_E=k.SELECTIVE_BLOCK_E, BLOCK_N=16)
-for kernel, constants, warps in [(k._scan_forward, dict(HAS_H0=True, **scan), 4),
-                                 (k._scan_backward, dict(HAS_H0=True, **scan), 4),
-                                 (k._selective_forward, dict(HAS_H0=True, **selective), 4),
-                                 (k._selective_backward, dict(HAS_GRAD_LAST=True, **selective), k.SELECTIVE_BACKWARD_WARPS)]:
-    signature = {name: 'constexpr' if name in constants else 'i32' if name in 'TDEN' else '*fp32'
-                 for name in kernel.arg_names}
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
-                              target=GPUTarget('cuda', capability, 32), options={'num_warps': warps})
-    with tempfile.TemporaryDirectory() as folder:
-        ptx = os.path.join(folder, 'kernel.ptx')
-        with open(ptx, 'w') as f:
-            f.write(compiled.asm['ptx'])
-        arch = f'sm_{capability}a' if capability >= 90 else f'sm_{capability}'
-        report = subprocess.run([ptxas, '-v', f'--gpu-name={arch}', ptx, '-o', os.path.join(folder, 'kernel.cubin')],
-                                capture_output=True, text=True)
-    print(kernel.__name__, report.returncode, ' '.join(report.stderr.split()))
-"""
-
-
 @pytest.mark.parametrize('capability', [75, 90])  # a T4, the paper's GPU; an H100 / H200
 def test_the_kernels_compile_for_gpus_without_spilling_registers(capability):
-    """Triton's compiler, run ahead of time for a GPU that need not be here (in a child without the
-    interpreter): every construct of the kernels lowers to PTX, ptxas assembles it, and the tile sizes
-    fit in registers (no spill stores)."""
-    from conftest import ROOT, run_script
+    """Triton's compiler and the ptxas it bundles, run ahead of time for a GPU that need not be here:
+    every construct of the kernels lowers to PTX and assembles, and every kernel fits in registers."""
     try:
-        from triton.backends.compiler import GPUTarget  # noqa: F401
-        from triton.compiler import ASTSource  # noqa: F401
-    except ImportError:
-        pytest.skip(f'triton {triton.__version__} has no ahead-of-time compiler API')
+        from triton.backends.nvidia.compiler import get_ptxas  # noqa: F401
+    except (ImportError, AttributeError) as e:
+        pytest.skip(f'triton {triton.__version__} does not say which ptxas it uses ({type(e).__name__})')
+    from conftest import ROOT, run_script
     env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
-    result = run_script('-c', AHEAD_OF_TIME, str(capability), env={**env, 'PYTHONPATH': os.pathsep.join(filter(None, [ROOT, env.get('PYTHONPATH')]))}, timeout=240)
+    code = ('import sys, tempfile; import gpu_kernels as k\n'
+            'for name, (kernel, constants, options, _) in k.launches().items():\n'
+            '    with tempfile.TemporaryDirectory() as folder:\n'
+            '        print(name, k.compile_ahead_of_time(kernel, constants, options, int(sys.argv[1]), folder)[0])')
+    result = run_script('-c', code, str(capability), env={**env, 'PYTHONPATH': ROOT}, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
-    if result.stdout.startswith('SKIP '):
-        pytest.skip(result.stdout[5:].strip())
     lines = result.stdout.splitlines()
     assert len(lines) == 4, result.stdout
     for line in lines:
-        name, returncode, report = line.split(' ', 2)
-        assert returncode == '0', line
-        assert '0 bytes spill stores' in report, line
+        assert '0 bytes spill stores' in line, line
+
+
+def test_bench_static_counts_the_selective_scan_on_an_h100(tmp_path):
+    """bench.py --static: the forward selective scan sums its states without a warp shuffle, and both
+    selective kernels keep 4 CTAs of 4 warps per SM (25% occupancy), without spills, on sm_90 and sm_80.
+    The backward's shuffles (the sums over channels of dB and dC) are bounded by their count today."""
+    pytest.importorskip('triton.backends.nvidia.compiler')
+    from conftest import ROOT, run_script
+    env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
+    result = run_script(os.path.join(ROOT, 'bench.py'), '--static', '--out', str(tmp_path), env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import report
+    rows = report.read_csv(str(tmp_path / 'kernels.csv'))
+    assert len(rows) == 8 and all(r['spilled_bytes'] == 0 for r in rows)
+    selective = [r for r in rows if r['kernel'].startswith('selective')]
+    assert all(r['occupancy'] >= 0.25 for r in selective), selective
+    assert all(r['shuffles_per_element'] == 0 for r in selective if r['kernel'] == 'selective_forward')
+    assert all(r['shuffles_per_element'] <= 10 for r in selective)
+    assert (tmp_path / 'sass' / 'selective_backward.sm_90.sass').stat().st_size > 0
