@@ -23,8 +23,10 @@ check them without a GPU.
 """
 import contextlib
 import os
+from typing import Optional, Tuple
 
 import torch
+from torch import Tensor
 
 try:
     import triton
@@ -46,7 +48,7 @@ def check(*tensors):
         raise RuntimeError("scan_backend='triton' needs the triton package, which ships with PyTorch's CUDA "
                            "builds; install one, or set scan_backend='log' (plain PyTorch)")
     for t in tensors:
-        if t is not None and t.device.type != 'cuda' and not INTERPRETED:
+        if t is not None and t.device.type not in ('cuda', 'meta') and not INTERPRETED:
             raise ValueError(f"scan_backend='triton' runs on CUDA tensors, got them on {t.device}; "
                              "use scan_backend='auto' on other devices")
         if t is not None and t.device != tensors[0].device:
@@ -296,53 +298,78 @@ SELECTIVE_WARPS = 4
 SELECTIVE_REGISTERS = 128
 
 
-class TritonScan(torch.autograd.Function):
-    """h_t = a_t h_{t-1} + b_t in Triton kernels, in float32; the same function and derivative as
-    scan.SequentialScan. Saves a and h, as that does."""
-
-    @staticmethod
-    def forward(ctx, a, b, h0):
-        check(a, b, h0)
-        dtype = a.dtype
-        a, b, h0 = _float32(a, b, h0)
-        batch, T, D = a.shape
-        h = torch.empty_like(a)
-        grid = (batch, triton.cdiv(D, SCAN_BLOCK_D))
-        with _on_device_of(a):
-            _scan_forward[grid](a, b, h0, h, T, D, HAS_H0=h0 is not None, BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
-        ctx.save_for_backward(a, h, h0)
-        ctx.dtype = dtype
-        return h.to(dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_h):
-        a, h, h0 = ctx.saved_tensors
-        grad_h, = _float32(grad_h)
-        batch, T, D = a.shape
-        grad_a, grad_b = torch.empty_like(a), torch.empty_like(a)
-        grid = (batch, triton.cdiv(D, SCAN_BLOCK_D))
-        with _on_device_of(a):
-            _scan_backward[grid](a, h, h0, grad_h, grad_a, grad_b, T, D, HAS_H0=h0 is not None,
-                                 BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
-        grad_h0 = None if h0 is None else (a[:, 0] * grad_b[:, 0]).to(ctx.dtype)
-        return grad_a.to(ctx.dtype), grad_b.to(ctx.dtype), grad_h0
-
+# ----------------------------------------------------------------------------- the operators
+# Each kernel launch is a torch.library triton_op with a registered derivative: autograd
+# differentiates it, and torch.compile sees through it (no graph break), fusing what surrounds it.
+# Each backward is itself an operator.
 
 def _states_major(h):
     """(batch, E, N) <-> (batch, N, E): the kernels hold states in the slow axis, channels on the lanes."""
     return None if h is None else h.transpose(1, 2).contiguous()
 
 
-class TritonSelectiveScan(torch.autograd.Function):
-    """Mamba's selective scan fused in Triton kernels: the same function and derivative as
-    model.Mamba.scan_channels, h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t, y_t = C_t . h_t + D x_t,
-    with no (batch, time, channels, d_state) tensor in memory. Given delta_bias, delta is the
-    pre-activation and the kernels apply delta = softplus(delta + delta_bias). Inputs in any float
-    dtype, y in x's, arithmetic in float32. Returns y and the last state, both differentiable."""
+def _launch(kernel, grid, *args, **options):
+    """Runs kernel on grid. Under the interpreter its kernels are plain functions of real tensors, so
+    where the arguments are fake (shapes only: torch.compile tracing, opcheck) nothing runs."""
+    if INTERPRETED and any(isinstance(t, torch._subclasses.FakeTensor) for t in args):
+        return
+    torch.library.wrap_triton(kernel)[grid](*args, **options)
 
-    @staticmethod
-    def forward(ctx, x, delta, A, B, C, D, h0, delta_bias):
+
+def _operator(name):
+    """torch.library.triton_op, which torch.compile traces into (kernels included) and fuses around.
+    Under the interpreter, whose kernels torch cannot trace, an opaque custom operator whose fake
+    implementation is the same function with no kernel run."""
+    if not INTERPRETED:
+        return torch.library.triton_op(name, mutates_args=())
+
+    def operator(fn):
+        op = torch.library.custom_op(name, fn, mutates_args=())
+        op.register_fake(fn)
+        return op
+    return operator
+
+
+if triton is not None:
+    @_operator('minrnn::triton_scan')
+    def _scan(a: Tensor, b: Tensor, h0: Optional[Tensor]) -> Tensor:
+        """h_t = a_t h_{t-1} + b_t in float32, h in a's dtype: scan.SequentialScan's function."""
+        check(a, b, h0)
+        a32, b32, h032 = _float32(a, b, h0)
+        batch, T, D = a.shape
+        h = torch.empty_like(a32)
+        with _on_device_of(a):
+            _launch(_scan_forward, (batch, triton.cdiv(D, SCAN_BLOCK_D)),
+                    a32, b32, h032, h, T, D, HAS_H0=h0 is not None, BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
+        return h.to(a.dtype)
+
+    @_operator('minrnn::triton_scan_backward')
+    def _scan_backward_op(a: Tensor, h: Tensor, h0: Optional[Tensor], grad_h: Tensor) -> Tuple[Tensor, Tensor]:
+        """(dL/da, dL/db) by the reverse recurrence, in a's dtype."""
+        a32, h32, h032, grad_h32 = _float32(a, h, h0, grad_h)
+        batch, T, D = a.shape
+        grad_a, grad_b = torch.empty_like(a32), torch.empty_like(a32)
+        with _on_device_of(a):
+            _launch(_scan_backward, (batch, triton.cdiv(D, SCAN_BLOCK_D)),
+                    a32, h32, h032, grad_h32, grad_a, grad_b, T, D, HAS_H0=h0 is not None,
+                    BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
+        return grad_a.to(a.dtype), grad_b.to(a.dtype)
+
+    def _scan_setup(ctx, inputs, output):
+        a, _, h0 = inputs
+        ctx.save_for_backward(a, output, h0)
+
+    def _scan_derivative(ctx, grad_h):
+        a, h, h0 = ctx.saved_tensors
+        grad_a, grad_b = _scan_backward_op(a, h, h0, grad_h)
+        return grad_a, grad_b, None if h0 is None else (a[:, 0] * grad_b[:, 0]).to(h0.dtype)
+
+    _scan.register_autograd(_scan_derivative, setup_context=_scan_setup)
+
+    @_operator('minrnn::triton_selective_scan')
+    def _selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h0: Optional[Tensor],
+                        delta_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        """y (x's dtype), the last state and the states saved every SELECTIVE_CHUNK steps (float32)."""
         check(x, delta, A, B, C, D, h0, delta_bias)
         x, delta, B, C = (t.contiguous() for t in (x, delta, B, C))
         batch, T, E = x.shape
@@ -353,21 +380,22 @@ class TritonSelectiveScan(torch.autograd.Function):
         saved = x.new_empty(batch, triton.cdiv(T, SELECTIVE_CHUNK), N, E, dtype=torch.float32)
         bias = D if delta_bias is None else delta_bias.float().contiguous()  # D: a pointer never read
         with _on_device_of(x):
-            _selective_forward[(batch, triton.cdiv(E, SELECTIVE_BLOCK_E))](
-                x, delta, bias, A_t, B, C, D, _states_major(h0), y, last, saved, T, E, N, HAS_H0=h0 is not None,
-                SOFTPLUS=delta_bias is not None, CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E,
-                BLOCK_N=triton.next_power_of_2(N), num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
-        ctx.save_for_backward(x, delta, A_t, B, C, D, saved, bias)
-        ctx.input_dtypes = [None if t is None else t.dtype for t in (x, delta, A, B, C, D, h0, delta_bias)]
-        ctx.has_bias = delta_bias is not None
-        return y, _states_major(last).to(x.dtype)
+            _launch(_selective_forward, (batch, triton.cdiv(E, SELECTIVE_BLOCK_E)),
+                    x, delta, bias, A_t, B, C, D, _states_major(h0), y, last, saved, T, E, N, HAS_H0=h0 is not None,
+                    SOFTPLUS=delta_bias is not None, CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E,
+                    BLOCK_N=triton.next_power_of_2(N), num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
+        return y, _states_major(last).to(x.dtype), saved
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y, grad_last):
-        x, delta, A_t, B, C, D, saved, bias = ctx.saved_tensors
+    @_operator('minrnn::triton_selective_scan_backward')
+    def _selective_scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+                                 delta_bias: Optional[Tensor], saved: Tensor, grad_y: Tensor, grad_last: Optional[Tensor]
+                                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """dL/d of x, delta, A, B, C, D, h0 and delta_bias (the last two float32), the states
+        recomputed from the saved ones; grad_last: dL/d(last state), None for zero."""
+        x, delta, B, C, grad_y = (t.contiguous() for t in (x, delta, B, C, grad_y))
         batch, T, E = x.shape
-        N = A_t.shape[0]
+        N = A.shape[1]
+        A_t, D32 = A.float().t().contiguous(), D.float().contiguous()
         blocks = triton.cdiv(E, SELECTIVE_BLOCK_E)
         grad_x, grad_delta = torch.empty_like(x), torch.empty_like(delta)  # the kernel rounds once, into their dtype
         grad_B_parts, grad_C_parts = (x.new_empty(batch, blocks * SELECTIVE_PARTS, T, N, dtype=torch.float32)
@@ -376,29 +404,44 @@ class TritonSelectiveScan(torch.autograd.Function):
         grad_D_parts, grad_bias_parts = (x.new_empty(batch, E, dtype=torch.float32) for _ in range(2))
         # g after the sequence, dL/d(last state); the kernel leaves dL/dh0 in it
         g = x.new_zeros(batch, N, E, dtype=torch.float32) if grad_last is None else _states_major(grad_last.float())
+        bias = D32 if delta_bias is None else delta_bias.float().contiguous()
         with _on_device_of(x):
-            _selective_backward[(batch, blocks)](
-                x, delta, bias, A_t, B, C, D, saved, grad_y.contiguous(), grad_x, grad_delta, grad_A_parts,
-                grad_B_parts, grad_C_parts, grad_D_parts, grad_bias_parts, g, T, E, N, SOFTPLUS=ctx.has_bias,
-                CHUNK=SELECTIVE_CHUNK, PARTS=SELECTIVE_PARTS, BLOCK_E=SELECTIVE_BLOCK_E, num_warps=SELECTIVE_WARPS,
-                maxnreg=SELECTIVE_REGISTERS)
-        grads = (grad_x, grad_delta, grad_A_parts.sum(0).t(), grad_B_parts.sum(1), grad_C_parts.sum(1),
-                 grad_D_parts.sum(0), _states_major(g), grad_bias_parts.sum(0))
-        return tuple(None if dtype is None else grad.to(dtype) for grad, dtype in zip(grads, ctx.input_dtypes))
+            _launch(_selective_backward, (batch, blocks),
+                    x, delta, bias, A_t, B, C, D32, saved, grad_y, grad_x, grad_delta, grad_A_parts,
+                    grad_B_parts, grad_C_parts, grad_D_parts, grad_bias_parts, g, T, E, N,
+                    SOFTPLUS=delta_bias is not None, CHUNK=SELECTIVE_CHUNK, PARTS=SELECTIVE_PARTS,
+                    BLOCK_E=SELECTIVE_BLOCK_E, num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
+        return (grad_x, grad_delta, grad_A_parts.sum(0).t().to(A.dtype), grad_B_parts.sum(1).to(B.dtype),
+                grad_C_parts.sum(1).to(C.dtype), grad_D_parts.sum(0).to(D.dtype), _states_major(g),
+                grad_bias_parts.sum(0))
+
+    def _selective_setup(ctx, inputs, output):
+        x, delta, A, B, C, D, h0, delta_bias = inputs
+        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, output[2])
+        ctx.h0_dtype = None if h0 is None else h0.dtype
+        ctx.mark_non_differentiable(output[2])
+
+    def _selective_derivative(ctx, grad_y, grad_last, grad_saved):
+        x, delta, A, B, C, D, delta_bias, saved = ctx.saved_tensors
+        *grads, grad_h0, grad_bias = _selective_scan_backward(x, delta, A, B, C, D, delta_bias, saved, grad_y, grad_last)
+        return (*grads, None if ctx.h0_dtype is None else grad_h0.to(ctx.h0_dtype),
+                None if delta_bias is None else grad_bias.to(delta_bias.dtype))
+
+    _selective_scan.register_autograd(_selective_derivative, setup_context=_selective_setup)
 
 
-@torch.compiler.disable  # torch.compile runs the kernels as they are, between two graphs
 def linear_scan(a, b, h0=None):
     """h (batch, time, channels) with h_t = a_t h_{t-1} + b_t, in Triton."""
-    return TritonScan.apply(a, b, h0)
+    return _scan(a, b, h0)
 
 
-@torch.compiler.disable
 def selective_scan(x, delta, A, B, C, D, h0=None, delta_bias=None):
     """y (batch, time, channels) and the last state (batch, channels, d_state) of Mamba's selective
     scan in Triton; x, delta (batch, time, channels), A (channels, d_state), B, C (batch, time, d_state).
-    With delta_bias (channels,), delta is its pre-activation: softplus(delta + delta_bias) is fused in."""
-    return TritonSelectiveScan.apply(x, delta, A, B, C, D, h0, delta_bias)
+    With delta_bias (channels,), delta is its pre-activation: softplus(delta + delta_bias) is fused in.
+    Both outputs are differentiable: a later chunk that reads the last state passes its gradient back."""
+    y, last, _ = _selective_scan(x, delta, A, B, C, D, h0, delta_bias)
+    return y, last
 
 
 # ----------------------------------------------------------------------------- ahead of time

@@ -388,11 +388,9 @@ class MinGRUCoefficients(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_a, grad_b):
         z, a, candidate, slope = ctx.saved_tensors
-        grad_gates = a.new_empty(*a.shape[:-1], 2 * a.shape[-1])
-        grad_kz, grad_kh = grad_gates.chunk(2, dim=-1)
-        torch.mul(grad_b, candidate, out=grad_kz).sub_(grad_a).mul_(z).mul_(a)
-        torch.mul(grad_b, z, out=grad_kh).mul_(slope)
-        return grad_gates
+        grad_kz = torch.mul(grad_b, candidate).sub_(grad_a).mul_(z).mul_(a)
+        grad_kh = torch.mul(grad_b, z).mul_(slope)
+        return torch.cat([grad_kz, grad_kh], dim=-1)  # not out= into its halves, which torch.compile refuses
 
 
 class MinLSTM(MinRNN):
@@ -434,13 +432,11 @@ class MinLSTMCoefficients(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_a, grad_b):
         f, i, f_norm, i_norm, candidate, slope = ctx.saved_tensors
-        grad_gates = f.new_empty(*f.shape[:-1], 3 * f.shape[-1])
-        grad_kf, grad_ki, grad_kh = grad_gates.chunk(3, dim=-1)
-        q = torch.addcmul(grad_a, grad_b, candidate, value=-1, out=grad_kf).mul_(f_norm).mul_(i_norm)
-        torch.mul(q, i, out=grad_ki).sub_(q)
-        q.addcmul_(q, f, value=-1)  # q lives in grad_kf's slot and becomes it
-        torch.mul(grad_b, i_norm, out=grad_kh).mul_(slope)
-        return grad_gates
+        q = torch.addcmul(grad_a, grad_b, candidate, value=-1).mul_(f_norm).mul_(i_norm)
+        grad_ki = torch.mul(q, i).sub_(q)
+        grad_kf = q.addcmul_(q, f, value=-1)
+        grad_kh = torch.mul(grad_b, i_norm).mul_(slope)
+        return torch.cat([grad_kf, grad_ki, grad_kh], dim=-1)  # not out= into its thirds (see MinGRUCoefficients)
 
 
 # ----------------------------------------------------------------------------- Mamba

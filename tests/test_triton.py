@@ -162,6 +162,76 @@ def test_every_recurrent_block_on_triton_equals_sequential(block):
         assert relative_error(got.detach().cpu(), expected.detach().cpu()) < 1e-5
 
 
+def test_the_triton_kernels_are_operators_that_pass_opcheck():
+    """Schemas, fake (shape-only) implementations and registered derivatives, checked by torch.library."""
+    g = torch.Generator().manual_seed(20)
+    a, b, h0 = torch.rand(2, 7, 5, generator=g), torch.randn(2, 7, 5, generator=g), torch.randn(2, 5, generator=g)
+    x, delta = torch.randn(2, 9, 5, generator=g), torch.rand(2, 9, 5, generator=g)
+    A, B, C, D = -torch.rand(5, 3, generator=g), torch.randn(2, 9, 3, generator=g), torch.randn(2, 9, 3, generator=g), torch.randn(5, generator=g)
+    cases = [(gpu_kernels._scan, (a, b, h0)), (gpu_kernels._scan, (a, b, None)),
+             (gpu_kernels._selective_scan, (x, delta, A, B, C, D, torch.randn(2, 5, 3, generator=g), torch.randn(5, generator=g))),
+             (gpu_kernels._selective_scan, (x, delta, A, B, C, D, None, None))]
+    for op, args in cases:
+        args = tuple(t.to(DEVICE).requires_grad_() if isinstance(t, torch.Tensor) else t for t in args)
+        torch.library.opcheck(op, args, test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
+
+
+@pytest.mark.parametrize('block', ['mingru', 'minlstm', 'mamba'])
+def test_torch_compile_runs_a_whole_model_through_the_triton_kernels(block):
+    """fullgraph=True: no graph break anywhere, the kernels included; the same loss and gradients."""
+    torch.manual_seed(0)
+    config = ModelConfig(block=block, vocab_size=11, block_size=32, n_layer=1, n_embd=8, d_state=4,
+                         scan_backend='triton', ff_mult=0 if block == 'mamba' else 4)
+    model = CharLM(config).to(DEVICE)
+    idx = torch.randint(0, 11, (2, 13), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        loss = fn(idx, idx)[1]
+        loss.backward()
+        return [loss] + [p.grad.clone() for p in model.parameters()]
+    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
+    for got, expected in zip(loss_and_grads(compiled), loss_and_grads(model)):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+TRACE_INTO_THE_KERNELS = """
+import torch, triton
+from torch._functorch.aot_autograd import aot_module_simplified
+from triton.backends.compiler import GPUTarget
+from model import CharLM, ModelConfig
+
+class H100:  # all torch asks of a driver when it reads which tensors a kernel writes: the target
+    def get_current_target(self):
+        return GPUTarget('cuda', 90, 32)
+triton.runtime.driver.set_active(H100())
+for block in ['mingru', 'minlstm', 'mamba']:
+    graphs = []
+    def keep(graph, inputs):
+        graphs.append(graph.code)
+        return graph
+    capture = lambda module, inputs: aot_module_simplified(module, inputs, fw_compiler=keep, bw_compiler=keep)
+    with torch.device('meta'):
+        model = CharLM(ModelConfig(block=block, vocab_size=11, block_size=32, n_layer=2, n_embd=32, d_state=4,
+                                   scan_backend='triton', ff_mult=0 if block == 'mamba' else 4))
+        idx = torch.zeros(2, 13, dtype=torch.long)
+    torch.compile(model, backend=capture, fullgraph=True)(idx, idx)[1].backward()
+    print(block, *[code.count('triton_kernel_wrapper_functional(') for code in graphs])
+"""
+
+
+def test_torch_compile_traces_into_the_triton_kernels():
+    """What a GPU's torch.compile does, traced here on meta tensors without the interpreter: the whole
+    model in one graph (fullgraph=True) forward and backward, each layer's kernel a node of it that
+    Inductor compiles with the rest, not an opaque call."""
+    pytest.importorskip('triton.backends.compiler')
+    from conftest import ROOT, run_script
+    env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
+    result = run_script('-c', TRACE_INTO_THE_KERNELS, env={**env, 'PYTHONPATH': ROOT}, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ['mingru', '2', '2', 'minlstm', '2', '2', 'mamba', '2', '2'], result.stdout
+
+
 def test_the_triton_backend_says_where_it_runs():
     if gpu_kernels.INTERPRETED:
         pytest.skip('the interpreter runs the kernels on CPU tensors')
