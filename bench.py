@@ -30,12 +30,16 @@ memory.png, generate.png) into the output folder, and prints the ratios the pape
 and an A100 (sm_80) with the assembler triton bundles, and writes per kernel and GPU the registers,
 spilled bytes, shared memory and CTAs per SM that ptxas reports, and, from the machine code (SASS) of
 the kernel's innermost loop, instructions, warp shuffles, barriers and exps per state element and
-step (kernels.csv, kernels.md and the SASS it read, in results/speed/static/ by default).
+step (kernels.csv and the SASS it read); and, from the tensor shapes alone, the bytes, FLOPs and H100
+roofline time of one training iteration of each of the paper's blocks at the paper's scale
+(roofline.csv); both summed up in report.md, in results/speed/static/ by default.
 """
 import configurator  # noqa: F401  first: a Ctrl-C while torch imports ends in one line (configurator.py)
 
+import contextlib
 import functools
 import json
+import logging
 import os
 import re
 import statistics
@@ -45,6 +49,9 @@ import time
 
 import torch
 import torch.nn as nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 from tqdm import tqdm
 
 import devices
@@ -423,21 +430,108 @@ def static_rows(out):
     return rows
 
 
+# the CPU's fused attention counts as the GPU's; its FLOPs by the same formulas
+FLOP_FORMULAS = {**flop_registry,
+                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+                     flop_registry[torch.ops.aten._scaled_dot_product_flash_attention],
+                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+                     flop_registry[torch.ops.aten._scaled_dot_product_flash_attention_backward]}
+H100 = dict(name='H100 SXM', bandwidth=3.35e12, bf16=989e12)  # NVIDIA's datasheet: HBM3 bytes/s, dense bf16 FLOP/s
+FREE = {'empty', 'empty_like', 'new_empty', 'empty_strided', 'detach', 'lift_fresh', '_unsafe_view'}  # allocate or relabel
+
+
+class Traffic(TorchDispatchMode):
+    """Per op, the bytes of its tensor arguments and results (each read or written once; views move
+    nothing) and its FLOPs (torch.utils.flop_counter's formulas: matmuls and attention), summed with
+    the roofline time each implies on a GPU: max(bytes / bandwidth, FLOPs / peak)."""
+
+    def __init__(self, gpu):
+        super().__init__()
+        self.gpu, self.bytes, self.flops, self.seconds = gpu, 0, 0, 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func.is_view or func.namespace == 'prim' or func.overloadpacket.__name__ in FREE:
+            return out
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        moved = sum(t.numel() * t.element_size() for t in tensors)
+        formula = FLOP_FORMULAS.get(func.overloadpacket)
+        flops = formula(*args, **kwargs, out_val=out) if formula else 0
+        self.bytes, self.flops = self.bytes + moved, self.flops + flops
+        self.seconds += max(moved / self.gpu['bandwidth'], flops / self.gpu['bf16'])
+        return out
+
+
+@contextlib.contextmanager
+def quiet(logger):
+    """The logger's warnings hidden: without a GPU, torch warns that it cannot read which tensors a Triton
+    kernel writes (it assumes all), which changes no shape and no count."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def roofline_rows(gpu=H100):
+    """One training iteration's forward and backward of each of the paper's blocks at its paper-scale
+    config, as a GPU runs it: bfloat16 autocast, the recurrent blocks' scans on the 'triton' kernels,
+    attention as one fused op. Counted on fake tensors (shapes only), with dropout 0 (a CPU splits it
+    into ops that a GPU fuses) and without the optimizer's step."""
+    rows = []
+    for block, spec in BLOCKS.items():
+        if spec.paper is None:
+            continue
+        config, batch = recipe_model_config(block, 0, 'paper')
+        config.dropout, config.scan_backend = 0.0, 'triton' if spec.recurrent else config.scan_backend
+        with FakeTensorMode(), quiet('torch._higher_order_ops.triton_kernel_wrap'):  # see below
+            model = CharLM(config)
+            idx = torch.zeros(batch, config.block_size, dtype=torch.long)
+            traffic = Traffic(gpu)
+            with traffic, torch.autocast('cpu', dtype=torch.bfloat16):
+                model(idx, idx)[1].backward()
+        rows.append({'block': block, 'gpu': gpu['name'], 'batch': batch, 'T': config.block_size,
+                     'gbytes': round(traffic.bytes / 1e9, 2), 'tflops': round(traffic.flops / 1e12, 3),
+                     'roofline_ms': round(1000 * traffic.seconds, 2)})
+    base = rows[0]['roofline_ms']  # the registry lists the Transformer first
+    for row in rows:
+        row['vs_transformer'] = round(row['roofline_ms'] / base, 2)
+    return rows
+
+
 def static_report(args):
     out = args.out or os.path.join('results', 'speed', 'static')
-    rows = static_rows(out)
-    report.write_csv(os.path.join(out, 'kernels.csv'), rows)
-    columns = ['kernel', 'gpu', 'registers', 'spilled_bytes', 'occupancy', 'instructions_per_element',
-               'shuffles_per_element', 'barriers_per_element', 'exps_per_element']
-    with open(os.path.join(out, 'kernels.md'), 'w') as f:
-        f.write(f'# The Triton kernels compiled ahead of time (`python bench.py --static`, triton {triton_version()})\n\n'
-                'Per element = per state element (channel x state) and time step, in the innermost loop of the '
-                'kernel\'s SASS. A count from the machine code, not a measurement on a GPU.\n\n')
-        f.write(report.markdown_table(columns, [[str(r[c]) for c in columns] for r in rows]))
-    for r in rows:
+    kernels, roofline = static_rows(out), roofline_rows()
+    report.write_csv(os.path.join(out, 'kernels.csv'), kernels)
+    report.write_csv(os.path.join(out, 'roofline.csv'), roofline)
+    kernel_columns = ['kernel', 'gpu', 'registers', 'spilled_bytes', 'occupancy', 'instructions_per_element',
+                      'shuffles_per_element', 'barriers_per_element', 'exps_per_element']
+    roofline_columns = ['block', 'gpu', 'batch', 'T', 'gbytes', 'tflops', 'roofline_ms', 'vs_transformer']
+    with open(os.path.join(out, 'report.md'), 'w') as f:
+        f.write(f'# What the GPU path costs, counted without a GPU (`python bench.py --static`)\n\n'
+                f'Counts from compiled code and from tensor shapes, not measurements on a GPU; triton '
+                f'{triton_version()}, torch {torch.__version__.split("+")[0]}.\n\n'
+                '## The Triton kernels\n\nEach compiled for the GPU named; registers, spills and occupancy '
+                'from ptxas; the rest from the SASS (in sass/) of the kernel\'s innermost loop, per state '
+                'element (channel x state) and time step.\n\n')
+        f.write(report.markdown_table(kernel_columns, [[str(r[c]) for c in kernel_columns] for r in kernels]))
+        f.write('\n## One training iteration at the paper\'s scale\n\nForward and backward of each paper-scale '
+                'model (batch 64, T 256) as eager PyTorch runs it on a GPU, op by op: bfloat16 autocast, the '
+                'recurrent blocks on the \'triton\' kernels, attention one fused op; dropout 0 and no '
+                'optimizer step. Bytes: every op\'s tensor arguments read and results written once (views '
+                'free); FLOPs: matmuls and attention (torch.utils.flop_counter); roofline time: the sum over '
+                'ops of max(bytes / 3.35 TB/s, FLOPs / 989 TFLOP/s), an H100 SXM\'s datasheet figures.\n\n')
+        f.write(report.markdown_table(roofline_columns, [[str(r[c]) for c in roofline_columns] for r in roofline]))
+    for r in kernels:
         print(f"  {r['kernel']:20s} {r['gpu']:14s} {r['registers']:4d} registers, {r['spilled_bytes']} bytes spilled, "
               f"occupancy {r['occupancy']:.0%}, per element: {r['instructions_per_element']} instructions, "
               f"{r['shuffles_per_element']} shuffles, {r['exps_per_element']} exps")
+    for r in roofline:
+        print(f"  {report.display(r['block']):12s} {r['gbytes']:7.2f} GB {r['tflops']:6.3f} TFLOP  roofline "
+              f"{r['roofline_ms']:6.2f} ms on an {r['gpu']}, {r['vs_transformer']:.2f}x the Transformer's")
     print(f'wrote {out}/')
     return out
 

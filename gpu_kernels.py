@@ -48,7 +48,8 @@ def check(*tensors):
         raise RuntimeError("scan_backend='triton' needs the triton package, which ships with PyTorch's CUDA "
                            "builds; install one, or set scan_backend='log' (plain PyTorch)")
     for t in tensors:
-        if t is not None and t.device.type not in ('cuda', 'meta') and not INTERPRETED:
+        shapes_only = isinstance(t, torch._subclasses.FakeTensor) or (t is not None and t.device.type == 'meta')
+        if t is not None and t.device.type != 'cuda' and not (shapes_only or INTERPRETED):
             raise ValueError(f"scan_backend='triton' runs on CUDA tensors, got them on {t.device}; "
                              "use scan_backend='auto' on other devices")
         if t is not None and t.device != tensors[0].device:

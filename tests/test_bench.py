@@ -40,3 +40,17 @@ def test_quick_bench_writes_every_column(tmp_path):
 def test_every_series_of_the_speed_figure_has_its_own_look():
     looks = [tuple(sorted(bench.variant_style(v).items(), key=str)) for v in bench.layer_variants(32, 'cpu')]
     assert len(set(looks)) == len(looks)
+
+
+def test_traffic_counts_bytes_and_flops_of_each_op():
+    """A bfloat16 matmul reads its two operands and writes its result once, 2 x m x k x n FLOPs; a view
+    moves nothing; the roofline time is the slower of the two on the GPU's datasheet figures."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        a, b = torch.empty(64, 128, dtype=torch.bfloat16), torch.empty(128, 32, dtype=torch.bfloat16)
+        traffic = bench.Traffic(bench.H100)
+        with traffic:
+            (a @ b).t()
+    assert traffic.bytes == (64 * 128 + 128 * 32 + 64 * 32) * 2
+    assert traffic.flops == 2 * 64 * 128 * 32
+    assert traffic.seconds == max(traffic.bytes / 3.35e12, traffic.flops / 989e12)

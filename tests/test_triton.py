@@ -261,10 +261,11 @@ def test_the_kernels_compile_for_gpus_without_spilling_registers(capability):
         assert '0 bytes spill stores' in line, line
 
 
-def test_bench_static_counts_the_selective_scan_on_an_h100(tmp_path):
+def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path):
     """bench.py --static: the forward selective scan sums its states without a warp shuffle, and both
     selective kernels keep 4 CTAs of 4 warps per SM (25% occupancy), without spills, on sm_90 and sm_80.
-    The backward's shuffles (the sums over channels of dB and dC) are bounded by their count today."""
+    The backward's shuffles (the sums over channels of dB and dC) are bounded by their count today.
+    And the roofline of one paper-scale iteration of each of the paper's blocks."""
     pytest.importorskip('triton.backends.nvidia.compiler')
     from conftest import ROOT, run_script
     env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
@@ -278,3 +279,6 @@ def test_bench_static_counts_the_selective_scan_on_an_h100(tmp_path):
     assert all(r['shuffles_per_element'] == 0 for r in selective if r['kernel'] == 'selective_forward')
     assert all(r['shuffles_per_element'] <= 10 for r in selective)
     assert (tmp_path / 'sass' / 'selective_backward.sm_90.sass').stat().st_size > 0
+    roofline = report.read_csv(str(tmp_path / 'roofline.csv'))  # the paper's four blocks, the Transformer first
+    assert [r['block'] for r in roofline] == ['transformer', 'mingru', 'minlstm', 'mamba']
+    assert roofline[0]['vs_transformer'] == 1 and all(r['gbytes'] > 0 and r['tflops'] > 0.5 for r in roofline)
