@@ -378,16 +378,17 @@ SASS_LINE = re.compile(r'/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)
 
 def innermost_loop(sass):
     """The opcodes of the longest loop that holds no other loop: the body a kernel repeats per tile
-    or step. A loop is a branch back to an earlier address."""
+    or step; the whole kernel where it has none. A loop is a branch back to an earlier address (not the
+    branch to itself that ends every kernel)."""
     code = [(int(address, 16), opcode, operands) for address, opcode, operands in SASS_LINE.findall(sass)]
     loops = []
     for address, opcode, operands in code:
         target = re.search(r'0x([0-9a-f]+)', operands)
-        if opcode.startswith('BRA') and target and int(target.group(1), 16) <= address:
+        if opcode.startswith('BRA') and target and int(target.group(1), 16) < address:
             loops.append((int(target.group(1), 16), address))
     innermost = [(a, b) for a, b in loops if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops)]
     if not innermost:
-        return []
+        return [opcode for _, opcode, _ in code]
     start, end = max(innermost, key=lambda loop: loop[1] - loop[0])
     return [opcode for address, opcode, _ in code if start <= address <= end]
 

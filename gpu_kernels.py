@@ -95,30 +95,95 @@ if triton is not None:
             h0 = tl.load(h0_ptr + batch * D + d, mask=d < D, other=0.0)
         return batch, d, h0
 
+    # Where KIND is MINGRU or MINLSTM, the kernels read the block's gate pre-activations (batch, T,
+    # k * D) instead of a and b, and compute the coefficients in registers (model.MinGRUCoefficients,
+    # model.MinLSTMCoefficients): no a, b or gate tensor of their own in memory, forward or backward.
+    PLAIN, MINGRU, MINLSTM = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+    KINDS = {'plain': 0, 'mingru': 1, 'minlstm': 2}
+
     @triton.jit
-    def _scan_forward(a_ptr, b_ptr, h0_ptr, h_ptr, T, D, HAS_H0: tl.constexpr,
+    def _candidate(k):
+        """g(k) = max(k + 0.5, sigmoid(k)), the paper's positive candidate state, and its slope g'(k) =
+        max(sign(k), sigmoid'(k)) (model.g, model.g_derivative)."""
+        s = tl.sigmoid(k)
+        sign = tl.where(k > 0, 1.0, tl.where(k < 0, -1.0, 0.0))
+        return tl.maximum(k + 0.5, s), tl.maximum(sign, s - s * s)
+
+    @triton.jit
+    def _gate_loads(gates_ptr, offset, D, inside, KIND: tl.constexpr):
+        """The step's pre-activations: minGRU's (k_z, k_h) or minLSTM's (k_f, k_i, k_h), float32."""
+        first = tl.load(gates_ptr + offset, mask=inside, other=0.0).to(tl.float32)
+        second = tl.load(gates_ptr + offset + D, mask=inside, other=0.0).to(tl.float32)
+        third = second
+        if KIND == MINLSTM:
+            third = tl.load(gates_ptr + offset + 2 * D, mask=inside, other=0.0).to(tl.float32)
+        return first, second, third
+
+    @triton.jit
+    def _coefficients(a_ptr, b_ptr, offset, D, inside, KIND: tl.constexpr):
+        """(a, b) at the offsets, (1, 0) outside: given, or minGRU's (1 - z, z h~) = (sigmoid(-k_z),
+        sigmoid(k_z) g(k_h)), or minLSTM's (f / (f + i), i / (f + i) g(k_h)). With gates, a_ptr
+        points to them and offset is the step's k * D-wide row plus the channel."""
+        if KIND == PLAIN:
+            a = tl.load(a_ptr + offset, mask=inside, other=1.0).to(tl.float32)
+            b = tl.load(b_ptr + offset, mask=inside, other=0.0).to(tl.float32)
+        else:
+            first, second, third = _gate_loads(a_ptr, offset, D, inside, KIND)
+            if KIND == MINGRU:
+                a, b = tl.sigmoid(-first), tl.sigmoid(first) * _candidate(second)[0]
+            else:
+                f, i = tl.sigmoid(first), tl.sigmoid(second)
+                a, b = f / (f + i), i / (f + i) * _candidate(third)[0]
+            a, b = tl.where(inside, a, 1.0), tl.where(inside, b, 0.0)
+        return a, b
+
+    @triton.jit
+    def _store_gate_gradients(grad_ptr, gates_ptr, offset, D, inside, grad_a, grad_b, KIND: tl.constexpr):
+        """dL/d(pre-activations) from dL/da and dL/db, the gates recomputed (the model's formulas):
+        minGRU  dL/dk_z = (dL/db h~ - dL/da) z a,   dL/dk_h = dL/db z g'(k_h);
+        minLSTM q = (dL/da - dL/db h~) f' i',  dL/dk_f = q (1 - f),  dL/dk_i = -q (1 - i),
+                dL/dk_h = dL/db i' g'(k_h)."""
+        first, second, third = _gate_loads(gates_ptr, offset, D, inside, KIND)
+        if KIND == MINGRU:
+            z, a = tl.sigmoid(first), tl.sigmoid(-first)
+            candidate, slope = _candidate(second)
+            tl.store(grad_ptr + offset, (grad_b * candidate - grad_a) * z * a, mask=inside)
+            tl.store(grad_ptr + offset + D, grad_b * z * slope, mask=inside)
+        else:
+            f, i = tl.sigmoid(first), tl.sigmoid(second)
+            f_norm, i_norm = f / (f + i), i / (f + i)
+            candidate, slope = _candidate(third)
+            q = (grad_a - grad_b * candidate) * f_norm * i_norm
+            tl.store(grad_ptr + offset, q - q * f, mask=inside)
+            tl.store(grad_ptr + offset + D, q * i - q, mask=inside)
+            tl.store(grad_ptr + offset + 2 * D, grad_b * i_norm * slope, mask=inside)
+
+    @triton.jit
+    def _scan_forward(a_ptr, b_ptr, h0_ptr, h_ptr, T, D, HAS_H0: tl.constexpr, KIND: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-        """h (batch, T, D) from a, b (batch, T, D) and h0 (batch, D): h_t = a_t h_{t-1} + b_t.
-        Steps past T are padded with a = 1, b = 0, which leave the state as it is."""
+        """h (batch, T, D) from a, b (batch, T, D), or from the gates (a_ptr; KIND), and h0 (batch,
+        D): h_t = a_t h_{t-1} + b_t. Steps past T are padded with a = 1, b = 0, which leave the state
+        as it is."""
         batch, d, h = _program_channels(h0_ptr, D, HAS_H0, BLOCK_D)
+        width = D if KIND == PLAIN else (2 if KIND == MINGRU else 3) * D  # of a row of a_ptr's tensor
         steps = tl.arange(0, BLOCK_T)
         for t0 in range(0, T, BLOCK_T):
             t = t0 + steps[None, :]
-            offset = batch * T * D + t * D + d[:, None]
             inside = (t < T) & (d[:, None] < D)
-            a = tl.load(a_ptr + offset, mask=inside, other=1.0)
-            b = tl.load(b_ptr + offset, mask=inside, other=0.0)
+            a, b = _coefficients(a_ptr, b_ptr, batch * T * width + t * width + d[:, None], D, inside, KIND)
             a_prod, b_sum = tl.associative_scan((a, b), 1, _combine)
             tile = a_prod * h[:, None] + b_sum  # the tile's steps, each from the carried state
-            tl.store(h_ptr + offset, tile, mask=inside)
+            tl.store(h_ptr + batch * T * D + t * D + d[:, None], tile, mask=inside)
             h = _at_step(tile, steps[None, :], BLOCK_T - 1)
 
     @triton.jit
-    def _scan_backward(a_ptr, h_ptr, h0_ptr, grad_h_ptr, grad_a_ptr, grad_b_ptr, T, D,
-                       HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-        """With g_t = dL/dh_t + a_{t+1} g_{t+1} (g past T is 0): dL/db_t = g_t, dL/da_t = g_t h_{t-1}.
-        Tiles run from the end, each loaded in reversed time order (column i holds step t1 - i)."""
+    def _scan_backward(a_ptr, h_ptr, h0_ptr, grad_h_ptr, grad_a_ptr, grad_b_ptr, grad_h0_ptr, T, D,
+                       HAS_H0: tl.constexpr, KIND: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+        """With g_t = dL/dh_t + a_{t+1} g_{t+1} (g past T is 0): dL/db_t = g_t, dL/da_t = g_t h_{t-1},
+        and dL/dh0 = a_1 g_1. With gates (KIND), a_ptr points to them and grad_a_ptr receives their
+        gradient. Tiles run from the end, each loaded in reversed time order (column i holds step t1 - i)."""
         batch, d, h0 = _program_channels(h0_ptr, D, HAS_H0, BLOCK_D)
+        width = D if KIND == PLAIN else (2 if KIND == MINGRU else 3) * D
         steps = tl.arange(0, BLOCK_T)
         g = tl.zeros([BLOCK_D], dtype=tl.float32)  # g of the step after the tile
         n_tiles = tl.cdiv(T, BLOCK_T)
@@ -126,15 +191,23 @@ if triton is not None:
             t = (n_tiles - k) * BLOCK_T - 1 - steps[None, :]  # reversed time
             base = batch * T * D + d[:, None]
             inside = (t < T) & (d[:, None] < D)
-            grad_h = tl.load(grad_h_ptr + base + t * D, mask=inside, other=0.0)
-            a_next = tl.load(a_ptr + base + (t + 1) * D, mask=inside & (t + 1 < T), other=0.0)
+            grad_h = tl.load(grad_h_ptr + base + t * D, mask=inside, other=0.0).to(tl.float32)
+            row = batch * T * width + t * width + d[:, None]
+            a_next, _ = _coefficients(a_ptr, a_ptr, row + width, D, inside & (t + 1 < T), KIND)
+            a_next = tl.where(t + 1 < T, a_next, 0.0)
             a_next_prod, g_sum = tl.associative_scan((a_next, grad_h), 1, _combine)
             g_tile = a_next_prod * g[:, None] + g_sum
             h_prev = tl.load(h_ptr + base + (t - 1) * D, mask=inside & (t > 0), other=0.0)
             h_prev = tl.where(t == 0, h0[:, None], h_prev)
-            tl.store(grad_b_ptr + base + t * D, g_tile, mask=inside)
-            tl.store(grad_a_ptr + base + t * D, g_tile * h_prev, mask=inside)
+            if KIND == PLAIN:
+                tl.store(grad_b_ptr + base + t * D, g_tile, mask=inside)
+                tl.store(grad_a_ptr + base + t * D, g_tile * h_prev, mask=inside)
+            else:
+                _store_gate_gradients(grad_a_ptr, a_ptr, row, D, inside, g_tile * h_prev, g_tile, KIND)
             g = _at_step(g_tile, steps[None, :], BLOCK_T - 1)
+        if HAS_H0:  # g is now g_1, the gradient at the first step
+            a_first, _ = _coefficients(a_ptr, a_ptr, batch * T * width + d, D, d < D, KIND)
+            tl.store(grad_h0_ptr + batch * D + d, a_first * g, mask=d < D)
 
     # ------------------------------------------------------------------- Mamba's selective scan
     # After mamba_ssm's design: a thread owns its channels with all their N states, so the sum over
@@ -288,7 +361,71 @@ if triton is not None:
             tl.store(g_ptr + state * E + e, a_first * tl.load(g_ptr + state * E + e, mask=e < E, other=0.0), mask=e < E)
 
 
+    # ------------------------------------------------------------------- causal depthwise conv
+
+    @triton.jit
+    def _conv_at(x_ptr, w_ptr, bias, t, c, T, C, K: tl.constexpr):
+        """y_t = bias + sum_j w_j x_{t-K+1+j} over a (time, channels) tile, x zero before the start."""
+        y = bias + tl.zeros(t.shape, dtype=tl.float32) + tl.zeros(c.shape, dtype=tl.float32)
+        for j in tl.static_range(K):
+            s = t - (K - 1) + j
+            x = tl.load(x_ptr + s * C + c, mask=(s >= 0) & (s < T) & (c < C), other=0.0).to(tl.float32)
+            y += tl.load(w_ptr + j * C + c, mask=c < C, other=0.0).to(tl.float32) * x
+        return y
+
+    @triton.jit
+    def _conv_forward(x_ptr, w_ptr, bias_ptr, y_ptr, T, C, K: tl.constexpr, SILU: tl.constexpr,
+                      BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+        """y = conv(x) (batch, T, C), model.ShiftedSum's causal depthwise conv, and SiLU(y) where SILU:
+        a program reads its tile of x with the K - 1 steps before it, once."""
+        batch = tl.program_id(0).to(tl.int64)
+        t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)[:, None]
+        c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+        x_ptr, y_ptr = x_ptr + batch * T * C, y_ptr + batch * T * C
+        y = _conv_at(x_ptr, w_ptr, tl.load(bias_ptr + c, mask=c < C, other=0.0).to(tl.float32), t, c, T, C, K)
+        if SILU:
+            y = y * tl.sigmoid(y)
+        tl.store(y_ptr + t * C + c, y, mask=(t < T) & (c < C))
+
+    @triton.jit
+    def _conv_pre_gradient(x_ptr, w_ptr, bias, grad_y_ptr, u, c, T, C, K: tl.constexpr, SILU: tl.constexpr):
+        """dL/d(conv output) at steps u: dL/dy, through SiLU' = s (1 + y (1 - s)) at the recomputed y."""
+        grad = tl.load(grad_y_ptr + u * C + c, mask=(u < T) & (c < C), other=0.0).to(tl.float32)
+        if SILU:
+            y = _conv_at(x_ptr, w_ptr, bias, u, c, T, C, K)
+            s = tl.sigmoid(y)
+            grad = grad * s * (1.0 + y * (1.0 - s))
+        return grad
+
+    @triton.jit
+    def _conv_backward(x_ptr, w_ptr, bias_ptr, grad_y_ptr, grad_x_ptr, grad_w_ptr, grad_bias_ptr, T, C,
+                       K: tl.constexpr, SILU: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+        """dL/dx_t = sum_j w_j g_{t+K-1-j},  dL/dw_j = sum_{b,t} g_t x_{t-K+1+j},  dL/dbias = sum g, with
+        g = dL/d(conv output). dL/dw and dL/dbias per program (batch, time block): the caller sums."""
+        batch = tl.program_id(0).to(tl.int64)
+        block = tl.program_id(1)
+        t = block * BLOCK_T + tl.arange(0, BLOCK_T)[:, None]
+        c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+        x_ptr, grad_y_ptr, grad_x_ptr = x_ptr + batch * T * C, grad_y_ptr + batch * T * C, grad_x_ptr + batch * T * C
+        part = batch * tl.num_programs(1) + block
+        bias = tl.load(bias_ptr + c, mask=c < C, other=0.0).to(tl.float32)
+        grad = _conv_pre_gradient(x_ptr, w_ptr, bias, grad_y_ptr, t, c, T, C, K, SILU)
+        grad_x = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+        for j in tl.static_range(K):
+            w = tl.load(w_ptr + j * C + c, mask=c < C, other=0.0).to(tl.float32)
+            if j == K - 1:
+                grad_x += w * grad
+            else:
+                grad_x += w * _conv_pre_gradient(x_ptr, w_ptr, bias, grad_y_ptr, t + (K - 1 - j), c, T, C, K, SILU)
+            s = t - (K - 1) + j
+            x = tl.load(x_ptr + s * C + c, mask=(s >= 0) & (s < T) & (c < C), other=0.0).to(tl.float32)
+            tl.store(grad_w_ptr + (part * K + j) * C + c, tl.sum(grad * x, axis=0)[None, :], mask=c < C)
+        tl.store(grad_x_ptr + t * C + c, grad_x, mask=(t < T) & (c < C))
+        tl.store(grad_bias_ptr + part * C + c, tl.sum(grad, axis=0)[None, :], mask=c < C)
+
+
 SCAN_BLOCK_T, SCAN_BLOCK_D = 32, 32
+CONV_BLOCK_T, CONV_BLOCK_C = 8, 64
 # Mamba's selective scan: one channel per thread (a program's 4 warps own 128 channels), a backward tile
 # of 4 steps, registers capped at 128 so that 4 programs share an SM (25% occupancy) without a spill
 # (python bench.py --static counts them).
@@ -333,39 +470,86 @@ def _operator(name):
 
 if triton is not None:
     @_operator('minrnn::triton_scan')
-    def _scan(a: Tensor, b: Tensor, h0: Optional[Tensor]) -> Tensor:
-        """h_t = a_t h_{t-1} + b_t in float32, h in a's dtype: scan.SequentialScan's function."""
+    def _scan(kind: str, a: Tensor, b: Optional[Tensor], h0: Optional[Tensor]) -> Tensor:
+        """h_t = a_t h_{t-1} + b_t in float32: scan.SequentialScan's function, h in a's dtype; or, for
+        kind 'mingru' / 'minlstm', a is the block's gate pre-activations (b None), whose coefficients
+        the kernel computes, and h is float32."""
         check(a, b, h0)
-        a32, b32, h032 = _float32(a, b, h0)
-        batch, T, D = a.shape
-        h = torch.empty_like(a32)
+        batch, T, width = a.shape
+        D = width // {'plain': 1, 'mingru': 2, 'minlstm': 3}[kind]
+        h = a.new_empty(batch, T, D, dtype=torch.float32)
         with _on_device_of(a):
-            _launch(_scan_forward, (batch, triton.cdiv(D, SCAN_BLOCK_D)),
-                    a32, b32, h032, h, T, D, HAS_H0=h0 is not None, BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
-        return h.to(a.dtype)
+            _launch(_scan_forward, (batch, triton.cdiv(D, SCAN_BLOCK_D)), a.contiguous(),
+                    a if b is None else b.contiguous(), *_float32(h0), h, T, D, HAS_H0=h0 is not None,
+                    KIND=KINDS[kind], BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
+        return h.to(a.dtype) if kind == 'plain' else h
 
     @_operator('minrnn::triton_scan_backward')
-    def _scan_backward_op(a: Tensor, h: Tensor, h0: Optional[Tensor], grad_h: Tensor) -> Tuple[Tensor, Tensor]:
-        """(dL/da, dL/db) by the reverse recurrence, in a's dtype."""
-        a32, h32, h032, grad_h32 = _float32(a, h, h0, grad_h)
-        batch, T, D = a.shape
-        grad_a, grad_b = torch.empty_like(a32), torch.empty_like(a32)
+    def _scan_backward_op(kind: str, a: Tensor, h: Tensor, h0: Optional[Tensor], grad_h: Tensor
+                          ) -> Tuple[Tensor, Tensor, Tensor]:
+        """(dL/da, dL/db, dL/dh0) by the reverse recurrence, in the dtypes of a, a and h0; for gates,
+        (dL/dgates, an empty tensor, dL/dh0). Empty tensors stand for None."""
+        batch, T, width = a.shape
+        D = h.shape[-1]
+        grad_a = torch.empty_like(a, memory_format=torch.contiguous_format)
+        grad_b = torch.empty_like(a) if kind == 'plain' else a.new_empty(0)
+        grad_h0 = h.new_empty(batch, D, dtype=torch.float32) if h0 is not None else a.new_empty(0)
         with _on_device_of(a):
-            _launch(_scan_backward, (batch, triton.cdiv(D, SCAN_BLOCK_D)),
-                    a32, h32, h032, grad_h32, grad_a, grad_b, T, D, HAS_H0=h0 is not None,
-                    BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
-        return grad_a.to(a.dtype), grad_b.to(a.dtype)
+            _launch(_scan_backward, (batch, triton.cdiv(D, SCAN_BLOCK_D)), a.contiguous(), h.contiguous(),
+                    *_float32(h0), grad_h.contiguous(), grad_a, grad_b, grad_h0, T, D, HAS_H0=h0 is not None,
+                    KIND=KINDS[kind], BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
+        return grad_a, grad_b, grad_h0 if h0 is None else grad_h0.to(h0.dtype)
 
     def _scan_setup(ctx, inputs, output):
-        a, _, h0 = inputs
+        kind, a, b, h0 = inputs
+        ctx.kind, ctx.has_b = kind, b is not None
         ctx.save_for_backward(a, output, h0)
 
     def _scan_derivative(ctx, grad_h):
         a, h, h0 = ctx.saved_tensors
-        grad_a, grad_b = _scan_backward_op(a, h, h0, grad_h)
-        return grad_a, grad_b, None if h0 is None else (a[:, 0] * grad_b[:, 0]).to(h0.dtype)
+        grad_a, grad_b, grad_h0 = _scan_backward_op(ctx.kind, a, h, h0, grad_h)
+        return None, grad_a, grad_b if ctx.has_b else None, grad_h0 if h0 is not None else None
 
     _scan.register_autograd(_scan_derivative, setup_context=_scan_setup)
+
+    @_operator('minrnn::triton_causal_conv')
+    def _causal_conv(x: Tensor, weight: Tensor, bias: Tensor, silu: bool) -> Tensor:
+        """model.ShiftedSum's causal depthwise conv (weight (K, C), x (batch, T, C)), SiLU'd where silu;
+        y in x's dtype, float32 inside."""
+        check(x, weight, bias)
+        batch, T, C = x.shape
+        y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        with _on_device_of(x):
+            _launch(_conv_forward, (batch, triton.cdiv(T, CONV_BLOCK_T), triton.cdiv(C, CONV_BLOCK_C)),
+                    x.contiguous(), weight.contiguous(), bias.contiguous(), y, T, C, K=weight.shape[0], SILU=silu,
+                    BLOCK_T=CONV_BLOCK_T, BLOCK_C=CONV_BLOCK_C)
+        return y
+
+    @_operator('minrnn::triton_causal_conv_backward')
+    def _causal_conv_backward(x: Tensor, weight: Tensor, bias: Tensor, silu: bool, grad_y: Tensor
+                              ) -> Tuple[Tensor, Tensor, Tensor]:
+        """(dL/dx, dL/dweight, dL/dbias), in the dtypes of x, weight and bias."""
+        batch, T, C = x.shape
+        blocks = triton.cdiv(T, CONV_BLOCK_T)
+        grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
+        grad_w_parts = x.new_empty(batch * blocks, weight.shape[0], C, dtype=torch.float32)
+        grad_bias_parts = x.new_empty(batch * blocks, C, dtype=torch.float32)
+        with _on_device_of(x):
+            _launch(_conv_backward, (batch, blocks, triton.cdiv(C, CONV_BLOCK_C)), x.contiguous(),
+                    weight.contiguous(), bias.contiguous(), grad_y.contiguous(), grad_x, grad_w_parts,
+                    grad_bias_parts, T, C, K=weight.shape[0], SILU=silu, BLOCK_T=CONV_BLOCK_T, BLOCK_C=CONV_BLOCK_C)
+        return grad_x, grad_w_parts.sum(0).to(weight.dtype), grad_bias_parts.sum(0).to(bias.dtype)
+
+    def _conv_setup(ctx, inputs, output):
+        x, weight, bias, silu = inputs
+        ctx.silu = silu
+        ctx.save_for_backward(x, weight, bias)
+
+    def _conv_derivative(ctx, grad_y):
+        x, weight, bias = ctx.saved_tensors
+        return (*_causal_conv_backward(x, weight, bias, ctx.silu, grad_y), None)
+
+    _causal_conv.register_autograd(_conv_derivative, setup_context=_conv_setup)
 
     @_operator('minrnn::triton_selective_scan')
     def _selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h0: Optional[Tensor],
@@ -385,7 +569,7 @@ if triton is not None:
                     x, delta, bias, A_t, B, C, D, _states_major(h0), y, last, saved, T, E, N, HAS_H0=h0 is not None,
                     SOFTPLUS=delta_bias is not None, CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E,
                     BLOCK_N=triton.next_power_of_2(N), num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
-        return y, _states_major(last).to(x.dtype), saved
+        return y, _states_major(last), saved
 
     @_operator('minrnn::triton_selective_scan_backward')
     def _selective_scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
@@ -418,12 +602,14 @@ if triton is not None:
 
     def _selective_setup(ctx, inputs, output):
         x, delta, A, B, C, D, h0, delta_bias = inputs
+        ctx.set_materialize_grads(False)  # no zeros of the saved states' size for their gradient, never used
         ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, output[2])
         ctx.h0_dtype = None if h0 is None else h0.dtype
         ctx.mark_non_differentiable(output[2])
 
     def _selective_derivative(ctx, grad_y, grad_last, grad_saved):
         x, delta, A, B, C, D, delta_bias, saved = ctx.saved_tensors
+        grad_y = torch.zeros_like(x) if grad_y is None else grad_y
         *grads, grad_h0, grad_bias = _selective_scan_backward(x, delta, A, B, C, D, delta_bias, saved, grad_y, grad_last)
         return (*grads, None if ctx.h0_dtype is None else grad_h0.to(ctx.h0_dtype),
                 None if delta_bias is None else grad_bias.to(delta_bias.dtype))
@@ -433,14 +619,28 @@ if triton is not None:
 
 def linear_scan(a, b, h0=None):
     """h (batch, time, channels) with h_t = a_t h_{t-1} + b_t, in Triton."""
-    return _scan(a, b, h0)
+    return _scan('plain', a, b, h0)
+
+
+def gated_scan(kind, gates, h0=None):
+    """h (batch, time, width), float32, of a minGRU / minLSTM layer (kind) from its gate
+    pre-activations (batch, time, 2 or 3 x width, any float dtype): the coefficients computed inside
+    the scan's kernels, forward and backward."""
+    return _scan(kind, gates, None, h0)
+
+
+def causal_conv(x, weight, bias, silu=False):
+    """model.ShiftedSum's causal depthwise conv of x (batch, time, channels) with weight (kernel,
+    channels) and bias, SiLU'd where silu, in Triton: each output a multiply-add of kernel inputs."""
+    return _causal_conv(x, weight, bias, silu)
 
 
 def selective_scan(x, delta, A, B, C, D, h0=None, delta_bias=None):
     """y (batch, time, channels) and the last state (batch, channels, d_state) of Mamba's selective
     scan in Triton; x, delta (batch, time, channels), A (channels, d_state), B, C (batch, time, d_state).
     With delta_bias (channels,), delta is its pre-activation: softplus(delta + delta_bias) is fused in.
-    Both outputs are differentiable: a later chunk that reads the last state passes its gradient back."""
+    Inputs in any float dtype; y in x's, the last state in float32. Both are differentiable: a later
+    chunk that reads the last state passes its gradient back."""
     y, last, _ = _selective_scan(x, delta, A, B, C, D, h0, delta_bias)
     return y, last
 
@@ -453,12 +653,20 @@ def selective_scan(x, delta, A, B, C, D, h0=None, delta_bias=None):
 def launches(d_state=16):
     """Every kernel as it is launched, Mamba's at d_state: name -> (kernel, constexprs, options,
     state elements x steps one thread computes per pass of the kernel's innermost loop)."""
-    scan = dict(BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D, HAS_H0=True)
     selective = dict(N=d_state, SOFTPLUS=True, CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E)
     options = dict(num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
     channels = SELECTIVE_BLOCK_E // (32 * SELECTIVE_WARPS)
-    return {'scan_forward': (_scan_forward, scan, dict(num_warps=4), SCAN_BLOCK_T * SCAN_BLOCK_D // 128),
-            'scan_backward': (_scan_backward, scan, dict(num_warps=4), SCAN_BLOCK_T * SCAN_BLOCK_D // 128),
+    scans = {}
+    for kind, value in KINDS.items():
+        prefix = 'scan' if kind == 'plain' else f'{kind}_scan'
+        constants = dict(BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D, HAS_H0=True, KIND=value)
+        for name, kernel in (('forward', _scan_forward), ('backward', _scan_backward)):
+            scans[f'{prefix}_{name}'] = (kernel, constants, dict(num_warps=4), SCAN_BLOCK_T * SCAN_BLOCK_D // 128)
+    conv = dict(K=4, SILU=True, BLOCK_T=CONV_BLOCK_T, BLOCK_C=CONV_BLOCK_C)
+    per_thread = CONV_BLOCK_T * CONV_BLOCK_C // 128  # the conv kernels have no loop: all of the program
+    return {**scans,
+            'conv_forward': (_conv_forward, conv, dict(num_warps=4), per_thread),
+            'conv_backward': (_conv_backward, conv, dict(num_warps=4), per_thread),
             'selective_forward': (_selective_forward, dict(HAS_H0=True, BLOCK_N=triton.next_power_of_2(d_state),
                                                            **selective), options, d_state * channels),
             'selective_backward': (_selective_backward, dict(PARTS=SELECTIVE_PARTS, **selective), options,
@@ -473,7 +681,7 @@ def compile_ahead_of_time(kernel, constants, options, capability, folder):
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
-    signature = {name: 'constexpr' if name in constants else 'i32' if name in ('T', 'D', 'E', 'N') else '*fp32'
+    signature = {name: 'constexpr' if name in constants else 'i32' if name in ('T', 'C', 'D', 'E', 'N') else '*fp32'
                  for name in kernel.arg_names}
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
                               target=GPUTarget('cuda', capability, 32), options=options)

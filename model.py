@@ -33,6 +33,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 import scan
+from scan import widen
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -111,12 +112,6 @@ class ModelConfig:
 
 # ----------------------------------------------------------------------------- shared parts
 
-def widen(x):
-    """Half-precision activations (autocast) become float32 before a scan: its coefficients are logs
-    and products of many factors. float32 and float64 pass unchanged."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 NORMS = {'layernorm': lambda c: nn.LayerNorm(c.n_embd, bias=c.bias),
          'rmsnorm': lambda c: nn.RMSNorm(c.n_embd)}
 
@@ -136,23 +131,27 @@ class FeedForward(nn.Module):
 class CausalDepthwiseConv(nn.Module):
     """Per-channel convolution over the last `kernel` time steps (no look-ahead):
         y_t = bias + sum_s weight_{kernel-1-s} * x_{t-s},  s = 0..kernel-1   (x before t = 1 is zero)
-    then SiLU(y_t) if silu (Mamba), computed by ShiftedSum; the step path applies the same sum to a
-    window of the last inputs."""
+    then SiLU(y_t) if silu (Mamba), computed by ShiftedSum (or the kernel scan.py picks for the scan
+    backend); the step path applies the same sum to a window of the last inputs."""
 
-    def __init__(self, channels, kernel, silu=False):
+    def __init__(self, channels, kernel, silu=False, backend='auto'):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(kernel, channels).uniform_(-kernel ** -0.5, kernel ** -0.5))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.silu = silu
+        self.backend = backend
+
+    def convolve(self, x):
+        return scan.causal_conv(x, self.weight, self.bias, self.silu, self.backend, plain=ShiftedSum.apply)
 
     def forward(self, x, window=None):
         """x: (B, T, C); window: the kernel-1 inputs before x, as step() keeps them (None: zeros).
         Returns y and the window after x."""
         n = self.weight.shape[0] - 1
         if window is None:
-            return ShiftedSum.apply(x, self.weight, self.bias, self.silu), last_steps(x, n)
+            return self.convolve(x), last_steps(x, n)
         x = torch.cat([window.to(x.dtype), x], dim=1)
-        return ShiftedSum.apply(x, self.weight, self.bias, self.silu)[:, n:], x[:, x.shape[1] - n:]
+        return self.convolve(x)[:, n:], x[:, x.shape[1] - n:]
 
     def step(self, x, window):
         """x: (B, C); window: the previous kernel-1 inputs, oldest first, (B, kernel-1, C) or None."""
@@ -322,7 +321,8 @@ class MinRNN(nn.Module):
     def __init__(self, config):
         super().__init__()
         d, inner = config.n_embd, round(config.expansion * config.n_embd)
-        self.conv = CausalDepthwiseConv(d, config.conv_kernel) if config.conv_kernel else None
+        self.conv = (CausalDepthwiseConv(d, config.conv_kernel, backend=config.scan_backend)
+                     if config.conv_kernel else None)
         self.to_gates = nn.Linear(d, self.n_projections * inner, bias=config.bias)
         self.out = nn.Linear(inner, d, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
@@ -340,7 +340,7 @@ class MinRNN(nn.Module):
         h0, window = state if state is not None else (None, None)
         if self.conv is not None:
             x, window = self.conv(x, window)
-        gates = widen(self.to_gates(x))
+        gates = self.to_gates(x)  # widened for the scans that need it
         h = scan.gated_scan(self.kind, gates, self.coefficients, self.log_coefficients, h0, self.backend)
         return self.dropout(self.out(h.to(x.dtype))), (h[:, -1], window)
 
@@ -462,7 +462,7 @@ class Mamba(nn.Module):
         self.dt_rank = config.dt_rank or math.ceil(d / 16)
         self.d_state = n
         self.in_proj = nn.Linear(d, 2 * inner, bias=config.bias)
-        self.conv = CausalDepthwiseConv(inner, config.d_conv, silu=True)
+        self.conv = CausalDepthwiseConv(inner, config.d_conv, silu=True, backend=config.scan_backend)
         self.x_proj = nn.Linear(inner, self.dt_rank + 2 * n, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, inner, bias=True)
         self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(inner, 1))
@@ -488,7 +488,7 @@ class Mamba(nn.Module):
     def selective_inputs(self, x):
         """delta (.., E), B (.., N), C (.., N) from the conv output x: the 'selection'."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return widen(Softplus.apply(self.dt_proj(dt))), widen(B), widen(C)
+        return Softplus.apply(self.dt_proj(dt)), B, C
 
     def scan_channels(self, x, delta, B, C, A_log, D, h0):
         """y and the last state for a slice of channels: builds (batch, T, channels, N) coefficients
@@ -502,9 +502,10 @@ class Mamba(nn.Module):
         return (h * C.unsqueeze(2)).sum(-1) + D * x, h[:, -1]
 
     def selective_scan(self, x, delta, B, C, h0=None):
-        """y and the last state; scan.py chooses the kernel (fused in C++ or Triton, or plain_selective_scan)."""
+        """y and the last state; scan.py chooses the kernel (fused in C++ or Triton, or plain_selective_scan)
+        and widens half-precision inputs for those that need it."""
         return scan.selective_scan(x, delta, -self.A_log.exp(), B, C, self.D, h0, self.backend,
-                                   plain=lambda: self.plain_selective_scan(x, delta, B, C, h0))
+                                   plain=self.plain_selective_scan)
 
     def plain_selective_scan(self, x, delta, B, C, h0=None):
         """The selective scan on linear_scan, in channel chunks with recomputation where the
@@ -524,7 +525,6 @@ class Mamba(nn.Module):
         h0, window = state if state is not None else (None, None)
         x, z = self.in_proj(u).chunk(2, dim=-1)
         x, window = self.conv(x, window)  # and SiLU
-        x = widen(x)
         y, h = self.selective_scan(x, *self.selective_inputs(x), h0)
         return self.dropout(self.out(SiLUGate.apply(y, widen(z)).to(u.dtype))), (h, window)
 
@@ -533,7 +533,7 @@ class Mamba(nn.Module):
         x, z = self.in_proj(u).chunk(2, dim=-1)
         x, window = self.conv.step(x, window)  # and SiLU
         x = widen(x)
-        delta, B, C = self.selective_inputs(x)
+        delta, B, C = (widen(t) for t in self.selective_inputs(x))
         b = (delta * x).unsqueeze(-1) * B.unsqueeze(1)                   # (batch, E, N)
         a = torch.exp(delta.unsqueeze(-1) * -self.A_log.exp())
         h = b if h is None else a * h + b
@@ -555,7 +555,8 @@ class LibraryRNN(nn.Module):
     def __init__(self, config):
         super().__init__()
         d, hidden = config.n_embd, round(config.expansion * config.n_embd)
-        self.conv = CausalDepthwiseConv(d, config.conv_kernel) if config.conv_kernel else None
+        self.conv = (CausalDepthwiseConv(d, config.conv_kernel, backend=config.scan_backend)
+                     if config.conv_kernel else None)
         self.rnn = self.rnn_class(d, hidden, batch_first=True)  # the library's own initialisation, kept
         self.out = nn.Linear(hidden, d, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)

@@ -35,13 +35,21 @@ Backends, chosen by name:
                float64).
 
 This module is the one place that decides which kernel runs: resolve_backend() for the name,
-gated_scan() for minGRU / minLSTM and selective_scan() for Mamba; model.py asks them.
+gated_scan() for minGRU / minLSTM, selective_scan() for Mamba and causal_conv() for the convolution
+before them; model.py asks them.
 """
 import torch
 
 import cpu_kernels
 
 BACKENDS = ('auto', 'log', 'sequential', 'compiled', 'triton')
+
+
+def widen(x):
+    """Half-precision activations (autocast) become float32 before a scan: its coefficients are logs
+    and products of many factors. float32 and float64 pass unchanged. (The Triton kernels read half
+    precision themselves and compute in float32.)"""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def load_gpu_kernels():
@@ -77,10 +85,14 @@ def check_backend(backend, device):
 
 
 def gated_scan(kind, gates, coefficients, log_coefficients, h0=None, backend='auto'):
-    """h of a minGRU / minLSTM layer (kind) from its gate pre-activations: the 'log' backend scans the
-    log coefficients that never left log space, 'compiled' computes the plain ones in C++, the others
-    scan the plain ones. coefficients / log_coefficients: gates -> (a, b) / (log a, log b)."""
+    """h of a minGRU / minLSTM layer (kind) from its gate pre-activations (any float dtype): 'triton'
+    computes the coefficients inside its scan kernels, 'compiled' in C++, the 'log' backend scans the
+    log coefficients that never left log space, the others scan the plain ones.
+    coefficients / log_coefficients: gates -> (a, b) / (log a, log b)."""
     backend = resolve_backend(backend, gates.device)
+    if backend == 'triton':
+        return load_gpu_kernels().gated_scan(kind, gates, h0)
+    gates = widen(gates)
     if backend == 'log':  # h0 > 0 always: b = z h~ > 0 (minGRU), i' h~ > 0 (minLSTM)
         log_a, log_b = log_coefficients(gates)
         return linear_scan(log_a=log_a, log_b=log_b, h0=h0, backend='log')
@@ -91,14 +103,24 @@ def gated_scan(kind, gates, coefficients, log_coefficients, h0=None, backend='au
 
 def selective_scan(x, delta, A, B, C, D, h0, backend, plain):
     """Mamba's selective scan, y and the last state: fused in C++ ('compiled') or Triton ('triton'),
-    which never build the (batch, T, E, N) coefficients; otherwise plain(), the block's own scan on
-    linear_scan."""
+    which never build the (batch, T, E, N) coefficients; otherwise plain(x, delta, B, C, h0), the
+    block's own scan on linear_scan. Triton reads half-precision x, delta, B, C as they are (y in x's
+    dtype); the others get them widened."""
     backend = resolve_backend(backend, x.device)
-    if backend == 'compiled':
-        return cpu_kernels.selective_scan(x, delta, A, B, C, D, h0)
     if backend == 'triton':
         return load_gpu_kernels().selective_scan(x, delta, A, B, C, D, h0)
-    return plain()
+    x, delta, B, C = (widen(t) for t in (x, delta, B, C))
+    if backend == 'compiled':
+        return cpu_kernels.selective_scan(x, delta, A, B, C, D, h0)
+    return plain(x, delta, B, C, h0)
+
+
+def causal_conv(x, weight, bias, silu, backend, plain):
+    """The recurrent blocks' causal depthwise conv (model.CausalDepthwiseConv): one Triton kernel on the
+    'triton' backend, plain(x, weight, bias, silu) (shifted multiply-adds) on the others."""
+    if resolve_backend(backend, x.device) == 'triton':
+        return load_gpu_kernels().causal_conv(x, weight, bias, silu)
+    return plain(x, weight, bias, silu)
 
 
 def linear_scan(a=None, b=None, *, log_a=None, log_b=None, h0=None, backend='auto'):

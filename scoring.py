@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from dataset import get_batch, split_windows
-from model import widen
+from scan import widen
 
 
 @torch.no_grad()

@@ -55,6 +55,69 @@ def test_triton_scan_equals_the_float64_loop(T, with_h0):
         assert relative_error(got_grad.cpu(), expected_grad) < 1e-5
 
 
+@pytest.mark.parametrize('T', [1, 3, 70])
+@pytest.mark.parametrize('silu', [False, True])
+def test_triton_causal_conv_equals_the_shifted_sum(T, silu):
+    """The conv kernel against model.ShiftedSum in float64: y and the gradients of x, weight and bias,
+    T shorter than the kernel, and 70 channels (not a multiple of the kernel's block)."""
+    from model import ShiftedSum
+    g = torch.Generator().manual_seed(T)
+    x, weight, bias = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((2, T, 70), (4, 70), (70,)))
+    grad_y = torch.randn(2, T, 70, generator=g, dtype=torch.float64)
+    leaves64 = float64_leaves(x, weight, bias)
+    expected = ShiftedSum.apply(*leaves64, silu)
+    expected_grads = torch.autograd.grad(expected, leaves64, grad_y)
+    leaves32 = float32_leaves(x, weight, bias)
+    got = gpu_kernels.causal_conv(*leaves32, silu)
+    got_grads = torch.autograd.grad(got, leaves32, grad_y.float().to(DEVICE))
+    assert relative_error(got.cpu(), expected) < 1e-5
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        assert relative_error(got_grad.cpu(), expected_grad) < 1e-5
+
+
+@pytest.mark.parametrize('kind', ['mingru', 'minlstm'])
+@pytest.mark.parametrize('T', [1, 45])
+@pytest.mark.parametrize('with_h0', [False, True])
+def test_triton_gated_scan_equals_the_coefficients_and_the_sequential_scan(kind, T, with_h0):
+    """The kernels that compute minGRU's / minLSTM's coefficients from the gate pre-activations against
+    model.MinGRUCoefficients / MinLSTMCoefficients on the sequential scan in float64: h and the
+    gradients of the gates and h0. Pre-activations of both signs and large magnitude (g's two branches,
+    saturated gates)."""
+    from model import MinGRUCoefficients, MinLSTMCoefficients
+    from scan import linear_scan
+    g = torch.Generator().manual_seed(T)
+    width = 5
+    gates = torch.randn(2, T, (2 if kind == 'mingru' else 3) * width, generator=g, dtype=torch.float64) * 4
+    h0 = torch.randn(2, width, generator=g, dtype=torch.float64) if with_h0 else None
+    grad_h = torch.randn(2, T, width, generator=g, dtype=torch.float64)
+    coefficients = MinGRUCoefficients if kind == 'mingru' else MinLSTMCoefficients
+
+    gates64, h064 = float64_leaves(gates, h0)
+    expected = linear_scan(*coefficients.apply(gates64), h0=h064, backend='sequential')
+    leaves64 = [t for t in (gates64, h064) if t is not None]
+    expected_grads = torch.autograd.grad(expected, leaves64, grad_h)
+    gates32, h032 = float32_leaves(gates, h0)
+    got = gpu_kernels.gated_scan(kind, gates32, h032)
+    assert got.dtype == torch.float32
+    got_grads = torch.autograd.grad(got, [t for t in (gates32, h032) if t is not None], grad_h.float().to(DEVICE))
+    assert relative_error(got.cpu(), expected) < 1e-5
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        assert relative_error(got_grad.cpu(), expected_grad) < 1e-5
+
+
+def test_triton_gated_scan_reads_bfloat16_gates():
+    """Gates in bfloat16 (autocast's linear layers): h in float32 from their exact values, the gates'
+    gradient in bfloat16."""
+    gates = torch.randn(2, 9, 10, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    low = gates.to(DEVICE).requires_grad_()
+    high = gates.float().to(DEVICE).requires_grad_()
+    h_low, h_high = gpu_kernels.gated_scan('mingru', low, None), gpu_kernels.gated_scan('mingru', high, None)
+    assert h_low.dtype == torch.float32 and torch.equal(h_low, h_high)
+    grad_low, = torch.autograd.grad(h_low.sum(), low)
+    grad_high, = torch.autograd.grad(h_high.sum(), high)
+    assert grad_low.dtype == torch.bfloat16 and relative_error(grad_low.float().cpu(), grad_high.double().cpu()) < 2 ** -8
+
+
 @pytest.mark.parametrize('T', T_VALUES)
 @pytest.mark.parametrize('with_h0', [False, True])
 def test_triton_selective_scan_equals_the_plain_one(T, with_h0):
@@ -108,7 +171,8 @@ def test_triton_selective_scan_fuses_the_softplus_of_delta_and_its_bias():
 
 def test_triton_selective_scan_keeps_bfloat16_in_and_out():
     """Inputs in bfloat16 (training's autocast) give y and gradients in bfloat16, computed in float32:
-    equal to the float32 kernels' result rounded once (bfloat16 holds 8 bits: 2^-8 relative)."""
+    equal to the float32 kernels' result rounded once (bfloat16 holds 8 bits: 2^-8 relative). The
+    last state, which a later chunk starts from, stays float32."""
     layer = mamba_layer('sequential', E=6, N=5)
     inputs = [t.float().to(torch.bfloat16) for t in mamba_inputs(19, seed=6, E=6, N=5)]
     A, D = (-layer.A_log.detach().exp()).float().to(DEVICE), layer.D.detach().float().to(DEVICE)
@@ -119,7 +183,7 @@ def test_triton_selective_scan_keeps_bfloat16_in_and_out():
         return [y, last, *torch.autograd.grad(y.float().sum() + last.float().sum(), leaves)]
     low, high = run(torch.bfloat16), run(torch.float32)
     for name, got, expected in zip(['y', 'last', 'x', 'delta', 'B', 'C'], low, high):
-        assert got.dtype == torch.bfloat16, name
+        assert got.dtype == (torch.float32 if name == 'last' else torch.bfloat16), name
         assert relative_error(got.float().cpu(), expected.detach().double().cpu()) < 2 ** -7, name
 
 
@@ -168,7 +232,11 @@ def test_the_triton_kernels_are_operators_that_pass_opcheck():
     a, b, h0 = torch.rand(2, 7, 5, generator=g), torch.randn(2, 7, 5, generator=g), torch.randn(2, 5, generator=g)
     x, delta = torch.randn(2, 9, 5, generator=g), torch.rand(2, 9, 5, generator=g)
     A, B, C, D = -torch.rand(5, 3, generator=g), torch.randn(2, 9, 3, generator=g), torch.randn(2, 9, 3, generator=g), torch.randn(5, generator=g)
-    cases = [(gpu_kernels._scan, (a, b, h0)), (gpu_kernels._scan, (a, b, None)),
+    cases = [(gpu_kernels._scan, ('plain', a, b, h0)), (gpu_kernels._scan, ('plain', a, b, None)),
+             (gpu_kernels._scan, ('mingru', torch.randn(2, 7, 10, generator=g), None, h0)),
+             (gpu_kernels._scan, ('minlstm', torch.randn(2, 7, 15, generator=g), None, None)),
+             (gpu_kernels._causal_conv, (torch.randn(2, 7, 5, generator=g), torch.randn(4, 5, generator=g),
+                                         torch.randn(5, generator=g), True)),
              (gpu_kernels._selective_scan, (x, delta, A, B, C, D, torch.randn(2, 5, 3, generator=g), torch.randn(5, generator=g))),
              (gpu_kernels._selective_scan, (x, delta, A, B, C, D, None, None))]
     for op, args in cases:
@@ -229,7 +297,8 @@ def test_torch_compile_traces_into_the_triton_kernels():
     env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
     result = run_script('-c', TRACE_INTO_THE_KERNELS, env={**env, 'PYTHONPATH': ROOT}, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ['mingru', '2', '2', 'minlstm', '2', '2', 'mamba', '2', '2'], result.stdout
+    # two layers: each minGRU / minLSTM layer one scan kernel, each Mamba layer its conv and its scan
+    assert result.stdout.split() == ['mingru', '2', '2', 'minlstm', '2', '2', 'mamba', '4', '4'], result.stdout
 
 
 def test_the_triton_backend_says_where_it_runs():
@@ -256,7 +325,7 @@ def test_the_kernels_compile_for_gpus_without_spilling_registers(capability):
     result = run_script('-c', code, str(capability), env={**env, 'PYTHONPATH': ROOT}, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 4, result.stdout
+    assert len(lines) == len(gpu_kernels.launches()), result.stdout
     for line in lines:
         assert '0 bytes spill stores' in line, line
 
@@ -273,7 +342,7 @@ def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path
     assert result.returncode == 0, result.stderr[-2000:]
     import report
     rows = report.read_csv(str(tmp_path / 'kernels.csv'))
-    assert len(rows) == 8 and all(r['spilled_bytes'] == 0 for r in rows)
+    assert len(rows) == 2 * len(gpu_kernels.launches()) and all(r['spilled_bytes'] == 0 for r in rows)
     selective = [r for r in rows if r['kernel'].startswith('selective')]
     assert all(r['occupancy'] >= 0.25 for r in selective), selective
     assert all(r['shuffles_per_element'] == 0 for r in selective if r['kernel'] == 'selective_forward')
