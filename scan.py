@@ -145,6 +145,8 @@ def linear_scan(a=None, b=None, *, log_a=None, log_b=None, h0=None, backend='aut
     # backend == 'log': float64 on a CPU (a reference there); float32 on a GPU, where float64 runs at
     # 1/2 (H100) to 1/64 (T4, consumer cards) of the float32 rate, made accurate by chunks (log_scan).
     compute = torch.float64 if reference.device.type == 'cpu' else torch.float32
+    if a is not None and b is not None:
+        return LogScanOfValues.apply(a, b, h0, compute)
     log_a = log_a if log_a is not None else a.log()
     return log_scan(log_a, log_b=log_b, b=b, h0=h0, dtype=compute).to(reference.dtype)
 
@@ -170,6 +172,29 @@ def log_scan(log_a, log_b=None, b=None, h0=None, dtype=torch.float64, chunk=LOG_
             pieces.append(_signed_heinsen_scan(log_a[:, part], b[:, part].to(dtype), carried))
             carried = pieces[-1][:, -1]
     return torch.cat(pieces, dim=1)
+
+
+class LogScanOfValues(torch.autograd.Function):
+    """The log backend's scan of a and b given as values, with SequentialScan's derivative,
+    dL/da_t = g_t h_{t-1}, instead of autograd's through log a: that one is dL/dlog a_t / a_t, whose
+    rounding error grows as 1/a_t for tiny a_t. g_t = dL/dh_t + a_{t+1} g_{t+1} is itself a log
+    scan, over reversed time."""
+
+    @staticmethod
+    def forward(ctx, a, b, h0, dtype):
+        h = log_scan(a.log(), b=b, h0=h0, dtype=dtype).to(a.dtype)
+        ctx.save_for_backward(a, h, h0)
+        ctx.dtype = dtype
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h):
+        a, h, h0 = ctx.saved_tensors
+        a_next = torch.cat([a[:, 1:], torch.ones_like(a[:, :1])], dim=1)  # after the last step g is 0 anyway
+        g = log_scan(a_next.flip(1).log(), b=grad_h.flip(1), dtype=ctx.dtype).flip(1).to(a.dtype)
+        h_prev = torch.cat([torch.zeros_like(h[:, :1]) if h0 is None else h0.unsqueeze(1), h[:, :-1]], dim=1)
+        return g * h_prev, g, None if h0 is None else a[:, 0] * g[:, 0], None
 
 
 def heinsen_log_scan(log_a, log_b, log_h0=None):

@@ -104,6 +104,32 @@ def test_extreme_gates_stay_finite(backend, T):
     assert torch.isfinite(h).all() and torch.isfinite(k_z.grad).all() and torch.isfinite(k_h.grad).all()
 
 
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_gradients_of_tiny_a_given_as_values(backend):
+    """a down to 1e-30 given as values: dL/da = g_t h_{t-1} is of order one, and every backend gives it
+    to float64's precision (through log a, the log scan's error grew as 1e-16 / a)."""
+    g = torch.Generator().manual_seed(4)
+    a = 10 ** -(torch.rand(2, 40, 3, generator=g, dtype=torch.float64) * 30)
+    b, h0, weights = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((2, 40, 3), (2, 3), (2, 40, 3)))
+
+    def grads(fn):
+        leaves = [t.clone().requires_grad_() for t in (a, b, h0)]
+        return torch.autograd.grad((fn(*leaves) * weights).sum(), leaves)
+    ours = grads(lambda a_, b_, h0_: linear_scan(a_, b_, h0=h0_, backend=backend))
+    expected = grads(loop)
+    for got, want in zip(ours, expected):
+        assert ((got - want).abs().max() / want.abs().max()).item() < 1e-12
+
+
+def loop(a, b, h0):
+    """h_t = a_t h_{t-1} + b_t step by step, differentiable by autograd (no log anywhere)."""
+    h, out = h0, []
+    for t in range(b.shape[1]):
+        h = a[:, t] * h + b[:, t]
+        out.append(h)
+    return torch.stack(out, dim=1)
+
+
 def test_unknown_backend_lists_the_choices():
     with pytest.raises(ValueError, match="unknown scan backend 'fast'; choose one of auto, log, sequential, compiled"):
         linear_scan(torch.ones(1, 2, 3), torch.zeros(1, 2, 3), backend='fast')
