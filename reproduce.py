@@ -169,7 +169,9 @@ def gpu_check(dry_run=False, extra=(), results=None, out_root=None):
 
     tests = ['tests/test_cuda.py'] + ([] if dry_run else ['tests/test_triton.py'])  # on a CPU: the slow interpreter
     print(f"[2/5] {' '.join(tests)} (limit {limits['tests']} s)", flush=True)
-    timed_part([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', *tests],
+    # less the checks that need no GPU and that every CPU run makes: compiling ahead of time, tracing
+    without_gpu = 'not compile_for_gpus and not bench_static and not traces_into'
+    timed_part([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-k', without_gpu, *tests],
                os.path.join(results, 'test_cuda.log'), limits['tests'])
 
     print(f"[3/5] bench.py (limit {limits['bench']} s)", flush=True)
