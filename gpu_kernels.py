@@ -238,19 +238,21 @@ if triton is not None:
         return tl.load(ptr + t * E + e, mask=(t >= 0) & (t < T) & (e < E), other=0.0).to(tl.float32)
 
     @triton.jit
-    def _selective_forward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, y_ptr, last_ptr,
+    def _selective_forward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, h0_ptr, y_ptr, last_ptr,
                            saved_ptr, T, E, N: tl.constexpr, HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr,
-                           CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
+                           HAS_Z: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
         """h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t,  y_t = C_t . h_t + D x_t  (the selective SSM
         after zero-order hold), one step at a time, for one batch element and BLOCK_E channels;
-        SOFTPLUS: delta = softplus(delta + bias). A, h0, the last state and the states saved before
-        every CHUNK steps for the backward are states-major: (N, E), (batch, [chunks,] N, E)."""
+        SOFTPLUS: delta = softplus(delta + bias); HAS_Z: Mamba's output gate, y_t SiLU(z_t) is written.
+        A, h0, the last state and the states saved before every CHUNK steps for the backward are
+        states-major: (N, E), (batch, [chunks,] N, E)."""
         batch = tl.program_id(0).to(tl.int64)
         e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
         n = tl.arange(0, BLOCK_N)
         ne = n[:, None] * E + e[None, :]
         ne_inside = (n[:, None] < N) & (e[None, :] < E)
         x_ptr, delta_ptr, y_ptr = x_ptr + batch * T * E, delta_ptr + batch * T * E, y_ptr + batch * T * E
+        z_ptr += batch * T * E  # x's, unread, without a gate
         B_ptr, C_ptr = B_ptr + batch * T * N, C_ptr + batch * T * N
         saved_ptr += batch * tl.cdiv(T, CHUNK) * N * E
         A = tl.load(A_ptr + ne, mask=ne_inside, other=0.0)
@@ -267,7 +269,11 @@ if triton is not None:
             B = tl.load(B_ptr + t * N + n, mask=n < N, other=0.0).to(tl.float32)
             C = tl.load(C_ptr + t * N + n, mask=n < N, other=0.0).to(tl.float32)
             h = tl.exp(delta[None, :] * A) * h + (delta * x)[None, :] * B[:, None]
-            tl.store(y_ptr + t * E + e, tl.sum(C[:, None] * h, axis=0) + D * x, mask=e < E)
+            y = tl.sum(C[:, None] * h, axis=0) + D * x
+            if HAS_Z:
+                z = tl.load(z_ptr + t * E + e, mask=e < E, other=0.0).to(tl.float32)
+                y = y * z * tl.sigmoid(z)
+            tl.store(y_ptr + t * E + e, y, mask=e < E)
         tl.store(last_ptr + batch * N * E + ne, h, mask=ne_inside)
 
     @triton.jit
@@ -279,10 +285,10 @@ if triton is not None:
         return tl.sum(tl.sum(parts, axis=2), axis=0)
 
     @triton.jit
-    def _selective_backward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, saved_ptr, grad_y_ptr,
+    def _selective_backward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, saved_ptr, grad_y_ptr,
                             grad_x_ptr, grad_delta_ptr, grad_A_ptr, grad_B_ptr, grad_C_ptr, grad_D_ptr,
-                            grad_bias_ptr, g_ptr, T, E, N: tl.constexpr, SOFTPLUS: tl.constexpr, CHUNK: tl.constexpr,
-                            PARTS: tl.constexpr, BLOCK_E: tl.constexpr):
+                            grad_bias_ptr, grad_z_ptr, g_ptr, T, E, N: tl.constexpr, SOFTPLUS: tl.constexpr,
+                            HAS_Z: tl.constexpr, CHUNK: tl.constexpr, PARTS: tl.constexpr, BLOCK_E: tl.constexpr):
         """Gradients of _selective_forward, in chunks of CHUNK steps from the end and one state at a
         time. A chunk is a (channels, time) tile whose steps lie in one thread, so its scans run in
         registers. From the state saved before the chunk, a scan over the steps shifted by one gives
@@ -292,13 +298,15 @@ if triton is not None:
           dL/dlog a = g a h_{t-1}  (not g (h_t - b_t), which cancels where a -> 0 at large delta),
           dx = sum_n g delta B + dy D,   ddelta = sum_n (g x B + dlog_a A),   dA = sum_t dlog_a delta,
           dB = sum_e g delta x,   dC = sum_e dy h,   dD = sum_t dy x,   dh0 = a_1 g_1 (left in g_ptr),
-        and through the softplus d(pre-activation) = ddelta sigmoid = ddelta (1 - e^-delta). dB and dC
-        are PARTS partial sums per program, dA (zeroed by the caller), dD and dbias per batch element:
-        the caller sums them."""
+        and through the softplus d(pre-activation) = ddelta sigmoid = ddelta (1 - e^-delta). With the
+        gate (HAS_Z), dy = d(out) SiLU(z) and dz = d(out) y SiLU'(z), y summed over the states as they
+        are recomputed. dB and dC are PARTS partial sums per program, dA (zeroed by the caller), dD and
+        dbias per batch element: the caller sums them."""
         batch = tl.program_id(0).to(tl.int64)
         e = (tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E))[:, None]
         x_ptr, delta_ptr, grad_y_ptr = x_ptr + batch * T * E, delta_ptr + batch * T * E, grad_y_ptr + batch * T * E
         grad_x_ptr, grad_delta_ptr = grad_x_ptr + batch * T * E, grad_delta_ptr + batch * T * E
+        z_ptr, grad_z_ptr = z_ptr + batch * T * E, grad_z_ptr + batch * T * E  # x's, unread, without a gate
         B_ptr, C_ptr = B_ptr + batch * T * N, C_ptr + batch * T * N
         grad_B_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * PARTS * T * N
         grad_C_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * PARTS * T * N
@@ -316,6 +324,9 @@ if triton is not None:
             t = k * CHUNK + step
             inside = (t < T) & (e < E)
             x, grad_y = _load_tile(x_ptr, t, e, T, E), _load_tile(grad_y_ptr, t, e, T, E)
+            if HAS_Z:  # grad_y becomes dL/dy, y = C . h + D x before the gate
+                z = _load_tile(z_ptr, t, e, T, E)
+                grad_y *= z * tl.sigmoid(z)
             delta = _load_delta(delta_ptr, bias, t * E + e, inside, SOFTPLUS)
             # the chunk's steps shifted by one, its first one the identity (a = 1, b = 0)
             delta_prev = _load_delta(delta_ptr, bias, (t - 1) * E + e, (step > 0) & inside, SOFTPLUS)
@@ -323,6 +334,7 @@ if triton is not None:
             delta_next = _load_delta(delta_ptr, bias, (t + 1) * E + e, (t + 1 < T) & (e < E), SOFTPLUS)
             grad_x = grad_y * D
             grad_delta = tl.zeros([BLOCK_E, CHUNK], dtype=tl.float32)
+            y = x * D  # before the gate, for dz
             for n in range(N):
                 A = tl.load(A_ptr + n * E + e, mask=e < E, other=0.0)
                 B = tl.load(B_ptr + t * N + n, mask=t < T, other=0.0).to(tl.float32)
@@ -340,6 +352,8 @@ if triton is not None:
                 g_after = tl.load(g_ptr + n * E + e, mask=e < E, other=0.0)
                 g = tl.flip(a_next_prod * g_after + g_sum, 1)
                 grad_log_a = g * a * h_prev
+                if HAS_Z:
+                    y += C * h
                 grad_x += g * B * delta
                 grad_delta += g * B * x + grad_log_a * A
                 tl.store(grad_A_ptr + n * E + e, tl.load(grad_A_ptr + n * E + e, mask=e < E, other=0.0)
@@ -351,6 +365,10 @@ if triton is not None:
                 grad_delta *= 1.0 - tl.exp(-delta)
             tl.store(grad_x_ptr + t * E + e, grad_x, mask=inside)
             tl.store(grad_delta_ptr + t * E + e, grad_delta, mask=inside)
+            if HAS_Z:  # dL/dz = d(out) y SiLU'(z), SiLU'(z) = s (1 + z (1 - s)), s = sigmoid(z)
+                s = tl.sigmoid(z)
+                grad_out = _load_tile(grad_y_ptr, t, e, T, E)
+                tl.store(grad_z_ptr + t * E + e, grad_out * y * s * (1.0 + z * (1.0 - s)), mask=inside)
             grad_D += tl.sum(grad_y * x, axis=1)[:, None]
             grad_bias += tl.sum(tl.where(inside, grad_delta, 0.0), axis=1)[:, None]
         tl.store(grad_D_ptr + batch * E + e, grad_D, mask=e < E)
@@ -553,9 +571,10 @@ if triton is not None:
 
     @_operator('minrnn::triton_selective_scan')
     def _selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h0: Optional[Tensor],
-                        delta_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-        """y (x's dtype), the last state and the states saved every SELECTIVE_CHUNK steps (float32)."""
-        check(x, delta, A, B, C, D, h0, delta_bias)
+                        delta_bias: Optional[Tensor], z: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        """y (x's dtype; y SiLU(z) given z), the last state and the states saved every SELECTIVE_CHUNK
+        steps (float32)."""
+        check(x, delta, A, B, C, D, h0, delta_bias, z)
         x, delta, B, C = (t.contiguous() for t in (x, delta, B, C))
         batch, T, E = x.shape
         N = A.shape[1]
@@ -566,23 +585,26 @@ if triton is not None:
         bias = D if delta_bias is None else delta_bias.float().contiguous()  # D: a pointer never read
         with _on_device_of(x):
             _launch(_selective_forward, (batch, triton.cdiv(E, SELECTIVE_BLOCK_E)),
-                    x, delta, bias, A_t, B, C, D, _states_major(h0), y, last, saved, T, E, N, HAS_H0=h0 is not None,
-                    SOFTPLUS=delta_bias is not None, CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E,
-                    BLOCK_N=triton.next_power_of_2(N), num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
+                    x, delta, bias, A_t, B, C, D, x if z is None else z.contiguous(), _states_major(h0), y, last,
+                    saved, T, E, N, HAS_H0=h0 is not None, SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
+                    CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E, BLOCK_N=triton.next_power_of_2(N),
+                    num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
         return y, _states_major(last), saved
 
     @_operator('minrnn::triton_selective_scan_backward')
     def _selective_scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
-                                 delta_bias: Optional[Tensor], saved: Tensor, grad_y: Tensor, grad_last: Optional[Tensor]
-                                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """dL/d of x, delta, A, B, C, D, h0 and delta_bias (the last two float32), the states
-        recomputed from the saved ones; grad_last: dL/d(last state), None for zero."""
+                                 delta_bias: Optional[Tensor], z: Optional[Tensor], saved: Tensor, grad_y: Tensor,
+                                 grad_last: Optional[Tensor]
+                                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """dL/d of x, delta, A, B, C, D, h0, delta_bias (those two float32) and z (empty without it), the
+        states recomputed from the saved ones; grad_last: dL/d(last state), None for zero."""
         x, delta, B, C, grad_y = (t.contiguous() for t in (x, delta, B, C, grad_y))
         batch, T, E = x.shape
         N = A.shape[1]
         A_t, D32 = A.float().t().contiguous(), D.float().contiguous()
         blocks = triton.cdiv(E, SELECTIVE_BLOCK_E)
         grad_x, grad_delta = torch.empty_like(x), torch.empty_like(delta)  # the kernel rounds once, into their dtype
+        grad_z = x.new_empty(0) if z is None else torch.empty_like(z, memory_format=torch.contiguous_format)
         grad_B_parts, grad_C_parts = (x.new_empty(batch, blocks * SELECTIVE_PARTS, T, N, dtype=torch.float32)
                                       for _ in range(2))
         grad_A_parts = x.new_zeros(batch, N, E, dtype=torch.float32)
@@ -592,27 +614,29 @@ if triton is not None:
         bias = D32 if delta_bias is None else delta_bias.float().contiguous()
         with _on_device_of(x):
             _launch(_selective_backward, (batch, blocks),
-                    x, delta, bias, A_t, B, C, D32, saved, grad_y, grad_x, grad_delta, grad_A_parts,
-                    grad_B_parts, grad_C_parts, grad_D_parts, grad_bias_parts, g, T, E, N,
-                    SOFTPLUS=delta_bias is not None, CHUNK=SELECTIVE_CHUNK, PARTS=SELECTIVE_PARTS,
-                    BLOCK_E=SELECTIVE_BLOCK_E, num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
+                    x, delta, bias, A_t, B, C, D32, x if z is None else z.contiguous(), saved, grad_y, grad_x,
+                    grad_delta, grad_A_parts, grad_B_parts, grad_C_parts, grad_D_parts, grad_bias_parts,
+                    x if z is None else grad_z, g, T, E, N, SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
+                    CHUNK=SELECTIVE_CHUNK, PARTS=SELECTIVE_PARTS, BLOCK_E=SELECTIVE_BLOCK_E,
+                    num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
         return (grad_x, grad_delta, grad_A_parts.sum(0).t().to(A.dtype), grad_B_parts.sum(1).to(B.dtype),
                 grad_C_parts.sum(1).to(C.dtype), grad_D_parts.sum(0).to(D.dtype), _states_major(g),
-                grad_bias_parts.sum(0))
+                grad_bias_parts.sum(0), grad_z)
 
     def _selective_setup(ctx, inputs, output):
-        x, delta, A, B, C, D, h0, delta_bias = inputs
+        x, delta, A, B, C, D, h0, delta_bias, z = inputs
         ctx.set_materialize_grads(False)  # no zeros of the saved states' size for their gradient, never used
-        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, output[2])
+        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, z, output[2])
         ctx.h0_dtype = None if h0 is None else h0.dtype
         ctx.mark_non_differentiable(output[2])
 
     def _selective_derivative(ctx, grad_y, grad_last, grad_saved):
-        x, delta, A, B, C, D, delta_bias, saved = ctx.saved_tensors
+        x, delta, A, B, C, D, delta_bias, z, saved = ctx.saved_tensors
         grad_y = torch.zeros_like(x) if grad_y is None else grad_y
-        *grads, grad_h0, grad_bias = _selective_scan_backward(x, delta, A, B, C, D, delta_bias, saved, grad_y, grad_last)
+        *grads, grad_h0, grad_bias, grad_z = _selective_scan_backward(x, delta, A, B, C, D, delta_bias, z, saved,
+                                                                      grad_y, grad_last)
         return (*grads, None if ctx.h0_dtype is None else grad_h0.to(ctx.h0_dtype),
-                None if delta_bias is None else grad_bias.to(delta_bias.dtype))
+                None if delta_bias is None else grad_bias.to(delta_bias.dtype), None if z is None else grad_z)
 
     _selective_scan.register_autograd(_selective_derivative, setup_context=_selective_setup)
 
@@ -635,13 +659,14 @@ def causal_conv(x, weight, bias, silu=False):
     return _causal_conv(x, weight, bias, silu)
 
 
-def selective_scan(x, delta, A, B, C, D, h0=None, delta_bias=None):
+def selective_scan(x, delta, A, B, C, D, h0=None, delta_bias=None, z=None):
     """y (batch, time, channels) and the last state (batch, channels, d_state) of Mamba's selective
     scan in Triton; x, delta (batch, time, channels), A (channels, d_state), B, C (batch, time, d_state).
-    With delta_bias (channels,), delta is its pre-activation: softplus(delta + delta_bias) is fused in.
-    Inputs in any float dtype; y in x's, the last state in float32. Both are differentiable: a later
-    chunk that reads the last state passes its gradient back."""
-    y, last, _ = _selective_scan(x, delta, A, B, C, D, h0, delta_bias)
+    With delta_bias (channels,), delta is its pre-activation: softplus(delta + delta_bias) is fused in;
+    with z (batch, time, channels), Mamba's output gate: y SiLU(z) is returned. Inputs in any float
+    dtype; y in x's, the last state in float32. Both are differentiable: a later chunk that reads the
+    last state passes its gradient back."""
+    y, last, _ = _selective_scan(x, delta, A, B, C, D, h0, delta_bias, z)
     return y, last
 
 
@@ -668,8 +693,8 @@ def launches(d_state=16):
             'conv_forward': (_conv_forward, conv, dict(num_warps=4), per_thread),
             'conv_backward': (_conv_backward, conv, dict(num_warps=4), per_thread),
             'selective_forward': (_selective_forward, dict(HAS_H0=True, BLOCK_N=triton.next_power_of_2(d_state),
-                                                           **selective), options, d_state * channels),
-            'selective_backward': (_selective_backward, dict(PARTS=SELECTIVE_PARTS, **selective), options,
+                                                           HAS_Z=True, **selective), options, d_state * channels),
+            'selective_backward': (_selective_backward, dict(PARTS=SELECTIVE_PARTS, HAS_Z=True, **selective), options,
                                    SELECTIVE_CHUNK * channels)}
 
 

@@ -485,9 +485,13 @@ class Mamba(nn.Module):
         self.A_log.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(self.D.numel(), 1))
         self.D.fill_(1.0)
 
-    def selective_inputs(self, x):
-        """delta (.., E), B (.., N), C (.., N) from the conv output x: the 'selection'."""
+    def selective_inputs(self, x, fused_softplus=False):
+        """delta (.., E), B (.., N), C (.., N) from the conv output x: the 'selection'. fused_softplus:
+        delta's pre-activation dt_proj(dt) without its bias, for a kernel that adds it and applies the
+        softplus itself."""
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if fused_softplus:
+            return F.linear(dt, self.dt_proj.weight), B, C
         return Softplus.apply(self.dt_proj(dt)), B, C
 
     def scan_channels(self, x, delta, B, C, A_log, D, h0):
@@ -501,11 +505,13 @@ class Mamba(nn.Module):
         h = h.view(batch, T, E, -1)
         return (h * C.unsqueeze(2)).sum(-1) + D * x, h[:, -1]
 
-    def selective_scan(self, x, delta, B, C, h0=None):
-        """y and the last state; scan.py chooses the kernel (fused in C++ or Triton, or plain_selective_scan)
-        and widens half-precision inputs for those that need it."""
+    def selective_scan(self, x, delta, B, C, h0=None, z=None, fused_softplus=False):
+        """y, or y * SiLU(z) given z, and the last state; scan.py chooses the kernel (fused in C++ or
+        Triton, or plain_selective_scan) and widens half-precision inputs for those that need it.
+        fused_softplus: delta is selective_inputs' pre-activation, finished by the kernel."""
         return scan.selective_scan(x, delta, -self.A_log.exp(), B, C, self.D, h0, self.backend,
-                                   plain=self.plain_selective_scan)
+                                   plain=self.plain_selective_scan, z=z, gate=SiLUGate.apply,
+                                   delta_bias=self.dt_proj.bias if fused_softplus else None)
 
     def plain_selective_scan(self, x, delta, B, C, h0=None):
         """The selective scan on linear_scan, in channel chunks with recomputation where the
@@ -525,8 +531,9 @@ class Mamba(nn.Module):
         h0, window = state if state is not None else (None, None)
         x, z = self.in_proj(u).chunk(2, dim=-1)
         x, window = self.conv(x, window)  # and SiLU
-        y, h = self.selective_scan(x, *self.selective_inputs(x), h0)
-        return self.dropout(self.out(SiLUGate.apply(y, widen(z)).to(u.dtype))), (h, window)
+        fused = scan.fuses_softplus(self.backend, x.device)
+        y, h = self.selective_scan(x, *self.selective_inputs(x, fused), h0, z=z, fused_softplus=fused)  # y * SiLU(z)
+        return self.dropout(self.out(y.to(u.dtype))), (h, window)
 
     def step(self, u, state):
         h, window = state if state is not None else (None, None)

@@ -101,18 +101,30 @@ def gated_scan(kind, gates, coefficients, log_coefficients, h0=None, backend='au
     return linear_scan(*coefficients(gates), h0=h0, backend=backend)
 
 
-def selective_scan(x, delta, A, B, C, D, h0, backend, plain):
+def fuses_softplus(backend, device):
+    """Whether selective_scan's kernel here takes delta's pre-activation and bias and applies the
+    softplus itself (Triton's): then the block hands it those (delta_bias=) instead of delta."""
+    return resolve_backend(backend, device) == 'triton'
+
+
+def selective_scan(x, delta, A, B, C, D, h0, backend, plain, z=None, gate=None, delta_bias=None):
     """Mamba's selective scan, y and the last state: fused in C++ ('compiled') or Triton ('triton'),
     which never build the (batch, T, E, N) coefficients; otherwise plain(x, delta, B, C, h0), the
-    block's own scan on linear_scan. Triton reads half-precision x, delta, B, C as they are (y in x's
-    dtype); the others get them widened."""
+    block's own scan on linear_scan. Given z, y is gated: y * SiLU(z), fused into the Triton kernels,
+    gate(y, z) after the others. delta_bias: where fuses_softplus(), delta is its pre-activation and
+    delta = softplus(delta + delta_bias). Triton reads half-precision x, delta, B, C, z as they are
+    (y in x's dtype); the others get them widened."""
     backend = resolve_backend(backend, x.device)
     if backend == 'triton':
-        return load_gpu_kernels().selective_scan(x, delta, A, B, C, D, h0)
+        return load_gpu_kernels().selective_scan(x, delta, A, B, C, D, h0, delta_bias=delta_bias, z=z)
+    if delta_bias is not None:
+        raise ValueError(f"scan_backend={backend!r} takes delta itself, not its pre-activation and bias")
     x, delta, B, C = (widen(t) for t in (x, delta, B, C))
     if backend == 'compiled':
-        return cpu_kernels.selective_scan(x, delta, A, B, C, D, h0)
-    return plain(x, delta, B, C, h0)
+        y, last = cpu_kernels.selective_scan(x, delta, A, B, C, D, h0)
+    else:
+        y, last = plain(x, delta, B, C, h0)
+    return (y, last) if z is None else (gate(y, widen(z)), last)
 
 
 def causal_conv(x, weight, bias, silu, backend, plain):

@@ -169,6 +169,30 @@ def test_triton_selective_scan_fuses_the_softplus_of_delta_and_its_bias():
         assert relative_error(got, expected) < 1e-5, name
 
 
+@pytest.mark.parametrize('T', [1, 23])
+def test_triton_selective_scan_fuses_mambas_output_gate(T):
+    """Given z, the kernels return y * SiLU(z): the same values and gradients (z's included) as the
+    plain path followed by model.SiLUGate, in float64."""
+    from model import SiLUGate
+    layer = mamba_layer('sequential', E=6, N=5)
+    x, delta, B, C = mamba_inputs(T, seed=7, E=6, N=5)
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * 3
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    A, D = -layer.A_log.detach().exp(), layer.D.detach()
+
+    def run(fused, dtype, device):
+        leaves = [t.detach().to(device, dtype).requires_grad_() for t in (x, delta, B, C, z)]
+        if fused:
+            y, _ = gpu_kernels.selective_scan(*leaves[:2], A.to(device, dtype), *leaves[2:4], D.to(device, dtype),
+                                              z=leaves[4])
+        else:
+            y = SiLUGate.apply(layer.plain_selective_scan(*leaves[:4])[0], leaves[4])
+        return [t.detach().cpu() for t in (y, *torch.autograd.grad((y * weights.to(device, dtype)).sum(), leaves))]
+    for name, got, expected in zip(['y', 'x', 'delta', 'B', 'C', 'z'], run(True, torch.float32, DEVICE),
+                                   run(False, torch.float64, 'cpu')):
+        assert relative_error(got, expected) < 1e-5, name
+
+
 def test_triton_selective_scan_keeps_bfloat16_in_and_out():
     """Inputs in bfloat16 (training's autocast) give y and gradients in bfloat16, computed in float32:
     equal to the float32 kernels' result rounded once (bfloat16 holds 8 bits: 2^-8 relative). The
@@ -237,8 +261,9 @@ def test_the_triton_kernels_are_operators_that_pass_opcheck():
              (gpu_kernels._scan, ('minlstm', torch.randn(2, 7, 15, generator=g), None, None)),
              (gpu_kernels._causal_conv, (torch.randn(2, 7, 5, generator=g), torch.randn(4, 5, generator=g),
                                          torch.randn(5, generator=g), True)),
-             (gpu_kernels._selective_scan, (x, delta, A, B, C, D, torch.randn(2, 5, 3, generator=g), torch.randn(5, generator=g))),
-             (gpu_kernels._selective_scan, (x, delta, A, B, C, D, None, None))]
+             (gpu_kernels._selective_scan, (x, delta, A, B, C, D, torch.randn(2, 5, 3, generator=g),
+                                            torch.randn(5, generator=g), torch.randn(2, 9, 5, generator=g))),
+             (gpu_kernels._selective_scan, (x, delta, A, B, C, D, None, None, None))]
     for op, args in cases:
         args = tuple(t.to(DEVICE).requires_grad_() if isinstance(t, torch.Tensor) else t for t in args)
         torch.library.opcheck(op, args, test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
