@@ -1,21 +1,26 @@
 """
-The 'triton' scan backend: the two recurrences of the project as Triton kernels for a CUDA GPU,
-beside the plain-PyTorch paths that the tests hold them equal to (tests/test_triton.py):
+The 'triton' scan backend: the project's recurrences, and the conv before them, as Triton kernels
+for a CUDA GPU, beside the plain-PyTorch paths that the tests hold them equal to (tests/test_triton.py):
 
-    TritonScan            = scan.SequentialScan             h_t = a_t h_{t-1} + b_t
+    linear_scan(...)      = scan.SequentialScan             h_t = a_t h_{t-1} + b_t
+    gated_scan(...)       = model.MinGRUCoefficients etc.   minGRU's / minLSTM's gates and scan
+    causal_conv(...)      = model.ShiftedSum                the causal depthwise conv
     selective_scan(...)   = model.Mamba.scan_channels       Mamba's selective scan, fused
 
 The scan splits time into tiles of BLOCK_T steps: inside a tile an associative scan
 (tl.associative_scan) combines the pairs (a_t, b_t) in parallel, and each program carries the state
 from the tile before. Its backward loads each tile in reversed time order, so the reverse recurrence
-of the gradient (g_t = dL/dh_t + a_{t+1} g_{t+1}) is a forward scan too.
+of the gradient (g_t = dL/dh_t + a_{t+1} g_{t+1}) is a forward scan too. For minGRU / minLSTM the
+same kernels read the gate pre-activations and compute a_t, b_t (and, backward, the gates'
+gradient) in registers. The blocks' causal depthwise conv is a kernel of its own.
 
 The selective scan follows mamba_ssm's design: a thread owns a channel and its N states, so the sum
 over states (y = C . h) stays in the thread, and the forward walks the steps one at a time with no
 (batch, time, channels, N) tensor anywhere. The backward recomputes the states from the ones the
 forward saved every SELECTIVE_CHUNK steps, its time tiles again inside each thread. It reads inputs
-in any float dtype (bfloat16 under autocast) and computes in float32; it can fuse delta's softplus
-and bias. `python bench.py --static` counts what the kernels cost on an H100 (results/speed/static/).
+in any float dtype (bfloat16 under autocast) and computes in float32; it fuses delta's softplus and
+bias and Mamba's output gate y * SiLU(z). Each kernel is a torch.library operator with a registered
+derivative. `python bench.py --static` counts what they cost on an H100 (results/speed/static/).
 
 Triton is not needed on a CPU. Where it is installed, TRITON_INTERPRET=1 (set before this module is
 imported) runs the same kernels on CPU tensors through Triton's interpreter: that is how the tests
@@ -87,8 +92,10 @@ if triton is not None:
 
     @triton.jit
     def _program_channels(h0_ptr, D, HAS_H0: tl.constexpr, BLOCK_D: tl.constexpr):
-        """This program's batch element, its block of channels and their h0 (zero without one)."""
-        batch = tl.program_id(0)
+        """This program's batch element (int64: its base offset, batch x time x width, passes 2^31 at
+        scale; offsets inside one element stay int32), its block of channels and their h0 (zero
+        without one)."""
+        batch = tl.program_id(0).to(tl.int64)
         d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
         if HAS_H0:
@@ -166,14 +173,15 @@ if triton is not None:
         as it is."""
         batch, d, h = _program_channels(h0_ptr, D, HAS_H0, BLOCK_D)
         width = D if KIND == PLAIN else (2 if KIND == MINGRU else 3) * D  # of a row of a_ptr's tensor
+        a_ptr, b_ptr, h_ptr = a_ptr + batch * T * width, b_ptr + batch * T * width, h_ptr + batch * T * D
         steps = tl.arange(0, BLOCK_T)
         for t0 in range(0, T, BLOCK_T):
             t = t0 + steps[None, :]
             inside = (t < T) & (d[:, None] < D)
-            a, b = _coefficients(a_ptr, b_ptr, batch * T * width + t * width + d[:, None], D, inside, KIND)
+            a, b = _coefficients(a_ptr, b_ptr, t * width + d[:, None], D, inside, KIND)
             a_prod, b_sum = tl.associative_scan((a, b), 1, _combine)
             tile = a_prod * h[:, None] + b_sum  # the tile's steps, each from the carried state
-            tl.store(h_ptr + batch * T * D + t * D + d[:, None], tile, mask=inside)
+            tl.store(h_ptr + t * D + d[:, None], tile, mask=inside)
             h = _at_step(tile, steps[None, :], BLOCK_T - 1)
 
     @triton.jit
@@ -184,15 +192,17 @@ if triton is not None:
         gradient. Tiles run from the end, each loaded in reversed time order (column i holds step t1 - i)."""
         batch, d, h0 = _program_channels(h0_ptr, D, HAS_H0, BLOCK_D)
         width = D if KIND == PLAIN else (2 if KIND == MINGRU else 3) * D
+        a_ptr, h_ptr, grad_h_ptr = a_ptr + batch * T * width, h_ptr + batch * T * D, grad_h_ptr + batch * T * D
+        grad_a_ptr, grad_b_ptr = grad_a_ptr + batch * T * width, grad_b_ptr + batch * T * D
         steps = tl.arange(0, BLOCK_T)
         g = tl.zeros([BLOCK_D], dtype=tl.float32)  # g of the step after the tile
         n_tiles = tl.cdiv(T, BLOCK_T)
         for k in range(n_tiles):
             t = (n_tiles - k) * BLOCK_T - 1 - steps[None, :]  # reversed time
-            base = batch * T * D + d[:, None]
+            base = d[:, None]
             inside = (t < T) & (d[:, None] < D)
             grad_h = tl.load(grad_h_ptr + base + t * D, mask=inside, other=0.0).to(tl.float32)
-            row = batch * T * width + t * width + d[:, None]
+            row = t * width + d[:, None]
             a_next, _ = _coefficients(a_ptr, a_ptr, row + width, D, inside & (t + 1 < T), KIND)
             a_next = tl.where(t + 1 < T, a_next, 0.0)
             a_next_prod, g_sum = tl.associative_scan((a_next, grad_h), 1, _combine)
@@ -206,7 +216,7 @@ if triton is not None:
                 _store_gate_gradients(grad_a_ptr, a_ptr, row, D, inside, g_tile * h_prev, g_tile, KIND)
             g = _at_step(g_tile, steps[None, :], BLOCK_T - 1)
         if HAS_H0:  # g is now g_1, the gradient at the first step
-            a_first, _ = _coefficients(a_ptr, a_ptr, batch * T * width + d, D, d < D, KIND)
+            a_first, _ = _coefficients(a_ptr, a_ptr, d, D, d < D, KIND)
             tl.store(grad_h0_ptr + batch * D + d, a_first * g, mask=d < D)
 
     # ------------------------------------------------------------------- Mamba's selective scan
@@ -464,19 +474,25 @@ def _states_major(h):
     return None if h is None else h.transpose(1, 2).contiguous()
 
 
+# torch.compile traces into a triton_op (torch >= 2.6), but not into the interpreter's kernels, which
+# are plain Python functions of real tensors: there the kernels become opaque custom operators.
+TRACEABLE = not INTERPRETED and hasattr(torch.library, 'triton_op')
+
+
 def _launch(kernel, grid, *args, **options):
-    """Runs kernel on grid. Under the interpreter its kernels are plain functions of real tensors, so
-    where the arguments are fake (shapes only: torch.compile tracing, opcheck) nothing runs."""
-    if INTERPRETED and any(isinstance(t, torch._subclasses.FakeTensor) for t in args):
-        return
-    torch.library.wrap_triton(kernel)[grid](*args, **options)
+    """Runs kernel on grid. Where torch cannot trace it, fake arguments (shapes only: torch.compile's
+    tracing, opcheck) run nothing."""
+    if TRACEABLE:
+        torch.library.wrap_triton(kernel)[grid](*args, **options)
+    elif not any(isinstance(t, torch._subclasses.FakeTensor) for t in args):
+        kernel[grid](*args, **options)
 
 
 def _operator(name):
-    """torch.library.triton_op, which torch.compile traces into (kernels included) and fuses around.
-    Under the interpreter, whose kernels torch cannot trace, an opaque custom operator whose fake
-    implementation is the same function with no kernel run."""
-    if not INTERPRETED:
+    """torch.library.triton_op, which torch.compile traces into (kernels included) and fuses around;
+    where it cannot, an opaque custom operator whose fake implementation is the same function with no
+    kernel run."""
+    if TRACEABLE:
         return torch.library.triton_op(name, mutates_args=())
 
     def operator(fn):

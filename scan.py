@@ -27,9 +27,10 @@ Backends, chosen by name:
                CPU only, built on first use): one pass over memory instead of two PyTorch calls
                per time step. For Mamba, 'compiled' means its whole selective scan fused
                (cpu_kernels.selective_scan), which never builds this scan's (B, T, E * N) inputs.
-  'triton'     the loop's parallel form in Triton kernels for a CUDA GPU, in float32 (gpu_kernels.py):
-               an associative scan inside tiles of time, the state carried between them. For Mamba,
-               its whole selective scan fused (gpu_kernels.selective_scan), as 'compiled' on a CPU.
+  'triton'     the loop's parallel form in Triton kernels for a CUDA GPU, computing in float32
+               (gpu_kernels.py): an associative scan inside tiles of time, the state carried between
+               them; minGRU's / minLSTM's gates computed inside it. For Mamba, its whole selective
+               scan fused (gpu_kernels.selective_scan), as 'compiled' on a CPU.
   'auto'       'triton' on CUDA where triton imports (it ships with PyTorch's CUDA builds), else 'log';
                'compiled' on a CPU where it builds, else 'sequential' (also on MPS, which has no
                float64).

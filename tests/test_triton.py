@@ -118,7 +118,7 @@ def test_triton_gated_scan_reads_bfloat16_gates():
     assert grad_low.dtype == torch.bfloat16 and relative_error(grad_low.float().cpu(), grad_high.double().cpu()) < 2 ** -8
 
 
-@pytest.mark.parametrize('T', T_VALUES)
+@pytest.mark.parametrize('T', [1, 7, 37])  # the interpreter walks the forward step by step: short sequences
 @pytest.mark.parametrize('with_h0', [False, True])
 def test_triton_selective_scan_equals_the_plain_one(T, with_h0):
     """Mamba.selective_scan on 'triton' in float32 against the plain path ('sequential', which builds the
