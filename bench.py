@@ -437,18 +437,39 @@ FLOP_FORMULAS = {**flop_registry,
                      flop_registry[torch.ops.aten._scaled_dot_product_flash_attention],
                  torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
                      flop_registry[torch.ops.aten._scaled_dot_product_flash_attention_backward]}
-H100 = dict(name='H100 SXM', bandwidth=3.35e12, bf16=989e12)  # NVIDIA's datasheet: HBM3 bytes/s, dense bf16 FLOP/s
+# NVIDIA's datasheet: HBM3 bytes/s, dense bf16 FLOP/s, SMs, boost clock; each SM issues 4 warp
+# instructions a clock (one per scheduler)
+H100 = dict(name='H100 SXM', bandwidth=3.35e12, bf16=989e12, sms=132, clock=1.98e9, issue=4)
 FREE = {'empty', 'empty_like', 'new_empty', 'empty_strided', 'detach', 'lift_fresh', '_unsafe_view'}  # allocate or relabel
+
+
+def kernel_elements(func, args, out):
+    """The Triton kernel an operator of gpu_kernels launches (its name in launches()) and the state
+    elements x steps it computes; None for other operators."""
+    name = func.overloadpacket.__name__
+    if name.startswith('triton_scan'):
+        kind, direction = args[0], 'backward' if name.endswith('backward') else 'forward'
+        elements = (args[2] if direction == 'backward' else out).numel()  # h
+        return f"{'' if kind == 'plain' else kind + '_'}scan_{direction}", elements
+    if name.startswith('triton_causal_conv'):
+        prefix = 'silu_conv' if args[3] else 'conv'
+        return f"{prefix}_{'backward' if name.endswith('backward') else 'forward'}", args[0].numel()
+    if name.startswith('triton_selective_scan'):
+        return (f"selective_{'backward' if name.endswith('backward') else 'forward'}",
+                args[0].numel() * args[2].shape[1])  # x x d_state
+    return None
 
 
 class Traffic(TorchDispatchMode):
     """Per op, the bytes of its tensor arguments and results (each read or written once; views move
     nothing) and its FLOPs (torch.utils.flop_counter's formulas: matmuls and attention), summed with
-    the roofline time each implies on a GPU: max(bytes / bandwidth, FLOPs / peak)."""
+    the roofline time each implies on a GPU: max(bytes / bandwidth, FLOPs / peak), and for a Triton
+    kernel also its instructions (per element, from its SASS: `instructions`) at the GPU's issue rate."""
 
-    def __init__(self, gpu):
+    def __init__(self, gpu, instructions=None):
         super().__init__()
-        self.gpu, self.bytes, self.flops, self.seconds = gpu, 0, 0, 0.0
+        self.gpu, self.instructions = gpu, instructions or {}
+        self.bytes, self.flops, self.seconds, self.issue_seconds = 0, 0, 0.0, 0.0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -459,8 +480,13 @@ class Traffic(TorchDispatchMode):
         moved = sum(t.numel() * t.element_size() for t in tensors)
         formula = FLOP_FORMULAS.get(func.overloadpacket)
         flops = formula(*args, **kwargs, out_val=out) if formula else 0
-        self.bytes, self.flops = self.bytes + moved, self.flops + flops
-        self.seconds += max(moved / self.gpu['bandwidth'], flops / self.gpu['bf16'])
+        kernel = kernel_elements(func, args, out) if func.namespace == 'minrnn' else None
+        issue = 0.0
+        if kernel and kernel[0] in self.instructions:
+            warp_instructions = kernel[1] * self.instructions[kernel[0]] / 32
+            issue = warp_instructions / (self.gpu['sms'] * self.gpu['issue'] * self.gpu['clock'])
+        self.bytes, self.flops, self.issue_seconds = self.bytes + moved, self.flops + flops, self.issue_seconds + issue
+        self.seconds += max(moved / self.gpu['bandwidth'], flops / self.gpu['bf16'], issue)
         return out
 
 
@@ -477,11 +503,12 @@ def quiet(logger):
         log.setLevel(level)
 
 
-def roofline_rows(gpu=H100):
+def roofline_rows(gpu=H100, instructions=None):
     """One training iteration's forward and backward of each of the paper's blocks at its paper-scale
     config, as a GPU runs it: bfloat16 autocast, the recurrent blocks' scans on the 'triton' kernels,
     attention as one fused op. Counted on fake tensors (shapes only), with dropout 0 (a CPU splits it
-    into ops that a GPU fuses) and without the optimizer's step."""
+    into ops that a GPU fuses) and without the optimizer's step. instructions: kernel name ->
+    instructions per state element and step (static_rows), which bound the kernels' time too."""
     rows = []
     for block, spec in BLOCKS.items():
         if spec.paper is None:
@@ -491,11 +518,12 @@ def roofline_rows(gpu=H100):
         with FakeTensorMode(), quiet('torch._higher_order_ops.triton_kernel_wrap'):  # see below
             model = CharLM(config)
             idx = torch.zeros(batch, config.block_size, dtype=torch.long)
-            traffic = Traffic(gpu)
+            traffic = Traffic(gpu, instructions)
             with traffic, torch.autocast('cpu', dtype=torch.bfloat16):
                 model(idx, idx)[1].backward()
         rows.append({'block': block, 'gpu': gpu['name'], 'batch': batch, 'T': config.block_size,
                      'gbytes': round(traffic.bytes / 1e9, 2), 'tflops': round(traffic.flops / 1e12, 3),
+                     'kernel_issue_ms': round(1000 * traffic.issue_seconds, 2),
                      'roofline_ms': round(1000 * traffic.seconds, 2)})
     base = rows[0]['roofline_ms']  # the registry lists the Transformer first
     for row in rows:
@@ -505,12 +533,14 @@ def roofline_rows(gpu=H100):
 
 def static_report(args):
     out = args.out or os.path.join('results', 'speed', 'static')
-    kernels, roofline = static_rows(out), roofline_rows()
+    kernels = static_rows(out)
+    roofline = roofline_rows(H100, {r['kernel']: r['instructions_per_element'] for r in kernels if r['gpu'].startswith('H100')})
     report.write_csv(os.path.join(out, 'kernels.csv'), kernels)
     report.write_csv(os.path.join(out, 'roofline.csv'), roofline)
     kernel_columns = ['kernel', 'gpu', 'registers', 'spilled_bytes', 'occupancy', 'instructions_per_element',
                       'shuffles_per_element', 'barriers_per_element', 'exps_per_element']
-    roofline_columns = ['block', 'gpu', 'batch', 'T', 'gbytes', 'tflops', 'roofline_ms', 'vs_transformer']
+    roofline_columns = ['block', 'gpu', 'batch', 'T', 'gbytes', 'tflops', 'kernel_issue_ms', 'roofline_ms',
+                        'vs_transformer']
     with open(os.path.join(out, 'report.md'), 'w') as f:
         f.write(f'# What the GPU path costs, counted without a GPU (`python bench.py --static`)\n\n'
                 f'Counts from compiled code and from tensor shapes, not measurements on a GPU; triton '
@@ -523,15 +553,19 @@ def static_report(args):
                 'model (batch 64, T 256) as eager PyTorch runs it on a GPU, op by op: bfloat16 autocast, the '
                 'recurrent blocks on the \'triton\' kernels, attention one fused op; dropout 0 and no '
                 'optimizer step. Bytes: every op\'s tensor arguments read and results written once (views '
-                'free); FLOPs: matmuls and attention (torch.utils.flop_counter); roofline time: the sum over '
-                'ops of max(bytes / 3.35 TB/s, FLOPs / 989 TFLOP/s), an H100 SXM\'s datasheet figures.\n\n')
+                'free); FLOPs: matmuls and attention (torch.utils.flop_counter); a Triton kernel\'s issue time: '
+                'its state elements x steps times its instructions per element above, at 4 warp '
+                'instructions per clock per SM (132 SMs, 1.98 GHz), a lower bound on its time; roofline time: '
+                'the sum over ops of the largest of bytes / 3.35 TB/s, FLOPs / 989 TFLOP/s and the issue '
+                'time, from an H100 SXM\'s datasheet figures.\n\n')
         f.write(report.markdown_table(roofline_columns, [[str(r[c]) for c in roofline_columns] for r in roofline]))
     for r in kernels:
         print(f"  {r['kernel']:20s} {r['gpu']:14s} {r['registers']:4d} registers, {r['spilled_bytes']} bytes spilled, "
               f"occupancy {r['occupancy']:.0%}, per element: {r['instructions_per_element']} instructions, "
               f"{r['shuffles_per_element']} shuffles, {r['exps_per_element']} exps")
     for r in roofline:
-        print(f"  {report.display(r['block']):12s} {r['gbytes']:7.2f} GB {r['tflops']:6.3f} TFLOP  roofline "
+        print(f"  {report.display(r['block']):12s} {r['gbytes']:7.2f} GB {r['tflops']:6.3f} TFLOP "
+              f"{r['kernel_issue_ms']:6.2f} ms of kernel issue, roofline "
               f"{r['roofline_ms']:6.2f} ms on an {r['gpu']}, {r['vs_transformer']:.2f}x the Transformer's")
     print(f'wrote {out}/')
     return out

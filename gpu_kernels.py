@@ -703,11 +703,12 @@ def launches(d_state=16):
         constants = dict(BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D, HAS_H0=True, KIND=value)
         for name, kernel in (('forward', _scan_forward), ('backward', _scan_backward)):
             scans[f'{prefix}_{name}'] = (kernel, constants, dict(num_warps=4), SCAN_BLOCK_T * SCAN_BLOCK_D // 128)
-    conv = dict(K=4, SILU=True, BLOCK_T=CONV_BLOCK_T, BLOCK_C=CONV_BLOCK_C)
     per_thread = CONV_BLOCK_T * CONV_BLOCK_C // 128  # the conv kernels have no loop: all of the program
+    for prefix, silu in (('conv', False), ('silu_conv', True)):  # minGRU's / minLSTM's, Mamba's
+        constants = dict(K=4, SILU=silu, BLOCK_T=CONV_BLOCK_T, BLOCK_C=CONV_BLOCK_C)
+        for name, kernel in (('forward', _conv_forward), ('backward', _conv_backward)):
+            scans[f'{prefix}_{name}'] = (kernel, constants, dict(num_warps=4), per_thread)
     return {**scans,
-            'conv_forward': (_conv_forward, conv, dict(num_warps=4), per_thread),
-            'conv_backward': (_conv_backward, conv, dict(num_warps=4), per_thread),
             'selective_forward': (_selective_forward, dict(HAS_H0=True, BLOCK_N=triton.next_power_of_2(d_state),
                                                            HAS_Z=True, **selective), options, d_state * channels),
             'selective_backward': (_selective_backward, dict(PARTS=SELECTIVE_PARTS, HAS_Z=True, **selective), options,

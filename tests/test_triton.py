@@ -376,3 +376,5 @@ def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path
     roofline = report.read_csv(str(tmp_path / 'roofline.csv'))  # the paper's four blocks, the Transformer first
     assert [r['block'] for r in roofline] == ['transformer', 'mingru', 'minlstm', 'mamba']
     assert roofline[0]['vs_transformer'] == 1 and all(r['gbytes'] > 0 and r['tflops'] > 0.5 for r in roofline)
+    # the Triton kernels' instruction issue counts in the recurrent blocks' time, and only there
+    assert roofline[0]['kernel_issue_ms'] == 0 and all(r['kernel_issue_ms'] > 0 for r in roofline[1:])
