@@ -52,14 +52,14 @@ def check(*tensors):
     if triton is None:
         raise RuntimeError("scan_backend='triton' needs the triton package, which ships with PyTorch's CUDA "
                            "builds; install one, or set scan_backend='log' (plain PyTorch)")
-    for t in tensors:
-        shapes_only = isinstance(t, torch._subclasses.FakeTensor) or (t is not None and t.device.type == 'meta')
-        if t is not None and t.device.type != 'cuda' and not (shapes_only or INTERPRETED):
+    for t in filter(lambda t: t is not None, tensors):
+        shapes_only = isinstance(t, torch._subclasses.FakeTensor) or t.device.type == 'meta'
+        if t.device.type != 'cuda' and not (shapes_only or INTERPRETED):
             raise ValueError(f"scan_backend='triton' runs on CUDA tensors, got them on {t.device}; "
                              "use scan_backend='auto' on other devices")
-        if t is not None and t.device != tensors[0].device:
+        if t.device != tensors[0].device:
             raise ValueError(f'the Triton kernels need their tensors on one device, got {tensors[0].device} and {t.device}')
-        if t is not None and t.numel() == 0:
+        if t.numel() == 0:
             raise ValueError(f'the Triton kernels need a batch, a time and a width of at least 1, got a tensor '
                              f'of shape {tuple(t.shape)}')
 
@@ -70,8 +70,8 @@ def _on_device_of(tensor):
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
-def _float32(*tensors):
-    return [None if t is None else t.float().contiguous() for t in tensors]
+def _float32(t):
+    return None if t is None else t.float().contiguous()
 
 
 if triton is not None:
@@ -107,6 +107,11 @@ if triton is not None:
     # model.MinLSTMCoefficients): no a, b or gate tensor of their own in memory, forward or backward.
     PLAIN, MINGRU, MINLSTM = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
     KINDS = {'plain': 0, 'mingru': 1, 'minlstm': 2}
+
+    @triton.jit
+    def _row_width(D, KIND: tl.constexpr):
+        """The width of a step's row of a_ptr's tensor: a's D, or the 2 or 3 projections of the gates."""
+        return D if KIND == PLAIN else (2 if KIND == MINGRU else 3) * D
 
     @triton.jit
     def _candidate(k):
@@ -172,7 +177,7 @@ if triton is not None:
         D): h_t = a_t h_{t-1} + b_t. Steps past T are padded with a = 1, b = 0, which leave the state
         as it is."""
         batch, d, h = _program_channels(h0_ptr, D, HAS_H0, BLOCK_D)
-        width = D if KIND == PLAIN else (2 if KIND == MINGRU else 3) * D  # of a row of a_ptr's tensor
+        width = _row_width(D, KIND)
         a_ptr, b_ptr, h_ptr = a_ptr + batch * T * width, b_ptr + batch * T * width, h_ptr + batch * T * D
         steps = tl.arange(0, BLOCK_T)
         for t0 in range(0, T, BLOCK_T):
@@ -191,7 +196,7 @@ if triton is not None:
         and dL/dh0 = a_1 g_1. With gates (KIND), a_ptr points to them and grad_a_ptr receives their
         gradient. Tiles run from the end, each loaded in reversed time order (column i holds step t1 - i)."""
         batch, d, h0 = _program_channels(h0_ptr, D, HAS_H0, BLOCK_D)
-        width = D if KIND == PLAIN else (2 if KIND == MINGRU else 3) * D
+        width = _row_width(D, KIND)
         a_ptr, h_ptr, grad_h_ptr = a_ptr + batch * T * width, h_ptr + batch * T * D, grad_h_ptr + batch * T * D
         grad_a_ptr, grad_b_ptr = grad_a_ptr + batch * T * width, grad_b_ptr + batch * T * D
         steps = tl.arange(0, BLOCK_T)
@@ -244,7 +249,7 @@ if triton is not None:
 
     @triton.jit
     def _load_tile(ptr, t, e, T, E):
-        """The (channels, time) tile of a batch element's (T, E) tensor at steps t, in float32; 0 outside."""
+        """The tile of a batch element's (T, E) tensor at steps t and channels e, in float32; 0 outside."""
         return tl.load(ptr + t * E + e, mask=(t >= 0) & (t < T) & (e < E), other=0.0).to(tl.float32)
 
     @triton.jit
@@ -396,8 +401,7 @@ if triton is not None:
         """y_t = bias + sum_j w_j x_{t-K+1+j} over a (time, channels) tile, x zero before the start."""
         y = bias + tl.zeros(t.shape, dtype=tl.float32) + tl.zeros(c.shape, dtype=tl.float32)
         for j in tl.static_range(K):
-            s = t - (K - 1) + j
-            x = tl.load(x_ptr + s * C + c, mask=(s >= 0) & (s < T) & (c < C), other=0.0).to(tl.float32)
+            x = _load_tile(x_ptr, t - (K - 1) + j, c, T, C)
             y += tl.load(w_ptr + j * C + c, mask=c < C, other=0.0).to(tl.float32) * x
         return y
 
@@ -418,7 +422,7 @@ if triton is not None:
     @triton.jit
     def _conv_pre_gradient(x_ptr, w_ptr, bias, grad_y_ptr, u, c, T, C, K: tl.constexpr, SILU: tl.constexpr):
         """dL/d(conv output) at steps u: dL/dy, through SiLU' = s (1 + y (1 - s)) at the recomputed y."""
-        grad = tl.load(grad_y_ptr + u * C + c, mask=(u < T) & (c < C), other=0.0).to(tl.float32)
+        grad = _load_tile(grad_y_ptr, u, c, T, C)
         if SILU:
             y = _conv_at(x_ptr, w_ptr, bias, u, c, T, C, K)
             s = tl.sigmoid(y)
@@ -445,8 +449,7 @@ if triton is not None:
                 grad_x += w * grad
             else:
                 grad_x += w * _conv_pre_gradient(x_ptr, w_ptr, bias, grad_y_ptr, t + (K - 1 - j), c, T, C, K, SILU)
-            s = t - (K - 1) + j
-            x = tl.load(x_ptr + s * C + c, mask=(s >= 0) & (s < T) & (c < C), other=0.0).to(tl.float32)
+            x = _load_tile(x_ptr, t - (K - 1) + j, c, T, C)
             tl.store(grad_w_ptr + (part * K + j) * C + c, tl.sum(grad * x, axis=0)[None, :], mask=c < C)
         tl.store(grad_x_ptr + t * C + c, grad_x, mask=(t < T) & (c < C))
         tl.store(grad_bias_ptr + part * C + c, tl.sum(grad, axis=0)[None, :], mask=c < C)
@@ -468,6 +471,15 @@ SELECTIVE_REGISTERS = 128
 # Each kernel launch is a torch.library triton_op with a registered derivative: autograd
 # differentiates it, and torch.compile sees through it (no graph break), fusing what surrounds it.
 # Each backward is itself an operator.
+
+def _selective_operands(x, delta, A, B, C, D, delta_bias):
+    """The selective scan kernels' operands: x, delta, B, C contiguous in their dtypes, A states-major
+    (N, E), D and the delta bias in float32; without a bias, D stands for its pointer (never read)."""
+    x, delta, B, C = (t.contiguous() for t in (x, delta, B, C))
+    D = D.float().contiguous()
+    bias = D if delta_bias is None else delta_bias.float().contiguous()
+    return x, delta, A.float().t().contiguous(), B, C, D, bias
+
 
 def _states_major(h):
     """(batch, E, N) <-> (batch, N, E): the kernels hold states in the slow axis, channels on the lanes."""
@@ -514,7 +526,7 @@ if triton is not None:
         h = a.new_empty(batch, T, D, dtype=torch.float32)
         with _on_device_of(a):
             _launch(_scan_forward, (batch, triton.cdiv(D, SCAN_BLOCK_D)), a.contiguous(),
-                    a if b is None else b.contiguous(), *_float32(h0), h, T, D, HAS_H0=h0 is not None,
+                    a if b is None else b.contiguous(), _float32(h0), h, T, D, HAS_H0=h0 is not None,
                     KIND=KINDS[kind], BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
         return h.to(a.dtype) if kind == 'plain' else h
 
@@ -530,7 +542,7 @@ if triton is not None:
         grad_h0 = h.new_empty(batch, D, dtype=torch.float32) if h0 is not None else a.new_empty(0)
         with _on_device_of(a):
             _launch(_scan_backward, (batch, triton.cdiv(D, SCAN_BLOCK_D)), a.contiguous(), h.contiguous(),
-                    *_float32(h0), grad_h.contiguous(), grad_a, grad_b, grad_h0, T, D, HAS_H0=h0 is not None,
+                    _float32(h0), grad_h.contiguous(), grad_a, grad_b, grad_h0, T, D, HAS_H0=h0 is not None,
                     KIND=KINDS[kind], BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
         return grad_a, grad_b, grad_h0 if h0 is None else grad_h0.to(h0.dtype)
 
@@ -591,14 +603,12 @@ if triton is not None:
         """y (x's dtype; y SiLU(z) given z), the last state and the states saved every SELECTIVE_CHUNK
         steps (float32)."""
         check(x, delta, A, B, C, D, h0, delta_bias, z)
-        x, delta, B, C = (t.contiguous() for t in (x, delta, B, C))
+        x, delta, A_t, B, C, D, bias = _selective_operands(x, delta, A, B, C, D, delta_bias)
         batch, T, E = x.shape
         N = A.shape[1]
-        A_t, D = A.float().t().contiguous(), D.float().contiguous()
         y = torch.empty_like(x)
         last = x.new_empty(batch, N, E, dtype=torch.float32)
         saved = x.new_empty(batch, triton.cdiv(T, SELECTIVE_CHUNK), N, E, dtype=torch.float32)
-        bias = D if delta_bias is None else delta_bias.float().contiguous()  # D: a pointer never read
         with _on_device_of(x):
             _launch(_selective_forward, (batch, triton.cdiv(E, SELECTIVE_BLOCK_E)),
                     x, delta, bias, A_t, B, C, D, x if z is None else z.contiguous(), _states_major(h0), y, last,
@@ -614,10 +624,10 @@ if triton is not None:
                                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """dL/d of x, delta, A, B, C, D, h0, delta_bias (those two float32) and z (empty without it), the
         states recomputed from the saved ones; grad_last: dL/d(last state), None for zero."""
-        x, delta, B, C, grad_y = (t.contiguous() for t in (x, delta, B, C, grad_y))
+        x, delta, A_t, B, C, D32, bias = _selective_operands(x, delta, A, B, C, D, delta_bias)
+        grad_y = grad_y.contiguous()
         batch, T, E = x.shape
         N = A.shape[1]
-        A_t, D32 = A.float().t().contiguous(), D.float().contiguous()
         blocks = triton.cdiv(E, SELECTIVE_BLOCK_E)
         grad_x, grad_delta = torch.empty_like(x), torch.empty_like(delta)  # the kernel rounds once, into their dtype
         grad_z = x.new_empty(0) if z is None else torch.empty_like(z, memory_format=torch.contiguous_format)
@@ -627,7 +637,6 @@ if triton is not None:
         grad_D_parts, grad_bias_parts = (x.new_empty(batch, E, dtype=torch.float32) for _ in range(2))
         # g after the sequence, dL/d(last state); the kernel leaves dL/dh0 in it
         g = x.new_zeros(batch, N, E, dtype=torch.float32) if grad_last is None else _states_major(grad_last.float())
-        bias = D32 if delta_bias is None else delta_bias.float().contiguous()
         with _on_device_of(x):
             _launch(_selective_backward, (batch, blocks),
                     x, delta, bias, A_t, B, C, D32, x if z is None else z.contiguous(), saved, grad_y, grad_x,

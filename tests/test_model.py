@@ -405,8 +405,11 @@ def test_the_compiled_kernels_are_custom_operators_that_pass_opcheck():
 def test_torch_compile_traces_a_whole_model_through_the_kernels(block, overrides):
     """fullgraph=True: no graph break anywhere, the C++ kernels included; the same loss and gradients."""
     model = tiny_model(block, scan_backend='compiled', **overrides).float().train()
-    idx = torch.randint(0, 11, (2, 24), generator=torch.Generator().manual_seed(21))
+    assert_compiled_equals_eager(model, torch.randint(0, 11, (2, 24), generator=torch.Generator().manual_seed(21)))
 
+
+def assert_compiled_equals_eager(model, idx):
+    """torch.compile(fullgraph=True: no graph break anywhere) gives the eager loss and gradients."""
     def loss_and_grads(fn):
         model.zero_grad()
         loss = fn(idx, idx)[1]

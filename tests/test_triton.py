@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model import CharLM, ModelConfig
-from test_model import mamba_inputs, mamba_layer
+from test_model import assert_compiled_equals_eager, mamba_inputs, mamba_layer
 from test_scan import reference
 
 triton = pytest.importorskip('triton')
@@ -275,17 +275,8 @@ def test_torch_compile_runs_a_whole_model_through_the_triton_kernels(block):
     torch.manual_seed(0)
     config = ModelConfig(block=block, vocab_size=11, block_size=32, n_layer=1, n_embd=8, d_state=4,
                          scan_backend='triton', ff_mult=0 if block == 'mamba' else 4)
-    model = CharLM(config).to(DEVICE)
     idx = torch.randint(0, 11, (2, 13), generator=torch.Generator().manual_seed(1)).to(DEVICE)
-
-    def loss_and_grads(fn):
-        model.zero_grad()
-        loss = fn(idx, idx)[1]
-        loss.backward()
-        return [loss] + [p.grad.clone() for p in model.parameters()]
-    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
-    for got, expected in zip(loss_and_grads(compiled), loss_and_grads(model)):
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    assert_compiled_equals_eager(CharLM(config).to(DEVICE), idx)
 
 
 TRACE_INTO_THE_KERNELS = """
