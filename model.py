@@ -533,7 +533,11 @@ class Mamba(nn.Module):
         x, window = self.conv(x, window)  # and SiLU
         fused = scan.fuses_softplus(self.backend, x.device)
         y, h = self.selective_scan(x, *self.selective_inputs(x, fused), h0, z=z, fused_softplus=fused)  # y * SiLU(z)
-        return self.dropout(self.out(y.to(u.dtype))), (h, window)
+        # y narrowed to the weight's dtype where that is narrower (a half-precision model, no autocast);
+        # else as it is: autocast casts for out() itself, and the Triton kernels' bfloat16 y stays so
+        if y.element_size() > self.out.weight.element_size():
+            y = y.to(self.out.weight.dtype)
+        return self.dropout(self.out(y)), (h, window)
 
     def step(self, u, state):
         h, window = state if state is not None else (None, None)
