@@ -376,21 +376,30 @@ GPUS = {90: dict(name='H100 (sm_90)', warps=64, ctas=32, registers=65536, shared
 SASS_LINE = re.compile(r'/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);')
 
 
-def innermost_loop(sass):
-    """The opcodes of the longest loop that holds no other loop: the body a kernel repeats per tile
-    or step; the whole kernel where it has none. A loop is a branch back to an earlier address (not the
-    branch to itself that ends every kernel)."""
+def loop_opcodes(sass, inner_trips=1):
+    """The opcodes a kernel issues per pass of its main loop: the longest loop that holds no other
+    loop (the body it repeats per tile or step), repeated inner_trips times, and where inner_trips >
+    1 the rest of the loop around it once (per-tile work outside a loop over states); the whole
+    kernel where it has no loop. A loop is a branch back to an earlier address (not the branch to
+    itself that ends every kernel)."""
     code = [(int(address, 16), opcode, operands) for address, opcode, operands in SASS_LINE.findall(sass)]
     loops = []
     for address, opcode, operands in code:
         target = re.search(r'0x([0-9a-f]+)', operands)
         if opcode.startswith('BRA') and target and int(target.group(1), 16) < address:
             loops.append((int(target.group(1), 16), address))
-    innermost = [(a, b) for a, b in loops if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops)]
+    inside = lambda inner, outer: outer[0] <= inner[0] and inner[1] <= outer[1] and inner != outer
+    innermost = [loop for loop in loops if not any(inside(other, loop) for other in loops)]
     if not innermost:
         return [opcode for _, opcode, _ in code]
     start, end = max(innermost, key=lambda loop: loop[1] - loop[0])
-    return [opcode for address, opcode, _ in code if start <= address <= end]
+    body = [opcode for address, opcode, _ in code if start <= address <= end]
+    if inner_trips == 1:
+        return body
+    outer_start, outer_end = min((loop for loop in loops if inside((start, end), loop)), key=lambda loop: loop[1] - loop[0])
+    around = [opcode for address, opcode, _ in code
+              if outer_start <= address <= outer_end and not start <= address <= end]
+    return body * inner_trips + around
 
 
 def occupancy(registers, warps, shared, gpu):
@@ -412,14 +421,16 @@ def static_rows(out):
     os.makedirs(os.path.join(out, 'sass'), exist_ok=True)
     rows = []
     for capability, gpu in GPUS.items():
-        for name, (kernel, constants, options, elements) in kernels.launches().items():
+        for name, launch in kernels.launches().items():
+            kernel, options, elements = launch.kernel, launch.options, launch.elements
             with tempfile.TemporaryDirectory() as folder:
-                resources, sass, shared = kernels.compile_ahead_of_time(kernel, constants, options, capability, folder)
+                resources, sass, shared = kernels.compile_ahead_of_time(kernel, launch.constants, options, capability,
+                                                                        folder, launch.half)
             with open(os.path.join(out, 'sass', f'{name}.sm_{capability}.sass'), 'w') as f:
                 f.write(sass)
             registers = int(re.search(r'Used (\d+) registers', resources).group(1))
             ctas, share = occupancy(registers, options['num_warps'], shared, gpu)
-            loop = innermost_loop(sass)
+            loop = loop_opcodes(sass, launch.inner_trips)
             per_element = lambda prefix: round(sum(op.startswith(prefix) for op in loop) / elements, 2)
             rows.append({'kernel': name, 'gpu': gpu['name'], 'registers': registers,
                          'spilled_bytes': int(re.search(r'(\d+) bytes spill stores', resources).group(1)),

@@ -28,7 +28,7 @@ check them without a GPU.
 """
 import contextlib
 import os
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -259,138 +259,197 @@ if triton is not None:
         """h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t,  y_t = C_t . h_t + D x_t  (the selective SSM
         after zero-order hold), one step at a time, for one batch element and BLOCK_E channels;
         SOFTPLUS: delta = softplus(delta + bias); HAS_Z: Mamba's output gate, y_t SiLU(z_t) is written.
-        A, h0, the last state and the states saved before every CHUNK steps for the backward are
-        states-major: (N, E), (batch, [chunks,] N, E)."""
+        A is log2(e) A (for exp2: one instruction). A, h0, the last state and the states saved before
+        every CHUNK steps for the backward are channels-major, (E, N) and (batch, [chunks,] E, N), and
+        so are the tiles: a thread holds a channel's N states, which Triton reads and writes as they lie
+        and sums into y in registers."""
         batch = tl.program_id(0).to(tl.int64)
         e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-        n = tl.arange(0, BLOCK_N)
-        ne = n[:, None] * E + e[None, :]
-        ne_inside = (n[:, None] < N) & (e[None, :] < E)
+        n = tl.arange(0, BLOCK_N)[None, :]
+        en = e[:, None] * N + n
+        en_inside = (e[:, None] < E) & (n < N)
         x_ptr, delta_ptr, y_ptr = x_ptr + batch * T * E, delta_ptr + batch * T * E, y_ptr + batch * T * E
         z_ptr += batch * T * E  # x's, unread, without a gate
         B_ptr, C_ptr = B_ptr + batch * T * N, C_ptr + batch * T * N
-        saved_ptr += batch * tl.cdiv(T, CHUNK) * N * E
-        A = tl.load(A_ptr + ne, mask=ne_inside, other=0.0)
+        saved_ptr += batch * tl.cdiv(T, CHUNK) * E * N
+        A = tl.load(A_ptr + en, mask=en_inside, other=0.0)
         D = tl.load(D_ptr + e, mask=e < E, other=0.0)
         bias = tl.load(bias_ptr + e, mask=e < E, other=0.0) if SOFTPLUS else 0.0
-        h = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)
+        broadcast = tl.zeros([BLOCK_E, 1], dtype=tl.int32)  # B and C: each thread loads a step's N values
+        h = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
         if HAS_H0:
-            h = tl.load(h0_ptr + batch * N * E + ne, mask=ne_inside, other=0.0).to(tl.float32)
+            h = tl.load(h0_ptr + batch * E * N + en, mask=en_inside, other=0.0).to(tl.float32)
         for t in range(T):
             if t % CHUNK == 0:
-                tl.store(saved_ptr + t // CHUNK * N * E + ne, h, mask=ne_inside)
+                tl.store(saved_ptr + t // CHUNK * E * N + en, h, mask=en_inside)
             x = tl.load(x_ptr + t * E + e, mask=e < E, other=0.0).to(tl.float32)
             delta = _load_delta(delta_ptr, bias, t * E + e, e < E, SOFTPLUS)
-            B = tl.load(B_ptr + t * N + n, mask=n < N, other=0.0).to(tl.float32)
-            C = tl.load(C_ptr + t * N + n, mask=n < N, other=0.0).to(tl.float32)
-            h = tl.exp(delta[None, :] * A) * h + (delta * x)[None, :] * B[:, None]
-            y = tl.sum(C[:, None] * h, axis=0) + D * x
+            B = tl.load(B_ptr + t * N + n + broadcast, mask=n < N, other=0.0).to(tl.float32)
+            C = tl.load(C_ptr + t * N + n + broadcast, mask=n < N, other=0.0).to(tl.float32)
+            h = tl.exp2(delta[:, None] * A) * h + (delta * x)[:, None] * B
+            y = tl.sum(C * h, axis=1) + D * x
             if HAS_Z:
                 z = tl.load(z_ptr + t * E + e, mask=e < E, other=0.0).to(tl.float32)
                 y = y * z * tl.sigmoid(z)
             tl.store(y_ptr + t * E + e, y, mask=e < E)
-        tl.store(last_ptr + batch * N * E + ne, h, mask=ne_inside)
+        tl.store(last_ptr + batch * E * N + en, h, mask=en_inside)
 
     @triton.jit
     def _channel_sums(tile, PARTS: tl.constexpr):
-        """A (channels, time) tile summed over channels into PARTS partial sums (PARTS, time). Channel
-        r * 32 + l is lane l's r-th: each part adds a thread's channels in registers, then 32 / PARTS
-        lanes by shuffles (fewer than all 32), and the caller sums the parts."""
-        parts = tl.reshape(tile, [tile.shape[0] // 32, PARTS, 32 // PARTS, tile.shape[1]])
-        return tl.sum(tl.sum(parts, axis=2), axis=0)
+        """A (channels, time) tile summed over channels into PARTS partial sums, part p over channels
+        p * BLOCK_E / PARTS onwards: with a channel a lane, a part stays in one warp (PARTS >= warps),
+        so its sum is log2(BLOCK_E / PARTS) rounds of shuffles. Returned in the tile's shape, each
+        channel holding its part's sums, for the part's first channel to store as they lie (no
+        shared memory to rearrange them)."""
+        parts = tl.reshape(tile, [PARTS, tile.shape[0] // PARTS, tile.shape[1]])
+        sums = tl.broadcast_to(tl.sum(parts, axis=1, keep_dims=True), parts.shape)
+        return tl.reshape(sums, tile.shape)
+
+    # The backward's tiles are (channels, 4 steps) with each thread holding its channel's 4 steps: built
+    # from one (channels,) row per step, so that Triton cannot spread time over lanes to vectorise a
+    # load along channels. Rearranging a thread's own steps (a shift by one, time reversed) moves
+    # registers, nothing else.
+
+    @triton.jit
+    def _steps(s0, s1, s2, s3):
+        """Four (channels,) rows as the columns of a (channels, 4) tile."""
+        return tl.reshape(tl.join(tl.join(s0, s2), tl.join(s1, s3)), [s0.shape[0], 4])
+
+    @triton.jit
+    def _rows(tile):
+        """A (channels, 4) tile's four columns, _steps undone."""
+        even, odd = tl.split(tl.reshape(tile, [tile.shape[0], 2, 2]))
+        s0, s2 = tl.split(even)
+        s1, s3 = tl.split(odd)
+        return s0, s1, s2, s3
+
+    @triton.jit
+    def _later(tile, first):
+        """tile one step later: step s holds tile's step s - 1, step 0 holds first."""
+        s0, s1, s2, _ = _rows(tile)
+        return _steps(first, s0, s1, s2)
+
+    @triton.jit
+    def _earlier(tile, last):
+        """tile one step earlier: step s holds tile's step s + 1, step 3 holds last."""
+        _, s1, s2, s3 = _rows(tile)
+        return _steps(s1, s2, s3, last)
+
+    @triton.jit
+    def _reversed(tile):
+        s0, s1, s2, s3 = _rows(tile)
+        return _steps(s3, s2, s1, s0)
+
+    @triton.jit
+    def _load_steps(ptr, t0, e, T, E):
+        """Steps t0 .. t0 + 3 of a batch element's (T, E) tensor at channels e, (channels, 4), float32, 0 outside."""
+        return _steps(_load_tile(ptr, t0, e, T, E), _load_tile(ptr, t0 + 1, e, T, E),
+                      _load_tile(ptr, t0 + 2, e, T, E), _load_tile(ptr, t0 + 3, e, T, E))
+
+    @triton.jit
+    def _store_steps(ptr, tile, t0, e, T, E):
+        s0, s1, s2, s3 = _rows(tile)
+        tl.store(ptr + t0 * E + e, s0, mask=(t0 < T) & (e < E))
+        tl.store(ptr + (t0 + 1) * E + e, s1, mask=(t0 + 1 < T) & (e < E))
+        tl.store(ptr + (t0 + 2) * E + e, s2, mask=(t0 + 2 < T) & (e < E))
+        tl.store(ptr + (t0 + 3) * E + e, s3, mask=(t0 + 3 < T) & (e < E))
 
     @triton.jit
     def _selective_backward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, saved_ptr, grad_y_ptr,
                             grad_x_ptr, grad_delta_ptr, grad_A_ptr, grad_B_ptr, grad_C_ptr, grad_D_ptr,
                             grad_bias_ptr, grad_z_ptr, g_ptr, T, E, N: tl.constexpr, SOFTPLUS: tl.constexpr,
                             HAS_Z: tl.constexpr, CHUNK: tl.constexpr, PARTS: tl.constexpr, BLOCK_E: tl.constexpr):
-        """Gradients of _selective_forward, in chunks of CHUNK steps from the end and one state at a
-        time. A chunk is a (channels, time) tile whose steps lie in one thread, so its scans run in
-        registers. From the state saved before the chunk, a scan over the steps shifted by one gives
-        h_{t-1}, then h_t = a_t h_{t-1} + b_t; a scan in reversed time gives g_t = dL/dh_t = C_t dy_t +
-        a_{t+1} g_{t+1}, g after the sequence being dL/d(last state), which g_ptr holds (batch, N, E)
-        on entry. Per channel, state and step:
-          dL/dlog a = g a h_{t-1}  (not g (h_t - b_t), which cancels where a -> 0 at large delta),
+        """Gradients of _selective_forward, in chunks of CHUNK (4) steps from the end and one state at
+        a time; A is log2(e) A here, B and C states-major (batch, N, T). A chunk is a (channels, 4)
+        tile whose steps lie in one thread. From the state saved before the chunk, an in-thread scan
+        gives u_t = a_t h_{t-1} (u_t = a_t (u_{t-1} + b_{t-1})), and h_t = u_t + b_t; a scan in
+        reversed time gives g_t = dL/dh_t = C_t dy_t + a_{t+1} g_{t+1}, g after the sequence being
+        dL/d(last state), which g_ptr holds (batch, N, E) on entry. Per channel, state and step:
+          dL/dlog a = g u  (= g a h_{t-1}; not g (h_t - b_t), which cancels where a -> 0),
           dx = sum_n g delta B + dy D,   ddelta = sum_n (g x B + dlog_a A),   dA = sum_t dlog_a delta,
           dB = sum_e g delta x,   dC = sum_e dy h,   dD = sum_t dy x,   dh0 = a_1 g_1 (left in g_ptr),
         and through the softplus d(pre-activation) = ddelta sigmoid = ddelta (1 - e^-delta). With the
         gate (HAS_Z), dy = d(out) SiLU(z) and dz = d(out) y SiLU'(z), y summed over the states as they
         are recomputed. dB and dC are PARTS partial sums per program, dA (zeroed by the caller), dD and
-        dbias per batch element: the caller sums them."""
+        dbias per batch element: the caller sums them. a = 2^(delta log2(e) A): exp2 is one instruction."""
+        tl.static_assert(CHUNK == 4)
         batch = tl.program_id(0).to(tl.int64)
-        e = (tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E))[:, None]
+        e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
         x_ptr, delta_ptr, grad_y_ptr = x_ptr + batch * T * E, delta_ptr + batch * T * E, grad_y_ptr + batch * T * E
         grad_x_ptr, grad_delta_ptr = grad_x_ptr + batch * T * E, grad_delta_ptr + batch * T * E
         z_ptr, grad_z_ptr = z_ptr + batch * T * E, grad_z_ptr + batch * T * E  # x's, unread, without a gate
-        B_ptr, C_ptr = B_ptr + batch * T * N, C_ptr + batch * T * N
+        B_ptr, C_ptr = B_ptr + batch * N * T, C_ptr + batch * N * T
         grad_B_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * PARTS * T * N
         grad_C_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * PARTS * T * N
         grad_A_ptr, g_ptr = grad_A_ptr + batch * N * E, g_ptr + batch * N * E
         n_chunks = tl.cdiv(T, CHUNK)
-        saved_ptr += batch * n_chunks * N * E
-        D = tl.load(D_ptr + e, mask=e < E, other=0.0)
+        saved_ptr += batch * n_chunks * E * N
+        D = tl.load(D_ptr + e, mask=e < E, other=0.0)[:, None]
         bias = tl.load(bias_ptr + e, mask=e < E, other=0.0) if SOFTPLUS else 0.0
-        step = tl.arange(0, CHUNK)[None, :]  # a step's place in its chunk
-        part = tl.arange(0, PARTS)[:, None]
-        grad_D = tl.zeros([BLOCK_E, 1], dtype=tl.float32)
-        grad_bias = tl.zeros([BLOCK_E, 1], dtype=tl.float32)
+        step = tl.arange(0, CHUNK)[None, :]
+        local = tl.arange(0, BLOCK_E)[:, None]
+        part = local // (BLOCK_E // PARTS)  # of the partial sums of dB and dC
+        broadcast = tl.zeros([BLOCK_E, 1], dtype=tl.int32)  # B and C: each thread loads a state's 4 steps
+        grad_D = tl.zeros([BLOCK_E], dtype=tl.float32)
+        grad_bias = tl.zeros([BLOCK_E], dtype=tl.float32)
         for j in range(n_chunks):
             k = n_chunks - 1 - j
-            t = k * CHUNK + step
-            inside = (t < T) & (e < E)
-            x, grad_y = _load_tile(x_ptr, t, e, T, E), _load_tile(grad_y_ptr, t, e, T, E)
-            if HAS_Z:  # grad_y becomes dL/dy, y = C . h + D x before the gate
-                z = _load_tile(z_ptr, t, e, T, E)
-                grad_y *= z * tl.sigmoid(z)
-            delta = _load_delta(delta_ptr, bias, t * E + e, inside, SOFTPLUS)
-            # the chunk's steps shifted by one, its first one the identity (a = 1, b = 0)
-            delta_prev = _load_delta(delta_ptr, bias, (t - 1) * E + e, (step > 0) & inside, SOFTPLUS)
-            delta_x_prev = delta_prev * _load_tile(x_ptr, t - 1, e, T, E)
-            delta_next = _load_delta(delta_ptr, bias, (t + 1) * E + e, (t + 1 < T) & (e < E), SOFTPLUS)
-            grad_x = grad_y * D
-            grad_delta = tl.zeros([BLOCK_E, CHUNK], dtype=tl.float32)
-            y = x * D  # before the gate, for dz
+            t0 = k * CHUNK
+            t = t0 + step
+            inside = (t < T) & (e[:, None] < E)
+            part_first = (t < T) & (local % (BLOCK_E // PARTS) == 0)
+            x, grad_out = _load_steps(x_ptr, t0, e, T, E), _load_steps(grad_y_ptr, t0, e, T, E)
+            grad_y = grad_out  # becomes dL/dy, y = C . h + D x before the gate
+            if HAS_Z:
+                z = _load_steps(z_ptr, t0, e, T, E)
+                s = tl.sigmoid(z)
+                grad_y = grad_out * z * s
+            delta = _load_steps(delta_ptr, t0, e, T, E)
+            if SOFTPLUS:
+                delta = tl.where(inside, _softplus(delta + bias[:, None]), 0.0)
+            # 0 past T, where a = 1 carries g_ptr's gradient into the last step
+            delta_after = _load_delta(delta_ptr, bias, (t0 + CHUNK) * E + e, (t0 + CHUNK < T) & (e < E), SOFTPLUS)
+            delta_x = delta * x
+            grad_gB = tl.zeros([BLOCK_E, CHUNK], dtype=tl.float32)  # sum_n g B
+            grad_gA = tl.zeros([BLOCK_E, CHUNK], dtype=tl.float32)  # sum_n dlog_a log2(e) A
+            y = x * D
             for n in range(N):
-                A = tl.load(A_ptr + n * E + e, mask=e < E, other=0.0)
-                B = tl.load(B_ptr + t * N + n, mask=t < T, other=0.0).to(tl.float32)
-                C = tl.load(C_ptr + t * N + n, mask=t < T, other=0.0).to(tl.float32)
-                # h_{t-1}: the recurrence over the chunk's steps shifted by one
-                B_prev = tl.load(B_ptr + (t - 1) * N + n, mask=(step > 0) & (t < T), other=0.0).to(tl.float32)
-                a_prod, b_sum = tl.associative_scan((tl.exp(delta_prev * A), delta_x_prev * B_prev), 1, _combine)
-                h_prev = a_prod * tl.load(saved_ptr + (k * N + n) * E + e, mask=e < E, other=0.0) + b_sum
-                a = tl.exp(delta * A)
-                h = a * h_prev + delta * x * B
-                # g in reversed time (tl.flip permutes registers; a reversed tl.associative_scan shuffles
-                # lanes); a_{t+1} is 1 past the last step, where g_ptr holds dL/d(last state)
-                a_next = tl.where(t + 1 < T, tl.exp(delta_next * A), 1.0)
-                a_next_prod, g_sum = tl.associative_scan((tl.flip(a_next, 1), tl.flip(grad_y * C, 1)), 1, _combine)
-                g_after = tl.load(g_ptr + n * E + e, mask=e < E, other=0.0)
-                g = tl.flip(a_next_prod * g_after + g_sum, 1)
-                grad_log_a = g * a * h_prev
+                A = tl.load(A_ptr + e * N + n, mask=e < E, other=0.0)
+                B = tl.load(B_ptr + n * T + t + broadcast, mask=t < T, other=0.0).to(tl.float32)
+                C = tl.load(C_ptr + n * T + t + broadcast, mask=t < T, other=0.0).to(tl.float32)
+                a = tl.exp2(delta * A[:, None])
+                b = delta_x * B
+                a_prod, u_sum = tl.associative_scan((a, a * _later(b, grad_D * 0.0)), 1, _combine)
+                u = a_prod * tl.load(saved_ptr + (k * E + e) * N + n, mask=e < E, other=0.0)[:, None] + u_sum
+                h = u + b
+                # g in reversed time; a_{t+1} is 1 past the last step, where g_ptr holds dL/d(last state)
+                a_next = _earlier(a, tl.exp2(delta_after * A))
+                a_next_prod, g_sum = tl.associative_scan((_reversed(a_next), _reversed(grad_y * C)), 1, _combine)
+                g = _reversed(a_next_prod * tl.load(g_ptr + n * E + e, mask=e < E, other=0.0)[:, None] + g_sum)
+                grad_log_a = g * u
                 if HAS_Z:
                     y += C * h
-                grad_x += g * B * delta
-                grad_delta += g * B * x + grad_log_a * A
+                grad_gB += g * B
+                grad_gA += grad_log_a * A[:, None]
                 tl.store(grad_A_ptr + n * E + e, tl.load(grad_A_ptr + n * E + e, mask=e < E, other=0.0)
-                         + tl.sum(grad_log_a * delta, axis=1)[:, None], mask=e < E)
-                tl.store(g_ptr + n * E + e, tl.sum(tl.where(step == 0, g, 0.0), axis=1)[:, None], mask=e < E)
-                tl.store(grad_B_ptr + (part * T + t) * N + n, _channel_sums(g * delta * x, PARTS), mask=t < T)
-                tl.store(grad_C_ptr + (part * T + t) * N + n, _channel_sums(grad_y * h, PARTS), mask=t < T)
+                         + tl.sum(grad_log_a * delta, axis=1), mask=e < E)
+                tl.store(g_ptr + n * E + e, _rows(g)[0], mask=e < E)
+                tl.store(grad_B_ptr + (part * N + n) * T + t, _channel_sums(g * delta_x, PARTS), mask=part_first)
+                tl.store(grad_C_ptr + (part * N + n) * T + t, _channel_sums(grad_y * h, PARTS), mask=part_first)
+            grad_delta = grad_gB * x + grad_gA * 0.6931471805599453  # log(2): A here is log2(e) A
             if SOFTPLUS:
                 grad_delta *= 1.0 - tl.exp(-delta)
-            tl.store(grad_x_ptr + t * E + e, grad_x, mask=inside)
-            tl.store(grad_delta_ptr + t * E + e, grad_delta, mask=inside)
+            _store_steps(grad_x_ptr, grad_gB * delta + grad_y * D, t0, e, T, E)
+            _store_steps(grad_delta_ptr, grad_delta, t0, e, T, E)
             if HAS_Z:  # dL/dz = d(out) y SiLU'(z), SiLU'(z) = s (1 + z (1 - s)), s = sigmoid(z)
-                s = tl.sigmoid(z)
-                grad_out = _load_tile(grad_y_ptr, t, e, T, E)
-                tl.store(grad_z_ptr + t * E + e, grad_out * y * s * (1.0 + z * (1.0 - s)), mask=inside)
-            grad_D += tl.sum(grad_y * x, axis=1)[:, None]
-            grad_bias += tl.sum(tl.where(inside, grad_delta, 0.0), axis=1)[:, None]
+                _store_steps(grad_z_ptr, grad_out * y * s * (1.0 + z * (1.0 - s)), t0, e, T, E)
+            grad_D += tl.sum(grad_y * x, axis=1)
+            grad_bias += tl.sum(tl.where(inside, grad_delta, 0.0), axis=1)
         tl.store(grad_D_ptr + batch * E + e, grad_D, mask=e < E)
         tl.store(grad_bias_ptr + batch * E + e, grad_bias, mask=e < E)
         delta_first = _load_delta(delta_ptr, bias, e, e < E, SOFTPLUS)
         for state in range(N):
-            a_first = tl.exp(delta_first * tl.load(A_ptr + state * E + e, mask=e < E, other=0.0))
+            a_first = tl.exp2(delta_first * tl.load(A_ptr + e * N + state, mask=e < E, other=0.0))
             tl.store(g_ptr + state * E + e, a_first * tl.load(g_ptr + state * E + e, mask=e < E, other=0.0), mask=e < E)
 
 
@@ -472,17 +531,23 @@ SELECTIVE_REGISTERS = 128
 # differentiates it, and torch.compile sees through it (no graph break), fusing what surrounds it.
 # Each backward is itself an operator.
 
+LOG2_E = 1.4426950408889634
+
+
 def _selective_operands(x, delta, A, B, C, D, delta_bias):
-    """The selective scan kernels' operands: x, delta, B, C contiguous in their dtypes, A states-major
-    (N, E), D and the delta bias in float32; without a bias, D stands for its pointer (never read)."""
+    """The selective scan kernels' operands: x, delta, B, C contiguous in their dtypes, log2(e) A
+    (E, N) (the kernels take exp2), D and the delta bias in float32; without a bias, D stands for its
+    pointer (never read)."""
     x, delta, B, C = (t.contiguous() for t in (x, delta, B, C))
     D = D.float().contiguous()
     bias = D if delta_bias is None else delta_bias.float().contiguous()
-    return x, delta, A.float().t().contiguous(), B, C, D, bias
+    return x, delta, (A.float() * LOG2_E).contiguous(), B, C, D, bias
 
 
 def _states_major(h):
-    """(batch, E, N) <-> (batch, N, E): the kernels hold states in the slow axis, channels on the lanes."""
+    """(batch, X, Y) -> (batch, Y, X): the selective backward walks the states one at a time, so it holds
+    its carried gradient and dA states-major, (batch, N, E), and reads B and C (batch, T, N) as
+    (batch, N, T), a state's steps side by side."""
     return None if h is None else h.transpose(1, 2).contiguous()
 
 
@@ -603,19 +668,19 @@ if triton is not None:
         """y (x's dtype; y SiLU(z) given z), the last state and the states saved every SELECTIVE_CHUNK
         steps (float32)."""
         check(x, delta, A, B, C, D, h0, delta_bias, z)
-        x, delta, A_t, B, C, D, bias = _selective_operands(x, delta, A, B, C, D, delta_bias)
+        x, delta, A2, B, C, D, bias = _selective_operands(x, delta, A, B, C, D, delta_bias)
         batch, T, E = x.shape
         N = A.shape[1]
         y = torch.empty_like(x)
-        last = x.new_empty(batch, N, E, dtype=torch.float32)
-        saved = x.new_empty(batch, triton.cdiv(T, SELECTIVE_CHUNK), N, E, dtype=torch.float32)
+        last = x.new_empty(batch, E, N, dtype=torch.float32)
+        saved = x.new_empty(batch, triton.cdiv(T, SELECTIVE_CHUNK), E, N, dtype=torch.float32)
         with _on_device_of(x):
             _launch(_selective_forward, (batch, triton.cdiv(E, SELECTIVE_BLOCK_E)),
-                    x, delta, bias, A_t, B, C, D, x if z is None else z.contiguous(), _states_major(h0), y, last,
+                    x, delta, bias, A2, B, C, D, x if z is None else z.contiguous(), _float32(h0), y, last,
                     saved, T, E, N, HAS_H0=h0 is not None, SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
                     CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E, BLOCK_N=triton.next_power_of_2(N),
                     num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
-        return y, _states_major(last), saved
+        return y, last, saved
 
     @_operator('minrnn::triton_selective_scan_backward')
     def _selective_scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
@@ -624,14 +689,14 @@ if triton is not None:
                                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """dL/d of x, delta, A, B, C, D, h0, delta_bias (those two float32) and z (empty without it), the
         states recomputed from the saved ones; grad_last: dL/d(last state), None for zero."""
-        x, delta, A_t, B, C, D32, bias = _selective_operands(x, delta, A, B, C, D, delta_bias)
+        x, delta, A2, B, C, D32, bias = _selective_operands(x, delta, A, B, C, D, delta_bias)
         grad_y = grad_y.contiguous()
         batch, T, E = x.shape
         N = A.shape[1]
         blocks = triton.cdiv(E, SELECTIVE_BLOCK_E)
         grad_x, grad_delta = torch.empty_like(x), torch.empty_like(delta)  # the kernel rounds once, into their dtype
         grad_z = x.new_empty(0) if z is None else torch.empty_like(z, memory_format=torch.contiguous_format)
-        grad_B_parts, grad_C_parts = (x.new_empty(batch, blocks * SELECTIVE_PARTS, T, N, dtype=torch.float32)
+        grad_B_parts, grad_C_parts = (x.new_empty(batch, blocks * SELECTIVE_PARTS, N, T, dtype=torch.float32)
                                       for _ in range(2))
         grad_A_parts = x.new_zeros(batch, N, E, dtype=torch.float32)
         grad_D_parts, grad_bias_parts = (x.new_empty(batch, E, dtype=torch.float32) for _ in range(2))
@@ -639,13 +704,14 @@ if triton is not None:
         g = x.new_zeros(batch, N, E, dtype=torch.float32) if grad_last is None else _states_major(grad_last.float())
         with _on_device_of(x):
             _launch(_selective_backward, (batch, blocks),
-                    x, delta, bias, A_t, B, C, D32, x if z is None else z.contiguous(), saved, grad_y, grad_x,
+                    x, delta, bias, A2, _states_major(B), _states_major(C), D32, x if z is None else z.contiguous(),
+                    saved, grad_y, grad_x,
                     grad_delta, grad_A_parts, grad_B_parts, grad_C_parts, grad_D_parts, grad_bias_parts,
                     x if z is None else grad_z, g, T, E, N, SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
                     CHUNK=SELECTIVE_CHUNK, PARTS=SELECTIVE_PARTS, BLOCK_E=SELECTIVE_BLOCK_E,
                     num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
-        return (grad_x, grad_delta, grad_A_parts.sum(0).t().to(A.dtype), grad_B_parts.sum(1).to(B.dtype),
-                grad_C_parts.sum(1).to(C.dtype), grad_D_parts.sum(0).to(D.dtype), _states_major(g),
+        return (grad_x, grad_delta, grad_A_parts.sum(0).t().to(A.dtype), grad_B_parts.sum(1).transpose(1, 2).to(B.dtype),
+                grad_C_parts.sum(1).transpose(1, 2).to(C.dtype), grad_D_parts.sum(0).to(D.dtype), _states_major(g),
                 grad_bias_parts.sum(0), grad_z)
 
     def _selective_setup(ctx, inputs, output):
@@ -700,41 +766,62 @@ def selective_scan(x, delta, A, B, C, D, h0=None, delta_bias=None, z=None):
 # Triton compiles them to PTX for a compute capability, the ptxas that triton bundles assembles the
 # PTX, and the cuobjdump beside it prints the machine code (SASS).
 
+class Launch(NamedTuple):
+    """A kernel as a paper-scale training step launches it under bfloat16 autocast."""
+    kernel: object
+    constants: dict     # its constexprs
+    options: dict       # warps, register cap
+    elements: int       # state elements x steps one thread computes per pass of the kernel's main loop
+    half: tuple = ()    # its pointer arguments that hold bfloat16
+    inner_trips: int = 1  # passes of the innermost loop (over states) per pass of the main loop
+
+
 def launches(d_state=16):
-    """Every kernel as it is launched, Mamba's at d_state: name -> (kernel, constexprs, options,
-    state elements x steps one thread computes per pass of the kernel's innermost loop)."""
-    selective = dict(N=d_state, SOFTPLUS=True, CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E)
+    """Every kernel, Mamba's at d_state: name -> Launch."""
+    selective = dict(N=d_state, SOFTPLUS=True, CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E, HAS_Z=True)
     options = dict(num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
     channels = SELECTIVE_BLOCK_E // (32 * SELECTIVE_WARPS)
-    scans = {}
+    kernels = {}
     for kind, value in KINDS.items():
         prefix = 'scan' if kind == 'plain' else f'{kind}_scan'
         constants = dict(BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D, HAS_H0=True, KIND=value)
-        for name, kernel in (('forward', _scan_forward), ('backward', _scan_backward)):
-            scans[f'{prefix}_{name}'] = (kernel, constants, dict(num_warps=4), SCAN_BLOCK_T * SCAN_BLOCK_D // 128)
+        gates = kind != 'plain'  # from a Linear, in bfloat16
+        for name, kernel, half in (('forward', _scan_forward, ('a_ptr',) * gates),
+                                   ('backward', _scan_backward, ('a_ptr', 'grad_a_ptr') * gates)):
+            kernels[f'{prefix}_{name}'] = Launch(kernel, constants, dict(num_warps=4),
+                                                 SCAN_BLOCK_T * SCAN_BLOCK_D // 128, half)
     per_thread = CONV_BLOCK_T * CONV_BLOCK_C // 128  # the conv kernels have no loop: all of the program
     for prefix, silu in (('conv', False), ('silu_conv', True)):  # minGRU's / minLSTM's, Mamba's
         constants = dict(K=4, SILU=silu, BLOCK_T=CONV_BLOCK_T, BLOCK_C=CONV_BLOCK_C)
-        for name, kernel in (('forward', _conv_forward), ('backward', _conv_backward)):
-            scans[f'{prefix}_{name}'] = (kernel, constants, dict(num_warps=4), per_thread)
-    return {**scans,
-            'selective_forward': (_selective_forward, dict(HAS_H0=True, BLOCK_N=triton.next_power_of_2(d_state),
-                                                           HAS_Z=True, **selective), options, d_state * channels),
-            'selective_backward': (_selective_backward, dict(PARTS=SELECTIVE_PARTS, HAS_Z=True, **selective), options,
-                                   SELECTIVE_CHUNK * channels)}
+        for name, kernel, half in (('forward', _conv_forward, ('x_ptr', 'y_ptr')),
+                                   ('backward', _conv_backward, ('x_ptr', 'grad_y_ptr', 'grad_x_ptr'))):
+            kernels[f'{prefix}_{name}'] = Launch(kernel, constants, dict(num_warps=4), per_thread, half)
+    inputs = ('x_ptr', 'delta_ptr', 'B_ptr', 'C_ptr', 'z_ptr')
+    kernels['selective_forward'] = Launch(
+        _selective_forward, dict(HAS_H0=True, BLOCK_N=triton.next_power_of_2(d_state), **selective), options,
+        d_state * channels, inputs + ('y_ptr',))
+    kernels['selective_backward'] = Launch(
+        _selective_backward, dict(PARTS=SELECTIVE_PARTS, **selective), options, SELECTIVE_CHUNK * channels * d_state,
+        inputs + ('grad_y_ptr', 'grad_x_ptr', 'grad_delta_ptr', 'grad_z_ptr'), inner_trips=d_state)
+    return kernels
 
 
-def compile_ahead_of_time(kernel, constants, options, capability, folder):
+def compile_ahead_of_time(kernel, constants, options, capability, folder, half=()):
     """Compiles kernel for an NVIDIA GPU of compute capability `capability` (90: H100) into folder and
-    returns (ptxas's resource report, the SASS, bytes of shared memory). Needs no GPU, and no
-    TRITON_INTERPRET (the interpreter replaces the compiler)."""
+    returns (ptxas's resource report, the SASS, bytes of shared memory). Specialised as a launch at the
+    paper's shapes is: pointers bfloat16 where named in `half`, float32 otherwise, and every pointer
+    and size a multiple of 16 (torch aligns its allocations; T 256, channels 576 or 768). Needs no GPU,
+    and no TRITON_INTERPRET (the interpreter replaces the compiler)."""
     import subprocess
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
-    signature = {name: 'constexpr' if name in constants else 'i32' if name in ('T', 'C', 'D', 'E', 'N') else '*fp32'
-                 for name in kernel.arg_names}
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
+    if set(half) - set(kernel.arg_names):
+        raise ValueError(f'{kernel.__name__} has no arguments {set(half) - set(kernel.arg_names)}')
+    signature = {name: 'constexpr' if name in constants else 'i32' if name in ('T', 'C', 'D', 'E', 'N')
+                 else '*bf16' if name in half else '*fp32' for name in kernel.arg_names}
+    aligned = {(i,): [['tt.divisibility', 16]] for i, name in enumerate(kernel.arg_names) if name not in constants}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=aligned),
                               target=GPUTarget('cuda', capability, 32), options=options)
     ptx, cubin = os.path.join(folder, 'kernel.ptx'), os.path.join(folder, 'kernel.cubin')
     with open(ptx, 'w') as f:

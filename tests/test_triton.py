@@ -335,9 +335,10 @@ def test_the_kernels_compile_for_gpus_without_spilling_registers(capability):
     from conftest import ROOT, run_script
     env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
     code = ('import sys, tempfile; import gpu_kernels as k\n'
-            'for name, (kernel, constants, options, _) in k.launches().items():\n'
+            'for name, launch in k.launches().items():\n'
             '    with tempfile.TemporaryDirectory() as folder:\n'
-            '        print(name, k.compile_ahead_of_time(kernel, constants, options, int(sys.argv[1]), folder)[0])')
+            '        print(name, k.compile_ahead_of_time(launch.kernel, launch.constants, launch.options, int(sys.argv[1]), '
+            'folder, launch.half)[0])')
     result = run_script('-c', code, str(capability), env={**env, 'PYTHONPATH': ROOT}, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
@@ -347,10 +348,12 @@ def test_the_kernels_compile_for_gpus_without_spilling_registers(capability):
 
 
 def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path):
-    """bench.py --static: the forward selective scan sums its states without a warp shuffle, and both
-    selective kernels keep 4 CTAs of 4 warps per SM (25% occupancy), without spills, on sm_90 and sm_80.
-    The backward's shuffles (the sums over channels of dB and dC) are bounded by their count today.
-    And the roofline of one paper-scale iteration of each of the paper's blocks."""
+    """bench.py --static: both selective kernels keep 4 CTAs of 4 warps per SM (25% occupancy), without
+    spills, on sm_90 and sm_80. The forward takes one exp per state element and step (and a channel's
+    softplus and gate, shared by its 16 states), and sums a channel's states with at
+    most 2 shuffle rounds per channel (Triton spreads 16 float32 states over 4 lanes); the backward's
+    shuffles (the sums over channels of dB and dC) are bounded by their count today. And the roofline of
+    one paper-scale iteration of each of the paper's blocks."""
     pytest.importorskip('triton.backends.nvidia.compiler')
     from conftest import ROOT, run_script
     env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
@@ -361,8 +364,9 @@ def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path
     assert len(rows) == 2 * len(gpu_kernels.launches()) and all(r['spilled_bytes'] == 0 for r in rows)
     selective = [r for r in rows if r['kernel'].startswith('selective')]
     assert all(r['occupancy'] >= 0.25 for r in selective), selective
-    assert all(r['shuffles_per_element'] == 0 for r in selective if r['kernel'] == 'selective_forward')
+    assert all(r['shuffles_per_element'] <= 0.125 for r in selective if r['kernel'] == 'selective_forward')
     assert all(r['shuffles_per_element'] <= 10 for r in selective)
+    assert all(r['exps_per_element'] <= 1.25 for r in selective if r['kernel'] == 'selective_forward')
     assert (tmp_path / 'sass' / 'selective_backward.sm_90.sass').stat().st_size > 0
     roofline = report.read_csv(str(tmp_path / 'roofline.csv'))  # the paper's four blocks, the Transformer first
     assert [r['block'] for r in roofline] == ['transformer', 'mingru', 'minlstm', 'mamba']
