@@ -454,68 +454,90 @@ if triton is not None:
 
 
     # ------------------------------------------------------------------- causal depthwise conv
+    # A thread owns a channel and walks a block of BLOCK_T steps, the last 4 inputs in a (channels, 4)
+    # window of registers (the shifts of _earlier): each input is read once, each output written once.
+    # Kernels of K < 4 steps are padded at the front with zero weights.
 
     @triton.jit
-    def _conv_at(x_ptr, w_ptr, bias, t, c, T, C, K: tl.constexpr):
-        """y_t = bias + sum_j w_j x_{t-K+1+j} over a (time, channels) tile, x zero before the start."""
-        y = bias + tl.zeros(t.shape, dtype=tl.float32) + tl.zeros(c.shape, dtype=tl.float32)
-        for j in tl.static_range(K):
-            x = _load_tile(x_ptr, t - (K - 1) + j, c, T, C)
-            y += tl.load(w_ptr + j * C + c, mask=c < C, other=0.0).to(tl.float32) * x
-        return y
+    def _conv_weights(w_ptr, c, C, K: tl.constexpr):
+        """The (channels, 4) tile of weights that a window of the last 4 inputs, oldest first, meets."""
+        return _steps(_load_tile(w_ptr, 0 - (4 - K), c, K, C), _load_tile(w_ptr, 1 - (4 - K), c, K, C),
+                      _load_tile(w_ptr, 2 - (4 - K), c, K, C), _load_tile(w_ptr, 3 - (4 - K), c, K, C))
+
+    @triton.jit
+    def _conv_window(x_ptr, t0, c, T, C):
+        """The window before step t0: inputs t0 - 3 .. t0 - 1 (zero before the start), and one step
+        that the first shift drops."""
+        return _steps(tl.zeros(c.shape, dtype=tl.float32), _load_tile(x_ptr, t0 - 3, c, T, C),
+                      _load_tile(x_ptr, t0 - 2, c, T, C), _load_tile(x_ptr, t0 - 1, c, T, C))
 
     @triton.jit
     def _conv_forward(x_ptr, w_ptr, bias_ptr, y_ptr, T, C, K: tl.constexpr, SILU: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-        """y = conv(x) (batch, T, C), model.ShiftedSum's causal depthwise conv, and SiLU(y) where SILU:
-        a program reads its tile of x with the K - 1 steps before it, once."""
+        """y_t = bias + sum_j w_j x_{t-K+1+j} (batch, T, C), model.ShiftedSum's causal depthwise conv,
+        and SiLU(y) where SILU."""
+        tl.static_assert(K <= 4)
         batch = tl.program_id(0).to(tl.int64)
-        t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)[:, None]
-        c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+        t0 = tl.program_id(1) * BLOCK_T
+        c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
         x_ptr, y_ptr = x_ptr + batch * T * C, y_ptr + batch * T * C
-        y = _conv_at(x_ptr, w_ptr, tl.load(bias_ptr + c, mask=c < C, other=0.0).to(tl.float32), t, c, T, C, K)
-        if SILU:
-            y = y * tl.sigmoid(y)
-        tl.store(y_ptr + t * C + c, y, mask=(t < T) & (c < C))
-
-    @triton.jit
-    def _conv_pre_gradient(x_ptr, w_ptr, bias, grad_y_ptr, u, c, T, C, K: tl.constexpr, SILU: tl.constexpr):
-        """dL/d(conv output) at steps u: dL/dy, through SiLU' = s (1 + y (1 - s)) at the recomputed y."""
-        grad = _load_tile(grad_y_ptr, u, c, T, C)
-        if SILU:
-            y = _conv_at(x_ptr, w_ptr, bias, u, c, T, C, K)
-            s = tl.sigmoid(y)
-            grad = grad * s * (1.0 + y * (1.0 - s))
-        return grad
+        w = _conv_weights(w_ptr, c, C, K)
+        bias = tl.load(bias_ptr + c, mask=c < C, other=0.0).to(tl.float32)
+        window = _conv_window(x_ptr, t0, c, T, C)
+        for i in tl.static_range(BLOCK_T):
+            window = _earlier(window, _load_tile(x_ptr, t0 + i, c, T, C))  # inputs t - 3 .. t
+            y = bias + tl.sum(window * w, axis=1)
+            if SILU:
+                y = y * tl.sigmoid(y)
+            tl.store(y_ptr + (t0 + i) * C + c, y, mask=(t0 + i < T) & (c < C))
 
     @triton.jit
     def _conv_backward(x_ptr, w_ptr, bias_ptr, grad_y_ptr, grad_x_ptr, grad_w_ptr, grad_bias_ptr, T, C,
                        K: tl.constexpr, SILU: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-        """dL/dx_t = sum_j w_j g_{t+K-1-j},  dL/dw_j = sum_{b,t} g_t x_{t-K+1+j},  dL/dbias = sum g, with
-        g = dL/d(conv output). dL/dw and dL/dbias per program (batch, time block): the caller sums."""
+        """With g = dL/d(conv output) (through SiLU' = s (1 + y (1 - s)) at the recomputed y where
+        SILU): dL/dx_t = sum_j w_j g_{t+K-1-j},  dL/dw_j = sum_{b,t} g_t x_{t-K+1+j},  dL/dbias = sum g.
+        The walk runs 3 steps past its block for the g those need; dL/dw and dL/dbias per program
+        (batch, time block): the caller sums them."""
+        tl.static_assert(K <= 4)
         batch = tl.program_id(0).to(tl.int64)
         block = tl.program_id(1)
-        t = block * BLOCK_T + tl.arange(0, BLOCK_T)[:, None]
-        c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+        t0 = block * BLOCK_T
+        c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
         x_ptr, grad_y_ptr, grad_x_ptr = x_ptr + batch * T * C, grad_y_ptr + batch * T * C, grad_x_ptr + batch * T * C
         part = batch * tl.num_programs(1) + block
+        w = _conv_weights(w_ptr, c, C, K)
+        w_reversed = _reversed(w)
         bias = tl.load(bias_ptr + c, mask=c < C, other=0.0).to(tl.float32)
-        grad = _conv_pre_gradient(x_ptr, w_ptr, bias, grad_y_ptr, t, c, T, C, K, SILU)
-        grad_x = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
-        for j in tl.static_range(K):
-            w = tl.load(w_ptr + j * C + c, mask=c < C, other=0.0).to(tl.float32)
-            if j == K - 1:
-                grad_x += w * grad
-            else:
-                grad_x += w * _conv_pre_gradient(x_ptr, w_ptr, bias, grad_y_ptr, t + (K - 1 - j), c, T, C, K, SILU)
-            x = _load_tile(x_ptr, t - (K - 1) + j, c, T, C)
-            tl.store(grad_w_ptr + (part * K + j) * C + c, tl.sum(grad * x, axis=0)[None, :], mask=c < C)
-        tl.store(grad_x_ptr + t * C + c, grad_x, mask=(t < T) & (c < C))
-        tl.store(grad_bias_ptr + part * C + c, tl.sum(grad, axis=0)[None, :], mask=c < C)
+        window = _conv_window(x_ptr, t0, c, T, C)
+        grads = tl.zeros(w.shape, dtype=tl.float32)  # g at the last 4 steps, oldest first
+        grad_w = tl.zeros(w.shape, dtype=tl.float32)
+        grad_bias = tl.zeros(c.shape, dtype=tl.float32)
+        for i in tl.static_range(BLOCK_T + 3):
+            window = _earlier(window, _load_tile(x_ptr, t0 + i, c, T, C))
+            grad = _load_tile(grad_y_ptr, t0 + i, c, T, C)  # 0 past T
+            if SILU:
+                y = bias + tl.sum(window * w, axis=1)
+                s = tl.sigmoid(y)
+                grad = grad * s * (1.0 + y * (1.0 - s))
+            grads = _earlier(grads, grad)
+            if i < BLOCK_T:
+                grad_w += grad[:, None] * window
+                grad_bias += grad
+            if i >= 3:  # step t0 + i - 3 has the g of its 4 outputs
+                tl.store(grad_x_ptr + (t0 + i - 3) * C + c, tl.sum(grads * w_reversed, axis=1),
+                         mask=(t0 + i - 3 < T) & (c < C))
+        w0, w1, w2, w3 = _rows(grad_w)
+        grad_w_ptr += part * K * C
+        tl.store(grad_w_ptr + (0 - (4 - K)) * C + c, w0, mask=(4 - K <= 0) & (c < C))
+        tl.store(grad_w_ptr + (1 - (4 - K)) * C + c, w1, mask=(4 - K <= 1) & (c < C))
+        tl.store(grad_w_ptr + (2 - (4 - K)) * C + c, w2, mask=(4 - K <= 2) & (c < C))
+        tl.store(grad_w_ptr + (3 - (4 - K)) * C + c, w3, mask=(c < C))
+        tl.store(grad_bias_ptr + part * C + c, grad_bias, mask=c < C)
 
 
 SCAN_BLOCK_T, SCAN_BLOCK_D = 32, 32
-CONV_BLOCK_T, CONV_BLOCK_C = 8, 64
+CONV_BLOCK_T, CONV_BLOCK_C = 32, 128  # a program's steps and channels (one a thread)
+CONV_MAX_KERNEL = 4  # the conv kernels' window of inputs; scan.causal_conv runs longer kernels plainly
 # Mamba's selective scan: one channel per thread (a program's 4 warps own 128 channels), a backward tile
 # of 4 steps, registers capped at 128 so that 4 programs share an SM (25% occupancy) without a spill
 # (python bench.py --static counts them).
@@ -628,6 +650,8 @@ if triton is not None:
         """model.ShiftedSum's causal depthwise conv (weight (K, C), x (batch, T, C)), SiLU'd where silu;
         y in x's dtype, float32 inside."""
         check(x, weight, bias)
+        if weight.shape[0] > CONV_MAX_KERNEL:
+            raise ValueError(f'the Triton conv takes kernels of up to {CONV_MAX_KERNEL} steps, got {weight.shape[0]}')
         batch, T, C = x.shape
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
         with _on_device_of(x):
@@ -790,7 +814,7 @@ def launches(d_state=16):
                                    ('backward', _scan_backward, ('a_ptr', 'grad_a_ptr') * gates)):
             kernels[f'{prefix}_{name}'] = Launch(kernel, constants, dict(num_warps=4),
                                                  SCAN_BLOCK_T * SCAN_BLOCK_D // 128, half)
-    per_thread = CONV_BLOCK_T * CONV_BLOCK_C // 128  # the conv kernels have no loop: all of the program
+    per_thread = CONV_BLOCK_T  # the conv kernels have no loop: a thread's channel, over all of its steps
     for prefix, silu in (('conv', False), ('silu_conv', True)):  # minGRU's / minLSTM's, Mamba's
         constants = dict(K=4, SILU=silu, BLOCK_T=CONV_BLOCK_T, BLOCK_C=CONV_BLOCK_C)
         for name, kernel, half in (('forward', _conv_forward, ('x_ptr', 'y_ptr')),

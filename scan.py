@@ -130,8 +130,9 @@ def selective_scan(x, delta, A, B, C, D, h0, backend, plain, z=None, gate=None, 
 
 def causal_conv(x, weight, bias, silu, backend, plain):
     """The recurrent blocks' causal depthwise conv (model.CausalDepthwiseConv): one Triton kernel on the
-    'triton' backend, plain(x, weight, bias, silu) (shifted multiply-adds) on the others."""
-    if resolve_backend(backend, x.device) == 'triton':
+    'triton' backend for kernels of up to 4 steps (Mamba's d_conv, the configs' conv_kernel),
+    plain(x, weight, bias, silu) (shifted multiply-adds) otherwise."""
+    if resolve_backend(backend, x.device) == 'triton' and weight.shape[0] <= load_gpu_kernels().CONV_MAX_KERNEL:
         return load_gpu_kernels().causal_conv(x, weight, bias, silu)
     return plain(x, weight, bias, silu)
 

@@ -57,12 +57,15 @@ def test_triton_scan_equals_the_float64_loop(T, with_h0):
 
 @pytest.mark.parametrize('T', [1, 3, 70])
 @pytest.mark.parametrize('silu', [False, True])
-def test_triton_causal_conv_equals_the_shifted_sum(T, silu):
+@pytest.mark.parametrize('kernel', [2, 4])
+def test_triton_causal_conv_equals_the_shifted_sum(T, silu, kernel):
     """The conv kernel against model.ShiftedSum in float64: y and the gradients of x, weight and bias,
-    T shorter than the kernel, and 70 channels (not a multiple of the kernel's block)."""
+    T shorter than the kernel and across time blocks, 70 channels (not a multiple of the kernel's
+    block), and a kernel shorter than the window of 4 (zero weights in front)."""
     from model import ShiftedSum
     g = torch.Generator().manual_seed(T)
-    x, weight, bias = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((2, T, 70), (4, 70), (70,)))
+    x, weight, bias = (torch.randn(*shape, generator=g, dtype=torch.float64)
+                       for shape in ((2, T, 70), (kernel, 70), (70,)))
     grad_y = torch.randn(2, T, 70, generator=g, dtype=torch.float64)
     leaves64 = float64_leaves(x, weight, bias)
     expected = ShiftedSum.apply(*leaves64, silu)
@@ -73,6 +76,14 @@ def test_triton_causal_conv_equals_the_shifted_sum(T, silu):
     assert relative_error(got.cpu(), expected) < 1e-5
     for got_grad, expected_grad in zip(got_grads, expected_grads):
         assert relative_error(got_grad.cpu(), expected_grad) < 1e-5
+
+
+def test_kernels_longer_than_the_triton_convs_window_run_the_plain_conv():
+    import scan
+    x, weight, bias = torch.randn(1, 3, 8).to(DEVICE), torch.randn(5, 8).to(DEVICE), torch.zeros(8).to(DEVICE)
+    assert scan.causal_conv(x, weight, bias, False, 'triton', plain=lambda *args: 'plain') == 'plain'
+    with pytest.raises(ValueError, match='up to 4 steps'):
+        gpu_kernels.causal_conv(x, weight, bias)
 
 
 @pytest.mark.parametrize('kind', ['mingru', 'minlstm'])
