@@ -75,12 +75,22 @@ def _float32(t):
 
 
 if triton is not None:
-    # Tiles hold time on their last axis: that is the axis tl.flip can reverse in every triton >= 3.0.
+    # Tiles hold time on their last axis.
 
     @triton.jit
     def _combine(a_left, b_left, a_right, b_right):
         """Two steps of h -> a h + b, the left one first: h -> a_r (a_l h + b_l) + b_r."""
         return a_left * a_right, a_right * b_left + b_right
+
+    @triton.jit
+    def _exp(v):
+        """e^v as 2^(v log2(e)): exp2 is one MUFU instruction, where tl.exp adds a multiply and a fix-up
+        for denormal results (which exp2 flushes to zero)."""
+        return tl.exp2(v * 1.4426950408889634)
+
+    @triton.jit
+    def _sigmoid(v):
+        return 1.0 / (1.0 + _exp(-v))
 
     @triton.jit
     def _at_step(tile, steps, step):
@@ -117,7 +127,7 @@ if triton is not None:
     def _candidate(k):
         """g(k) = max(k + 0.5, sigmoid(k)), the paper's positive candidate state, and its slope g'(k) =
         max(sign(k), sigmoid'(k)) (model.g, model.g_derivative)."""
-        s = tl.sigmoid(k)
+        s = _sigmoid(k)
         sign = tl.where(k > 0, 1.0, tl.where(k < 0, -1.0, 0.0))
         return tl.maximum(k + 0.5, s), tl.maximum(sign, s - s * s)
 
@@ -142,9 +152,9 @@ if triton is not None:
         else:
             first, second, third = _gate_loads(a_ptr, offset, D, inside, KIND)
             if KIND == MINGRU:
-                a, b = tl.sigmoid(-first), tl.sigmoid(first) * _candidate(second)[0]
+                a, b = _sigmoid(-first), _sigmoid(first) * _candidate(second)[0]
             else:
-                f, i = tl.sigmoid(first), tl.sigmoid(second)
+                f, i = _sigmoid(first), _sigmoid(second)
                 a, b = f / (f + i), i / (f + i) * _candidate(third)[0]
             a, b = tl.where(inside, a, 1.0), tl.where(inside, b, 0.0)
         return a, b
@@ -157,12 +167,12 @@ if triton is not None:
                 dL/dk_h = dL/db i' g'(k_h)."""
         first, second, third = _gate_loads(gates_ptr, offset, D, inside, KIND)
         if KIND == MINGRU:
-            z, a = tl.sigmoid(first), tl.sigmoid(-first)
+            z, a = _sigmoid(first), _sigmoid(-first)
             candidate, slope = _candidate(second)
             tl.store(grad_ptr + offset, (grad_b * candidate - grad_a) * z * a, mask=inside)
             tl.store(grad_ptr + offset + D, grad_b * z * slope, mask=inside)
         else:
-            f, i = tl.sigmoid(first), tl.sigmoid(second)
+            f, i = _sigmoid(first), _sigmoid(second)
             f_norm, i_norm = f / (f + i), i / (f + i)
             candidate, slope = _candidate(third)
             q = (grad_a - grad_b * candidate) * f_norm * i_norm
@@ -225,16 +235,16 @@ if triton is not None:
             tl.store(grad_h0_ptr + batch * D + d, a_first * g, mask=d < D)
 
     # ------------------------------------------------------------------- Mamba's selective scan
-    # After mamba_ssm's design: a thread owns its channels with all their N states, so the sum over
-    # states (y = C . h) never leaves the thread and each state walks its steps in registers. Tiles are
-    # (states, channels) or (channels, time), channels on the lanes; time last, where tl.flip works in
-    # every triton >= 3.0. A batch element's base offset is int64 (batch x time x width passes 2^31
-    # at scale); offsets inside one element stay int32.
+    # After mamba_ssm's design: a thread owns a channel's states, so the sum over states (y = C . h)
+    # stays in registers (up to 2 shuffle rounds where Triton spreads them over 4 lanes) and each state
+    # walks its steps in registers. The forward's tiles are (channels, states), the backward's
+    # (channels, 4 steps), channels on the lanes. A batch element's base offset is int64 (batch x time
+    # x width passes 2^31 at scale); offsets inside one element stay int32.
 
     @triton.jit
     def _softplus(v):
         """log(1 + e^v) without overflow, with log1p's accuracy where e^v is small (Goldberg's trick)."""
-        z = tl.exp(-tl.abs(v))
+        z = _exp(-tl.abs(v))
         u = 1.0 + z
         return tl.maximum(v, 0.0) + tl.where(u == 1.0, z, tl.log(u) * (z / tl.where(u == 1.0, 1.0, u - 1.0)))
 
@@ -259,10 +269,10 @@ if triton is not None:
         """h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t,  y_t = C_t . h_t + D x_t  (the selective SSM
         after zero-order hold), one step at a time, for one batch element and BLOCK_E channels;
         SOFTPLUS: delta = softplus(delta + bias); HAS_Z: Mamba's output gate, y_t SiLU(z_t) is written.
-        A is log2(e) A (for exp2: one instruction). A, h0, the last state and the states saved before
-        every CHUNK steps for the backward are channels-major, (E, N) and (batch, [chunks,] E, N), and
-        so are the tiles: a thread holds a channel's N states, which Triton reads and writes as they lie
-        and sums into y in registers."""
+        A is log2(e) A (for exp2: one instruction). A, h0 and the last state are channels-major, (E, N)
+        and (batch, E, N), and so are the tiles: a thread holds a channel's states side by side. The
+        states saved before every CHUNK steps for the backward are states-major, (batch, chunks, N, E),
+        for its loop over states."""
         batch = tl.program_id(0).to(tl.int64)
         e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
         n = tl.arange(0, BLOCK_N)[None, :]
@@ -280,8 +290,8 @@ if triton is not None:
         if HAS_H0:
             h = tl.load(h0_ptr + batch * E * N + en, mask=en_inside, other=0.0).to(tl.float32)
         for t in range(T):
-            if t % CHUNK == 0:
-                tl.store(saved_ptr + t // CHUNK * E * N + en, h, mask=en_inside)
+            if t % CHUNK == 0:  # states-major, for the backward's loop over states
+                tl.store(saved_ptr + (t // CHUNK * N + n) * E + e[:, None], h, mask=en_inside)
             x = tl.load(x_ptr + t * E + e, mask=e < E, other=0.0).to(tl.float32)
             delta = _load_delta(delta_ptr, bias, t * E + e, e < E, SOFTPLUS)
             B = tl.load(B_ptr + t * N + n + broadcast, mask=n < N, other=0.0).to(tl.float32)
@@ -290,7 +300,7 @@ if triton is not None:
             y = tl.sum(C * h, axis=1) + D * x
             if HAS_Z:
                 z = tl.load(z_ptr + t * E + e, mask=e < E, other=0.0).to(tl.float32)
-                y = y * z * tl.sigmoid(z)
+                y = y * z * _sigmoid(z)
             tl.store(y_ptr + t * E + e, y, mask=e < E)
         tl.store(last_ptr + batch * E * N + en, h, mask=en_inside)
 
@@ -360,7 +370,8 @@ if triton is not None:
                             grad_bias_ptr, grad_z_ptr, g_ptr, T, E, N: tl.constexpr, SOFTPLUS: tl.constexpr,
                             HAS_Z: tl.constexpr, CHUNK: tl.constexpr, PARTS: tl.constexpr, BLOCK_E: tl.constexpr):
         """Gradients of _selective_forward, in chunks of CHUNK (4) steps from the end and one state at
-        a time; A is log2(e) A here, B and C states-major (batch, N, T). A chunk is a (channels, 4)
+        a time; A is log2(e) A, states-major (N, E) like g and dA, and B and C are (batch, N, T): a
+        state's channels, or its steps, side by side. A chunk is a (channels, 4)
         tile whose steps lie in one thread. From the state saved before the chunk, an in-thread scan
         gives u_t = a_t h_{t-1} (u_t = a_t (u_{t-1} + b_{t-1})), and h_t = u_t + b_t; a scan in
         reversed time gives g_t = dL/dh_t = C_t dy_t + a_{t+1} g_{t+1}, g after the sequence being
@@ -383,7 +394,7 @@ if triton is not None:
         grad_C_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * PARTS * T * N
         grad_A_ptr, g_ptr = grad_A_ptr + batch * N * E, g_ptr + batch * N * E
         n_chunks = tl.cdiv(T, CHUNK)
-        saved_ptr += batch * n_chunks * E * N
+        saved_ptr += batch * n_chunks * N * E
         D = tl.load(D_ptr + e, mask=e < E, other=0.0)[:, None]
         bias = tl.load(bias_ptr + e, mask=e < E, other=0.0) if SOFTPLUS else 0.0
         step = tl.arange(0, CHUNK)[None, :]
@@ -402,7 +413,7 @@ if triton is not None:
             grad_y = grad_out  # becomes dL/dy, y = C . h + D x before the gate
             if HAS_Z:
                 z = _load_steps(z_ptr, t0, e, T, E)
-                s = tl.sigmoid(z)
+                s = _sigmoid(z)
                 grad_y = grad_out * z * s
             delta = _load_steps(delta_ptr, t0, e, T, E)
             if SOFTPLUS:
@@ -414,13 +425,13 @@ if triton is not None:
             grad_gA = tl.zeros([BLOCK_E, CHUNK], dtype=tl.float32)  # sum_n dlog_a log2(e) A
             y = x * D
             for n in range(N):
-                A = tl.load(A_ptr + e * N + n, mask=e < E, other=0.0)
+                A = tl.load(A_ptr + n * E + e, mask=e < E, other=0.0)
                 B = tl.load(B_ptr + n * T + t + broadcast, mask=t < T, other=0.0).to(tl.float32)
                 C = tl.load(C_ptr + n * T + t + broadcast, mask=t < T, other=0.0).to(tl.float32)
                 a = tl.exp2(delta * A[:, None])
                 b = delta_x * B
                 a_prod, u_sum = tl.associative_scan((a, a * _later(b, grad_D * 0.0)), 1, _combine)
-                u = a_prod * tl.load(saved_ptr + (k * E + e) * N + n, mask=e < E, other=0.0)[:, None] + u_sum
+                u = a_prod * tl.load(saved_ptr + (k * N + n) * E + e, mask=e < E, other=0.0)[:, None] + u_sum
                 h = u + b
                 # g in reversed time; a_{t+1} is 1 past the last step, where g_ptr holds dL/d(last state)
                 a_next = _earlier(a, tl.exp2(delta_after * A))
@@ -438,7 +449,7 @@ if triton is not None:
                 tl.store(grad_C_ptr + (part * N + n) * T + t, _channel_sums(grad_y * h, PARTS), mask=part_first)
             grad_delta = grad_gB * x + grad_gA * 0.6931471805599453  # log(2): A here is log2(e) A
             if SOFTPLUS:
-                grad_delta *= 1.0 - tl.exp(-delta)
+                grad_delta *= 1.0 - _exp(-delta)
             _store_steps(grad_x_ptr, grad_gB * delta + grad_y * D, t0, e, T, E)
             _store_steps(grad_delta_ptr, grad_delta, t0, e, T, E)
             if HAS_Z:  # dL/dz = d(out) y SiLU'(z), SiLU'(z) = s (1 + z (1 - s)), s = sigmoid(z)
@@ -449,7 +460,7 @@ if triton is not None:
         tl.store(grad_bias_ptr + batch * E + e, grad_bias, mask=e < E)
         delta_first = _load_delta(delta_ptr, bias, e, e < E, SOFTPLUS)
         for state in range(N):
-            a_first = tl.exp2(delta_first * tl.load(A_ptr + e * N + state, mask=e < E, other=0.0))
+            a_first = tl.exp2(delta_first * tl.load(A_ptr + state * E + e, mask=e < E, other=0.0))
             tl.store(g_ptr + state * E + e, a_first * tl.load(g_ptr + state * E + e, mask=e < E, other=0.0), mask=e < E)
 
 
@@ -488,7 +499,7 @@ if triton is not None:
             window = _earlier(window, _load_tile(x_ptr, t0 + i, c, T, C))  # inputs t - 3 .. t
             y = bias + tl.sum(window * w, axis=1)
             if SILU:
-                y = y * tl.sigmoid(y)
+                y = y * _sigmoid(y)
             tl.store(y_ptr + (t0 + i) * C + c, y, mask=(t0 + i < T) & (c < C))
 
     @triton.jit
@@ -517,7 +528,7 @@ if triton is not None:
             grad = _load_tile(grad_y_ptr, t0 + i, c, T, C)  # 0 past T
             if SILU:
                 y = bias + tl.sum(window * w, axis=1)
-                s = tl.sigmoid(y)
+                s = _sigmoid(y)
                 grad = grad * s * (1.0 + y * (1.0 - s))
             grads = _earlier(grads, grad)
             if i < BLOCK_T:
@@ -569,7 +580,7 @@ def _selective_operands(x, delta, A, B, C, D, delta_bias):
 def _states_major(h):
     """(batch, X, Y) -> (batch, Y, X): the selective backward walks the states one at a time, so it holds
     its carried gradient and dA states-major, (batch, N, E), and reads B and C (batch, T, N) as
-    (batch, N, T), a state's steps side by side."""
+    (batch, N, T)."""
     return None if h is None else h.transpose(1, 2).contiguous()
 
 
@@ -697,7 +708,7 @@ if triton is not None:
         N = A.shape[1]
         y = torch.empty_like(x)
         last = x.new_empty(batch, E, N, dtype=torch.float32)
-        saved = x.new_empty(batch, triton.cdiv(T, SELECTIVE_CHUNK), E, N, dtype=torch.float32)
+        saved = x.new_empty(batch, triton.cdiv(T, SELECTIVE_CHUNK), N, E, dtype=torch.float32)
         with _on_device_of(x):
             _launch(_selective_forward, (batch, triton.cdiv(E, SELECTIVE_BLOCK_E)),
                     x, delta, bias, A2, B, C, D, x if z is None else z.contiguous(), _float32(h0), y, last,
@@ -728,7 +739,8 @@ if triton is not None:
         g = x.new_zeros(batch, N, E, dtype=torch.float32) if grad_last is None else _states_major(grad_last.float())
         with _on_device_of(x):
             _launch(_selective_backward, (batch, blocks),
-                    x, delta, bias, A2, _states_major(B), _states_major(C), D32, x if z is None else z.contiguous(),
+                    x, delta, bias, A2.t().contiguous(), _states_major(B), _states_major(C), D32,
+                    x if z is None else z.contiguous(),
                     saved, grad_y, grad_x,
                     grad_delta, grad_A_parts, grad_B_parts, grad_C_parts, grad_D_parts, grad_bias_parts,
                     x if z is None else grad_z, g, T, E, N, SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
