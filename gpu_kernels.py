@@ -258,13 +258,14 @@ if triton is not None:
         return delta
 
     @triton.jit
-    def _load_tile(ptr, t, e, T, E):
-        """The tile of a batch element's (T, E) tensor at steps t and channels e, in float32; 0 outside."""
-        return tl.load(ptr + t * E + e, mask=(t >= 0) & (t < T) & (e < E), other=0.0).to(tl.float32)
+    def _load_tile(ptr, t, e, T, E, row):
+        """The tile of a batch element's (T, E) tensor at steps t and channels e, in float32; 0 outside.
+        row: the tensor's stride from one step to the next (E where contiguous; a view's may be longer)."""
+        return tl.load(ptr + t * row + e, mask=(t >= 0) & (t < T) & (e < E), other=0.0).to(tl.float32)
 
     @triton.jit
     def _selective_forward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, h0_ptr, y_ptr, last_ptr,
-                           saved_ptr, T, E, N: tl.constexpr, HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr,
+                           saved_ptr, T, E, z_batch, z_row, N: tl.constexpr, HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr,
                            HAS_Z: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
         """h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t,  y_t = C_t . h_t + D x_t  (the selective SSM
         after zero-order hold), one step at a time, for one batch element and BLOCK_E channels;
@@ -279,9 +280,9 @@ if triton is not None:
         en = e[:, None] * N + n
         en_inside = (e[:, None] < E) & (n < N)
         x_ptr, delta_ptr, y_ptr = x_ptr + batch * T * E, delta_ptr + batch * T * E, y_ptr + batch * T * E
-        z_ptr += batch * T * E  # x's, unread, without a gate
+        z_ptr += batch * z_batch  # z may be a view (in_proj's second half); x's, unread, without a gate
         B_ptr, C_ptr = B_ptr + batch * T * N, C_ptr + batch * T * N
-        saved_ptr += batch * tl.cdiv(T, CHUNK) * E * N
+        saved_ptr += batch * tl.cdiv(T, CHUNK) * N * E
         A = tl.load(A_ptr + en, mask=en_inside, other=0.0)
         D = tl.load(D_ptr + e, mask=e < E, other=0.0)
         bias = tl.load(bias_ptr + e, mask=e < E, other=0.0) if SOFTPLUS else 0.0
@@ -299,7 +300,7 @@ if triton is not None:
             h = tl.exp2(delta[:, None] * A) * h + (delta * x)[:, None] * B
             y = tl.sum(C * h, axis=1) + D * x
             if HAS_Z:
-                z = tl.load(z_ptr + t * E + e, mask=e < E, other=0.0).to(tl.float32)
+                z = tl.load(z_ptr + t * z_row + e, mask=e < E, other=0.0).to(tl.float32)
                 y = y * z * _sigmoid(z)
             tl.store(y_ptr + t * E + e, y, mask=e < E)
         tl.store(last_ptr + batch * E * N + en, h, mask=en_inside)
@@ -351,10 +352,10 @@ if triton is not None:
         return _steps(s3, s2, s1, s0)
 
     @triton.jit
-    def _load_steps(ptr, t0, e, T, E):
+    def _load_steps(ptr, t0, e, T, E, row):
         """Steps t0 .. t0 + 3 of a batch element's (T, E) tensor at channels e, (channels, 4), float32, 0 outside."""
-        return _steps(_load_tile(ptr, t0, e, T, E), _load_tile(ptr, t0 + 1, e, T, E),
-                      _load_tile(ptr, t0 + 2, e, T, E), _load_tile(ptr, t0 + 3, e, T, E))
+        return _steps(_load_tile(ptr, t0, e, T, E, row), _load_tile(ptr, t0 + 1, e, T, E, row),
+                      _load_tile(ptr, t0 + 2, e, T, E, row), _load_tile(ptr, t0 + 3, e, T, E, row))
 
     @triton.jit
     def _store_steps(ptr, tile, t0, e, T, E):
@@ -367,7 +368,8 @@ if triton is not None:
     @triton.jit
     def _selective_backward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, saved_ptr, grad_y_ptr,
                             grad_x_ptr, grad_delta_ptr, grad_A_ptr, grad_B_ptr, grad_C_ptr, grad_D_ptr,
-                            grad_bias_ptr, grad_z_ptr, g_ptr, T, E, N: tl.constexpr, SOFTPLUS: tl.constexpr,
+                            grad_bias_ptr, grad_z_ptr, g_ptr, T, E, z_batch, z_row, N: tl.constexpr,
+                            SOFTPLUS: tl.constexpr,
                             HAS_Z: tl.constexpr, CHUNK: tl.constexpr, PARTS: tl.constexpr, BLOCK_E: tl.constexpr):
         """Gradients of _selective_forward, in chunks of CHUNK (4) steps from the end and one state at
         a time; A is log2(e) A, states-major (N, E) like g and dA, and B and C are (batch, N, T): a
@@ -388,7 +390,7 @@ if triton is not None:
         e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
         x_ptr, delta_ptr, grad_y_ptr = x_ptr + batch * T * E, delta_ptr + batch * T * E, grad_y_ptr + batch * T * E
         grad_x_ptr, grad_delta_ptr = grad_x_ptr + batch * T * E, grad_delta_ptr + batch * T * E
-        z_ptr, grad_z_ptr = z_ptr + batch * T * E, grad_z_ptr + batch * T * E  # x's, unread, without a gate
+        z_ptr, grad_z_ptr = z_ptr + batch * z_batch, grad_z_ptr + batch * T * E  # x's, unread, without a gate
         B_ptr, C_ptr = B_ptr + batch * N * T, C_ptr + batch * N * T
         grad_B_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * PARTS * T * N
         grad_C_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * PARTS * T * N
@@ -409,13 +411,13 @@ if triton is not None:
             t = t0 + step
             inside = (t < T) & (e[:, None] < E)
             part_first = (t < T) & (local % (BLOCK_E // PARTS) == 0)
-            x, grad_out = _load_steps(x_ptr, t0, e, T, E), _load_steps(grad_y_ptr, t0, e, T, E)
+            x, grad_out = _load_steps(x_ptr, t0, e, T, E, E), _load_steps(grad_y_ptr, t0, e, T, E, E)
             grad_y = grad_out  # becomes dL/dy, y = C . h + D x before the gate
             if HAS_Z:
-                z = _load_steps(z_ptr, t0, e, T, E)
+                z = _load_steps(z_ptr, t0, e, T, E, z_row)
                 s = _sigmoid(z)
                 grad_y = grad_out * z * s
-            delta = _load_steps(delta_ptr, t0, e, T, E)
+            delta = _load_steps(delta_ptr, t0, e, T, E, E)
             if SOFTPLUS:
                 delta = tl.where(inside, _softplus(delta + bias[:, None]), 0.0)
             # 0 past T, where a = 1 carries g_ptr's gradient into the last step
@@ -472,18 +474,18 @@ if triton is not None:
     @triton.jit
     def _conv_weights(w_ptr, c, C, K: tl.constexpr):
         """The (channels, 4) tile of weights that a window of the last 4 inputs, oldest first, meets."""
-        return _steps(_load_tile(w_ptr, 0 - (4 - K), c, K, C), _load_tile(w_ptr, 1 - (4 - K), c, K, C),
-                      _load_tile(w_ptr, 2 - (4 - K), c, K, C), _load_tile(w_ptr, 3 - (4 - K), c, K, C))
+        return _steps(_load_tile(w_ptr, 0 - (4 - K), c, K, C, C), _load_tile(w_ptr, 1 - (4 - K), c, K, C, C),
+                      _load_tile(w_ptr, 2 - (4 - K), c, K, C, C), _load_tile(w_ptr, 3 - (4 - K), c, K, C, C))
 
     @triton.jit
-    def _conv_window(x_ptr, t0, c, T, C):
+    def _conv_window(x_ptr, t0, c, T, C, x_row):
         """The window before step t0: inputs t0 - 3 .. t0 - 1 (zero before the start), and one step
         that the first shift drops."""
-        return _steps(tl.zeros(c.shape, dtype=tl.float32), _load_tile(x_ptr, t0 - 3, c, T, C),
-                      _load_tile(x_ptr, t0 - 2, c, T, C), _load_tile(x_ptr, t0 - 1, c, T, C))
+        return _steps(tl.zeros(c.shape, dtype=tl.float32), _load_tile(x_ptr, t0 - 3, c, T, C, x_row),
+                      _load_tile(x_ptr, t0 - 2, c, T, C, x_row), _load_tile(x_ptr, t0 - 1, c, T, C, x_row))
 
     @triton.jit
-    def _conv_forward(x_ptr, w_ptr, bias_ptr, y_ptr, T, C, K: tl.constexpr, SILU: tl.constexpr,
+    def _conv_forward(x_ptr, w_ptr, bias_ptr, y_ptr, T, C, x_batch, x_row, K: tl.constexpr, SILU: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
         """y_t = bias + sum_j w_j x_{t-K+1+j} (batch, T, C), model.ShiftedSum's causal depthwise conv,
         and SiLU(y) where SILU."""
@@ -491,20 +493,20 @@ if triton is not None:
         batch = tl.program_id(0).to(tl.int64)
         t0 = tl.program_id(1) * BLOCK_T
         c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-        x_ptr, y_ptr = x_ptr + batch * T * C, y_ptr + batch * T * C
+        x_ptr, y_ptr = x_ptr + batch * x_batch, y_ptr + batch * T * C  # x may be a view (in_proj's first half)
         w = _conv_weights(w_ptr, c, C, K)
         bias = tl.load(bias_ptr + c, mask=c < C, other=0.0).to(tl.float32)
-        window = _conv_window(x_ptr, t0, c, T, C)
+        window = _conv_window(x_ptr, t0, c, T, C, x_row)
         for i in tl.static_range(BLOCK_T):
-            window = _earlier(window, _load_tile(x_ptr, t0 + i, c, T, C))  # inputs t - 3 .. t
+            window = _earlier(window, _load_tile(x_ptr, t0 + i, c, T, C, x_row))  # inputs t - 3 .. t
             y = bias + tl.sum(window * w, axis=1)
             if SILU:
                 y = y * _sigmoid(y)
             tl.store(y_ptr + (t0 + i) * C + c, y, mask=(t0 + i < T) & (c < C))
 
     @triton.jit
-    def _conv_backward(x_ptr, w_ptr, bias_ptr, grad_y_ptr, grad_x_ptr, grad_w_ptr, grad_bias_ptr, T, C,
-                       K: tl.constexpr, SILU: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _conv_backward(x_ptr, w_ptr, bias_ptr, grad_y_ptr, grad_x_ptr, grad_w_ptr, grad_bias_ptr, T, C, x_batch,
+                       x_row, K: tl.constexpr, SILU: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
         """With g = dL/d(conv output) (through SiLU' = s (1 + y (1 - s)) at the recomputed y where
         SILU): dL/dx_t = sum_j w_j g_{t+K-1-j},  dL/dw_j = sum_{b,t} g_t x_{t-K+1+j},  dL/dbias = sum g.
         The walk runs 3 steps past its block for the g those need; dL/dw and dL/dbias per program
@@ -514,18 +516,18 @@ if triton is not None:
         block = tl.program_id(1)
         t0 = block * BLOCK_T
         c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-        x_ptr, grad_y_ptr, grad_x_ptr = x_ptr + batch * T * C, grad_y_ptr + batch * T * C, grad_x_ptr + batch * T * C
+        x_ptr, grad_y_ptr, grad_x_ptr = x_ptr + batch * x_batch, grad_y_ptr + batch * T * C, grad_x_ptr + batch * T * C
         part = batch * tl.num_programs(1) + block
         w = _conv_weights(w_ptr, c, C, K)
         w_reversed = _reversed(w)
         bias = tl.load(bias_ptr + c, mask=c < C, other=0.0).to(tl.float32)
-        window = _conv_window(x_ptr, t0, c, T, C)
+        window = _conv_window(x_ptr, t0, c, T, C, x_row)
         grads = tl.zeros(w.shape, dtype=tl.float32)  # g at the last 4 steps, oldest first
         grad_w = tl.zeros(w.shape, dtype=tl.float32)
         grad_bias = tl.zeros(c.shape, dtype=tl.float32)
         for i in tl.static_range(BLOCK_T + 3):
-            window = _earlier(window, _load_tile(x_ptr, t0 + i, c, T, C))
-            grad = _load_tile(grad_y_ptr, t0 + i, c, T, C)  # 0 past T
+            window = _earlier(window, _load_tile(x_ptr, t0 + i, c, T, C, x_row))
+            grad = _load_tile(grad_y_ptr, t0 + i, c, T, C, C)  # 0 past T
             if SILU:
                 y = bias + tl.sum(window * w, axis=1)
                 s = _sigmoid(y)
@@ -575,6 +577,13 @@ def _selective_operands(x, delta, A, B, C, D, delta_bias):
     D = D.float().contiguous()
     bias = D if delta_bias is None else delta_bias.float().contiguous()
     return x, delta, (A.float() * LOG2_E).contiguous(), B, C, D, bias
+
+
+def _strided(t):
+    """A (batch, T, C) tensor as the kernels read it, with its batch and step strides: channels side by
+    side, any step stride, so that a view such as one half of in_proj's output is read in place."""
+    t = t if t.stride(-1) == 1 else t.contiguous()
+    return t, t.stride(0), t.stride(1)
 
 
 def _states_major(h):
@@ -665,26 +674,29 @@ if triton is not None:
             raise ValueError(f'the Triton conv takes kernels of up to {CONV_MAX_KERNEL} steps, got {weight.shape[0]}')
         batch, T, C = x.shape
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
+        x, x_batch, x_row = _strided(x)
         with _on_device_of(x):
             _launch(_conv_forward, (batch, triton.cdiv(T, CONV_BLOCK_T), triton.cdiv(C, CONV_BLOCK_C)),
-                    x.contiguous(), weight.contiguous(), bias.contiguous(), y, T, C, K=weight.shape[0], SILU=silu,
+                    x, weight.contiguous(), bias.contiguous(), y, T, C, x_batch, x_row, K=weight.shape[0], SILU=silu,
                     BLOCK_T=CONV_BLOCK_T, BLOCK_C=CONV_BLOCK_C)
         return y
 
     @_operator('minrnn::triton_causal_conv_backward')
     def _causal_conv_backward(x: Tensor, weight: Tensor, bias: Tensor, silu: bool, grad_y: Tensor
                               ) -> Tuple[Tensor, Tensor, Tensor]:
-        """(dL/dx, dL/dweight, dL/dbias), in the dtypes of x, weight and bias."""
+        """dL/dx in x's dtype, and dL/dweight and dL/dbias as float32 partial sums per (batch element, time
+        block), (parts, K, C) and (parts, C), for the caller to sum."""
         batch, T, C = x.shape
         blocks = triton.cdiv(T, CONV_BLOCK_T)
         grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
         grad_w_parts = x.new_empty(batch * blocks, weight.shape[0], C, dtype=torch.float32)
         grad_bias_parts = x.new_empty(batch * blocks, C, dtype=torch.float32)
+        x, x_batch, x_row = _strided(x)
         with _on_device_of(x):
-            _launch(_conv_backward, (batch, blocks, triton.cdiv(C, CONV_BLOCK_C)), x.contiguous(),
-                    weight.contiguous(), bias.contiguous(), grad_y.contiguous(), grad_x, grad_w_parts,
-                    grad_bias_parts, T, C, K=weight.shape[0], SILU=silu, BLOCK_T=CONV_BLOCK_T, BLOCK_C=CONV_BLOCK_C)
-        return grad_x, grad_w_parts.sum(0).to(weight.dtype), grad_bias_parts.sum(0).to(bias.dtype)
+            _launch(_conv_backward, (batch, blocks, triton.cdiv(C, CONV_BLOCK_C)), x, weight.contiguous(),
+                    bias.contiguous(), grad_y.contiguous(), grad_x, grad_w_parts, grad_bias_parts, T, C, x_batch,
+                    x_row, K=weight.shape[0], SILU=silu, BLOCK_T=CONV_BLOCK_T, BLOCK_C=CONV_BLOCK_C)
+        return grad_x, grad_w_parts, grad_bias_parts
 
     def _conv_setup(ctx, inputs, output):
         x, weight, bias, silu = inputs
@@ -693,7 +705,8 @@ if triton is not None:
 
     def _conv_derivative(ctx, grad_y):
         x, weight, bias = ctx.saved_tensors
-        return (*_causal_conv_backward(x, weight, bias, ctx.silu, grad_y), None)
+        grad_x, grad_w_parts, grad_bias_parts = _causal_conv_backward(x, weight, bias, ctx.silu, grad_y)
+        return grad_x, grad_w_parts.sum(0).to(weight.dtype), grad_bias_parts.sum(0).to(bias.dtype), None
 
     _causal_conv.register_autograd(_conv_derivative, setup_context=_conv_setup)
 
@@ -709,10 +722,11 @@ if triton is not None:
         y = torch.empty_like(x)
         last = x.new_empty(batch, E, N, dtype=torch.float32)
         saved = x.new_empty(batch, triton.cdiv(T, SELECTIVE_CHUNK), N, E, dtype=torch.float32)
+        gate, z_batch, z_row = _strided(x if z is None else z)  # x stands for a missing z (never read)
         with _on_device_of(x):
             _launch(_selective_forward, (batch, triton.cdiv(E, SELECTIVE_BLOCK_E)),
-                    x, delta, bias, A2, B, C, D, x if z is None else z.contiguous(), _float32(h0), y, last,
-                    saved, T, E, N, HAS_H0=h0 is not None, SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
+                    x, delta, bias, A2, B, C, D, gate, _float32(h0), y, last, saved, T, E, z_batch, z_row, N,
+                    HAS_H0=h0 is not None, SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
                     CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E, BLOCK_N=triton.next_power_of_2(N),
                     num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
         return y, last, saved
@@ -722,8 +736,10 @@ if triton is not None:
                                  delta_bias: Optional[Tensor], z: Optional[Tensor], saved: Tensor, grad_y: Tensor,
                                  grad_last: Optional[Tensor]
                                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """dL/d of x, delta, A, B, C, D, h0, delta_bias (those two float32) and z (empty without it), the
-        states recomputed from the saved ones; grad_last: dL/d(last state), None for zero."""
+        """dL/dx, dL/ddelta, float32 partial sums of dL/dA (batch, N, E), dL/dB and dL/dC (batch, parts,
+        N, T) and dL/dD (batch, E), dL/dh0 (batch, N, E), partial sums of dL/ddelta_bias (batch, E) and
+        dL/dz (empty without z), the states recomputed from the saved ones. B and C come states-major
+        (batch, N, T); grad_last: dL/d(last state), None for zero. The caller sums the parts."""
         x, delta, A2, B, C, D32, bias = _selective_operands(x, delta, A, B, C, D, delta_bias)
         grad_y = grad_y.contiguous()
         batch, T, E = x.shape
@@ -737,18 +753,17 @@ if triton is not None:
         grad_D_parts, grad_bias_parts = (x.new_empty(batch, E, dtype=torch.float32) for _ in range(2))
         # g after the sequence, dL/d(last state); the kernel leaves dL/dh0 in it
         g = x.new_zeros(batch, N, E, dtype=torch.float32) if grad_last is None else _states_major(grad_last.float())
+        gate, z_batch, z_row = _strided(x if z is None else z)  # x stands for a missing z (never read)
         with _on_device_of(x):
             _launch(_selective_backward, (batch, blocks),
-                    x, delta, bias, A2.t().contiguous(), _states_major(B), _states_major(C), D32,
-                    x if z is None else z.contiguous(),
-                    saved, grad_y, grad_x,
-                    grad_delta, grad_A_parts, grad_B_parts, grad_C_parts, grad_D_parts, grad_bias_parts,
-                    x if z is None else grad_z, g, T, E, N, SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
+                    x, delta, bias, A2.t().contiguous(), B, C, D32, gate, saved, grad_y, grad_x, grad_delta,
+                    grad_A_parts, grad_B_parts, grad_C_parts, grad_D_parts, grad_bias_parts,
+                    x if z is None else grad_z, g, T, E, z_batch, z_row, N,
+                    SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
                     CHUNK=SELECTIVE_CHUNK, PARTS=SELECTIVE_PARTS, BLOCK_E=SELECTIVE_BLOCK_E,
                     num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
-        return (grad_x, grad_delta, grad_A_parts.sum(0).t().to(A.dtype), grad_B_parts.sum(1).transpose(1, 2).to(B.dtype),
-                grad_C_parts.sum(1).transpose(1, 2).to(C.dtype), grad_D_parts.sum(0).to(D.dtype), _states_major(g),
-                grad_bias_parts.sum(0), grad_z)
+        return (grad_x, grad_delta, grad_A_parts, grad_B_parts, grad_C_parts, grad_D_parts, g, grad_bias_parts,
+                grad_z)
 
     def _selective_setup(ctx, inputs, output):
         x, delta, A, B, C, D, h0, delta_bias, z = inputs
@@ -760,10 +775,12 @@ if triton is not None:
     def _selective_derivative(ctx, grad_y, grad_last, grad_saved):
         x, delta, A, B, C, D, delta_bias, z, saved = ctx.saved_tensors
         grad_y = torch.zeros_like(x) if grad_y is None else grad_y
-        *grads, grad_h0, grad_bias, grad_z = _selective_scan_backward(x, delta, A, B, C, D, delta_bias, z, saved,
-                                                                      grad_y, grad_last)
-        return (*grads, None if ctx.h0_dtype is None else grad_h0.to(ctx.h0_dtype),
-                None if delta_bias is None else grad_bias.to(delta_bias.dtype), None if z is None else grad_z)
+        grad_x, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_h0, grad_bias, grad_z = _selective_scan_backward(
+            x, delta, A, _states_major(B), _states_major(C), D, delta_bias, z, saved, grad_y, grad_last)
+        return (grad_x, grad_delta, grad_A.sum(0).t().to(A.dtype), grad_B.sum(1).transpose(1, 2).to(B.dtype),
+                grad_C.sum(1).transpose(1, 2).to(C.dtype), grad_D.sum(0).to(D.dtype),
+                None if ctx.h0_dtype is None else _states_major(grad_h0).to(ctx.h0_dtype),
+                None if delta_bias is None else grad_bias.sum(0).to(delta_bias.dtype), None if z is None else grad_z)
 
     _selective_scan.register_autograd(_selective_derivative, setup_context=_selective_setup)
 
@@ -854,7 +871,8 @@ def compile_ahead_of_time(kernel, constants, options, capability, folder, half=(
     from triton.compiler import ASTSource
     if set(half) - set(kernel.arg_names):
         raise ValueError(f'{kernel.__name__} has no arguments {set(half) - set(kernel.arg_names)}')
-    signature = {name: 'constexpr' if name in constants else 'i32' if name in ('T', 'C', 'D', 'E', 'N')
+    sizes = ('T', 'C', 'D', 'E', 'N', 'x_batch', 'x_row', 'z_batch', 'z_row')
+    signature = {name: 'constexpr' if name in constants else 'i32' if name in sizes
                  else '*bf16' if name in half else '*fp32' for name in kernel.arg_names}
     aligned = {(i,): [['tt.divisibility', 16]] for i, name in enumerate(kernel.arg_names) if name not in constants}
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=aligned),

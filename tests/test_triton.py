@@ -32,6 +32,14 @@ def float64_leaves(*tensors):
     return [None if t is None else t.detach().double().requires_grad_() for t in tensors]
 
 
+def half_of_a_wider_tensor(t):
+    """t as a view with a longer step stride, as Mamba's x and z are (the halves of in_proj's output):
+    the kernels read it in place."""
+    view = torch.cat([t, torch.zeros_like(t)], dim=-1)[..., :t.shape[-1]]
+    assert not view.is_contiguous()
+    return view
+
+
 @pytest.mark.parametrize('T', T_VALUES)
 @pytest.mark.parametrize('with_h0', [False, True])
 def test_triton_scan_equals_the_float64_loop(T, with_h0):
@@ -61,7 +69,8 @@ def test_triton_scan_equals_the_float64_loop(T, with_h0):
 def test_triton_causal_conv_equals_the_shifted_sum(T, silu, kernel):
     """The conv kernel against model.ShiftedSum in float64: y and the gradients of x, weight and bias,
     T shorter than the kernel and across time blocks, 70 channels (not a multiple of the kernel's
-    block), and a kernel shorter than the window of 4 (zero weights in front)."""
+    block), a kernel shorter than the window of 4 (zero weights in front), x a view where silu (as
+    Mamba's is)."""
     from model import ShiftedSum
     g = torch.Generator().manual_seed(T)
     x, weight, bias = (torch.randn(*shape, generator=g, dtype=torch.float64)
@@ -71,7 +80,7 @@ def test_triton_causal_conv_equals_the_shifted_sum(T, silu, kernel):
     expected = ShiftedSum.apply(*leaves64, silu)
     expected_grads = torch.autograd.grad(expected, leaves64, grad_y)
     leaves32 = float32_leaves(x, weight, bias)
-    got = gpu_kernels.causal_conv(*leaves32, silu)
+    got = gpu_kernels.causal_conv(half_of_a_wider_tensor(leaves32[0]) if silu else leaves32[0], *leaves32[1:], silu)
     got_grads = torch.autograd.grad(got, leaves32, grad_y.float().to(DEVICE))
     assert relative_error(got.cpu(), expected) < 1e-5
     for got_grad, expected_grad in zip(got_grads, expected_grads):
@@ -181,9 +190,10 @@ def test_triton_selective_scan_fuses_the_softplus_of_delta_and_its_bias():
 
 
 @pytest.mark.parametrize('T', [1, 23])
-def test_triton_selective_scan_fuses_mambas_output_gate(T):
+@pytest.mark.parametrize('z_view', [False, True])
+def test_triton_selective_scan_fuses_mambas_output_gate(T, z_view):
     """Given z, the kernels return y * SiLU(z): the same values and gradients (z's included) as the
-    plain path followed by model.SiLUGate, in float64."""
+    plain path followed by model.SiLUGate, in float64; z contiguous or a view."""
     from model import SiLUGate
     layer = mamba_layer('sequential', E=6, N=5)
     x, delta, B, C = mamba_inputs(T, seed=7, E=6, N=5)
@@ -195,7 +205,7 @@ def test_triton_selective_scan_fuses_mambas_output_gate(T):
         leaves = [t.detach().to(device, dtype).requires_grad_() for t in (x, delta, B, C, z)]
         if fused:
             y, _ = gpu_kernels.selective_scan(*leaves[:2], A.to(device, dtype), *leaves[2:4], D.to(device, dtype),
-                                              z=leaves[4])
+                                              z=half_of_a_wider_tensor(leaves[4]) if z_view else leaves[4])
         else:
             y = SiLUGate.apply(layer.plain_selective_scan(*leaves[:4])[0], leaves[4])
         return [t.detach().cpu() for t in (y, *torch.autograd.grad((y * weights.to(device, dtype)).sum(), leaves))]
