@@ -27,12 +27,13 @@ Writes train.csv, recipe.csv, generate.csv, ratios.csv, env.json and log-log plo
 memory.png, generate.png) into the output folder, and prints the ratios the paper quotes.
 
 --static measures nothing: it compiles every Triton kernel (gpu_kernels.launches) for an H100 (sm_90)
-and an A100 (sm_80) with the assembler triton bundles, and writes per kernel and GPU the registers,
-spilled bytes, shared memory and CTAs per SM that ptxas reports, and, from the machine code (SASS) of
-the kernel's innermost loop, instructions, warp shuffles, barriers and exps per state element and
-step (kernels.csv and the SASS it read); and, from the tensor shapes alone, the bytes, FLOPs and H100
-roofline time of one training iteration of each of the paper's blocks at the paper's scale
-(roofline.csv); both summed up in report.md, in results/speed/static/ by default.
+and an A100 (sm_80) with the assembler triton bundles, as a paper-scale launch specialises it, and
+writes per kernel and GPU the registers, spilled bytes, shared memory and CTAs per SM that ptxas
+reports, and, from the machine code (SASS) of the kernel's main loop, instructions, warp shuffles,
+barriers, exps and special-function operations per state element and step (kernels.csv and the SASS
+it read); and, from the tensor shapes alone, the bytes, FLOPs and H100 roofline time of one training
+iteration of each of the paper's blocks at the paper's scale (roofline.csv); both summed up in
+report.md, in results/speed/static/ by default.
 """
 import configurator  # noqa: F401  first: a Ctrl-C while torch imports ends in one line (configurator.py)
 
@@ -438,7 +439,7 @@ def static_rows(out):
                          'occupancy': round(share, 3), 'loop_instructions': len(loop),
                          'elements_per_loop': elements, 'instructions_per_element': round(len(loop) / elements, 2),
                          'shuffles_per_element': per_element('SHFL'), 'barriers_per_element': per_element('BAR'),
-                         'exps_per_element': per_element('MUFU.EX2')})
+                         'exps_per_element': per_element('MUFU.EX2'), 'mufu_per_element': per_element('MUFU')})
     return rows
 
 
@@ -449,8 +450,9 @@ FLOP_FORMULAS = {**flop_registry,
                  torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
                      flop_registry[torch.ops.aten._scaled_dot_product_flash_attention_backward]}
 # NVIDIA's datasheet: HBM3 bytes/s, dense bf16 FLOP/s, SMs, boost clock; each SM issues 4 warp
-# instructions a clock (one per scheduler)
-H100 = dict(name='H100 SXM', bandwidth=3.35e12, bf16=989e12, sms=132, clock=1.98e9, issue=4)
+# instructions a clock (one per scheduler), and its special-function units (MUFU: exp2, rcp, ...) take
+# 16 threads' operations a clock (CUDA C++ Programming Guide, throughput for compute capability 9.0)
+H100 = dict(name='H100 SXM', bandwidth=3.35e12, bf16=989e12, sms=132, clock=1.98e9, issue=4, sfu=16)
 FREE = {'empty', 'empty_like', 'new_empty', 'empty_strided', 'detach', 'lift_fresh', '_unsafe_view'}  # allocate or relabel
 
 
@@ -475,11 +477,12 @@ class Traffic(TorchDispatchMode):
     """Per op, the bytes of its tensor arguments and results (each read or written once; views move
     nothing) and its FLOPs (torch.utils.flop_counter's formulas: matmuls and attention), summed with
     the roofline time each implies on a GPU: max(bytes / bandwidth, FLOPs / peak), and for a Triton
-    kernel also its instructions (per element, from its SASS: `instructions`) at the GPU's issue rate."""
+    kernel also its instructions at the GPU's issue rate and its MUFU operations at its special-function
+    units' rate (`kernels`: name -> static_rows' row, per element, from the kernel's SASS)."""
 
-    def __init__(self, gpu, instructions=None):
+    def __init__(self, gpu, kernels=None):
         super().__init__()
-        self.gpu, self.instructions = gpu, instructions or {}
+        self.gpu, self.kernels = gpu, kernels or {}
         self.bytes, self.flops, self.seconds, self.issue_seconds = 0, 0, 0.0, 0.0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -493,9 +496,10 @@ class Traffic(TorchDispatchMode):
         flops = formula(*args, **kwargs, out_val=out) if formula else 0
         kernel = kernel_elements(func, args, out) if func.namespace == 'minrnn' else None
         issue = 0.0
-        if kernel and kernel[0] in self.instructions:
-            warp_instructions = kernel[1] * self.instructions[kernel[0]] / 32
-            issue = warp_instructions / (self.gpu['sms'] * self.gpu['issue'] * self.gpu['clock'])
+        if kernel and kernel[0] in self.kernels:
+            row, elements = self.kernels[kernel[0]], kernel[1]
+            issue = elements * max(row['instructions_per_element'] / (32 * self.gpu['issue']),
+                                   row['mufu_per_element'] / self.gpu['sfu']) / (self.gpu['sms'] * self.gpu['clock'])
         self.bytes, self.flops, self.issue_seconds = self.bytes + moved, self.flops + flops, self.issue_seconds + issue
         self.seconds += max(moved / self.gpu['bandwidth'], flops / self.gpu['bf16'], issue)
         return out
@@ -514,12 +518,12 @@ def quiet(logger):
         log.setLevel(level)
 
 
-def roofline_rows(gpu=H100, instructions=None):
+def roofline_rows(gpu=H100, kernels=None):
     """One training iteration's forward and backward of each of the paper's blocks at its paper-scale
     config, as a GPU runs it: bfloat16 autocast, the recurrent blocks' scans on the 'triton' kernels,
     attention as one fused op. Counted on fake tensors (shapes only), with dropout 0 (a CPU splits it
-    into ops that a GPU fuses) and without the optimizer's step. instructions: kernel name ->
-    instructions per state element and step (static_rows), which bound the kernels' time too."""
+    into ops that a GPU fuses) and without the optimizer's step. kernels: kernel name -> its static_rows
+    row, whose instructions and MUFU operations per element bound the kernels' time too."""
     rows = []
     for block, spec in BLOCKS.items():
         if spec.paper is None:
@@ -529,7 +533,7 @@ def roofline_rows(gpu=H100, instructions=None):
         with FakeTensorMode(), quiet('torch._higher_order_ops.triton_kernel_wrap'):  # see below
             model = CharLM(config)
             idx = torch.zeros(batch, config.block_size, dtype=torch.long)
-            traffic = Traffic(gpu, instructions)
+            traffic = Traffic(gpu, kernels)
             with traffic, torch.autocast('cpu', dtype=torch.bfloat16):
                 model(idx, idx)[1].backward()
         rows.append({'block': block, 'gpu': gpu['name'], 'batch': batch, 'T': config.block_size,
@@ -545,30 +549,34 @@ def roofline_rows(gpu=H100, instructions=None):
 def static_report(args):
     out = args.out or os.path.join('results', 'speed', 'static')
     kernels = static_rows(out)
-    roofline = roofline_rows(H100, {r['kernel']: r['instructions_per_element'] for r in kernels if r['gpu'].startswith('H100')})
+    roofline = roofline_rows(H100, {r['kernel']: r for r in kernels if r['gpu'].startswith('H100')})
     report.write_csv(os.path.join(out, 'kernels.csv'), kernels)
     report.write_csv(os.path.join(out, 'roofline.csv'), roofline)
     kernel_columns = ['kernel', 'gpu', 'registers', 'spilled_bytes', 'occupancy', 'instructions_per_element',
-                      'shuffles_per_element', 'barriers_per_element', 'exps_per_element']
+                      'shuffles_per_element', 'barriers_per_element', 'exps_per_element', 'mufu_per_element']
     roofline_columns = ['block', 'gpu', 'batch', 'T', 'gbytes', 'tflops', 'kernel_issue_ms', 'roofline_ms',
                         'vs_transformer']
     with open(os.path.join(out, 'report.md'), 'w') as f:
         f.write(f'# What the GPU path costs, counted without a GPU (`python bench.py --static`)\n\n'
                 f'Counts from compiled code and from tensor shapes, not measurements on a GPU; triton '
                 f'{triton_version()}, torch {torch.__version__.split("+")[0]}.\n\n'
-                '## The Triton kernels\n\nEach compiled for the GPU named; registers, spills and occupancy '
-                'from ptxas; the rest from the SASS (in sass/) of the kernel\'s innermost loop, per state '
-                'element (channel x state) and time step.\n\n')
+                '## The Triton kernels\n\nEach compiled for the GPU named as a paper-scale launch specialises '
+                'it (bfloat16 activations, float32 states, pointers and sizes multiples of 16); registers, '
+                'spills and occupancy from ptxas; the rest from the SASS (in sass/) of the kernel\'s main loop '
+                '(the selective backward\'s loop over states counted 16 times with the work around it), per '
+                'state element (channel x state) and time step. MUFU: the special-function unit\'s '
+                'operations (exp2, reciprocal, ...).\n\n')
         f.write(report.markdown_table(kernel_columns, [[str(r[c]) for c in kernel_columns] for r in kernels]))
         f.write('\n## One training iteration at the paper\'s scale\n\nForward and backward of each paper-scale '
                 'model (batch 64, T 256) as eager PyTorch runs it on a GPU, op by op: bfloat16 autocast, the '
                 'recurrent blocks on the \'triton\' kernels, attention one fused op; dropout 0 and no '
                 'optimizer step. Bytes: every op\'s tensor arguments read and results written once (views '
-                'free); FLOPs: matmuls and attention (torch.utils.flop_counter); a Triton kernel\'s issue time: '
-                'its state elements x steps times its instructions per element above, at 4 warp '
-                'instructions per clock per SM (132 SMs, 1.98 GHz), a lower bound on its time; roofline time: '
-                'the sum over ops of the largest of bytes / 3.35 TB/s, FLOPs / 989 TFLOP/s and the issue '
-                'time, from an H100 SXM\'s datasheet figures.\n\n')
+                'free; the operators\' own small tensors, under 1 MB a layer, not counted); FLOPs: matmuls and '
+                'attention (torch.utils.flop_counter); a Triton kernel\'s issue time: its state elements x '
+                'steps times its instructions per element above at 4 warp instructions per clock per SM, or '
+                'times its MUFU operations at 16 a clock per SM where that is longer (132 SMs, 1.98 GHz), a '
+                'lower bound on its time; roofline time: the sum over ops of the largest of bytes / 3.35 TB/s, '
+                'FLOPs / 989 TFLOP/s and the issue time, from an H100 SXM\'s datasheet figures.\n\n')
         f.write(report.markdown_table(roofline_columns, [[str(r[c]) for c in roofline_columns] for r in roofline]))
     for r in kernels:
         print(f"  {r['kernel']:20s} {r['gpu']:14s} {r['registers']:4d} registers, {r['spilled_bytes']} bytes spilled, "
