@@ -586,11 +586,11 @@ def _strided(t):
     return t, t.stride(0), t.stride(1)
 
 
-def _states_major(h):
-    """(batch, X, Y) -> (batch, Y, X): the selective backward walks the states one at a time, so it holds
-    its carried gradient and dA states-major, (batch, N, E), and reads B and C (batch, T, N) as
-    (batch, N, T)."""
-    return None if h is None else h.transpose(1, 2).contiguous()
+def _states_major(h, dtype=None):
+    """(batch, X, Y) -> (batch, Y, X), in dtype if given: the selective backward walks the states one at a
+    time, so it holds its carried gradient and dA states-major, (batch, N, E), and reads B and C (batch,
+    T, N) as (batch, N, T) (in float32: they are small, and the kernel need not widen them)."""
+    return None if h is None else h.transpose(1, 2).to(dtype or h.dtype, memory_format=torch.contiguous_format)
 
 
 # torch.compile traces into a triton_op (torch >= 2.6), but not into the interpreter's kernels, which
@@ -751,8 +751,10 @@ if triton is not None:
                                       for _ in range(2))
         grad_A_parts = x.new_zeros(batch, N, E, dtype=torch.float32)
         grad_D_parts, grad_bias_parts = (x.new_empty(batch, E, dtype=torch.float32) for _ in range(2))
-        # g after the sequence, dL/d(last state); the kernel leaves dL/dh0 in it
-        g = x.new_zeros(batch, N, E, dtype=torch.float32) if grad_last is None else _states_major(grad_last.float())
+        # g after the sequence, dL/d(last state), in a tensor of its own: the kernel leaves dL/dh0 in it
+        g = x.new_zeros(batch, N, E, dtype=torch.float32)
+        if grad_last is not None:
+            g.copy_(grad_last.transpose(1, 2))
         gate, z_batch, z_row = _strided(x if z is None else z)  # x stands for a missing z (never read)
         with _on_device_of(x):
             _launch(_selective_backward, (batch, blocks),
@@ -776,7 +778,8 @@ if triton is not None:
         x, delta, A, B, C, D, delta_bias, z, saved = ctx.saved_tensors
         grad_y = torch.zeros_like(x) if grad_y is None else grad_y
         grad_x, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_h0, grad_bias, grad_z = _selective_scan_backward(
-            x, delta, A, _states_major(B), _states_major(C), D, delta_bias, z, saved, grad_y, grad_last)
+            x, delta, A, _states_major(B, torch.float32), _states_major(C, torch.float32), D, delta_bias, z, saved,
+            grad_y, grad_last)
         return (grad_x, grad_delta, grad_A.sum(0).t().to(A.dtype), grad_B.sum(1).transpose(1, 2).to(B.dtype),
                 grad_C.sum(1).transpose(1, 2).to(C.dtype), grad_D.sum(0).to(D.dtype),
                 None if ctx.h0_dtype is None else _states_major(grad_h0).to(ctx.h0_dtype),
@@ -855,7 +858,7 @@ def launches(d_state=16):
         d_state * channels, inputs + ('y_ptr',))
     kernels['selective_backward'] = Launch(
         _selective_backward, dict(PARTS=SELECTIVE_PARTS, **selective), options, SELECTIVE_CHUNK * channels * d_state,
-        inputs + ('grad_y_ptr', 'grad_x_ptr', 'grad_delta_ptr', 'grad_z_ptr'), inner_trips=d_state)
+        ('x_ptr', 'delta_ptr', 'z_ptr', 'grad_y_ptr', 'grad_x_ptr', 'grad_delta_ptr', 'grad_z_ptr'), inner_trips=d_state)
     return kernels
 
 
