@@ -93,10 +93,59 @@ if triton is not None:
         return 1.0 / (1.0 + _exp(-v))
 
     @triton.jit
-    def _at_step(tile, steps, step):
-        """The tile at one step of time (its last axis), picked by a masked sum: Triton has no indexing
-        of registers."""
-        return tl.sum(tl.where(steps == step, tile, 0.0), axis=len(tile.shape) - 1)
+    def _load_tile(ptr, t, e, T, E, row):
+        """The tile of a batch element's (T, E) tensor at steps t and channels e, in float32; 0 outside.
+        row: the tensor's stride from one step to the next (E where contiguous; a view's may be longer)."""
+        return tl.load(ptr + t * row + e, mask=(t >= 0) & (t < T) & (e < E), other=0.0).to(tl.float32)
+
+    # The scans' tiles are (channels, 4 steps), a thread holding its channel's 4 steps: built from one
+    # (channels,) row per step, so that Triton cannot spread time over lanes to vectorise a load along
+    # channels. Rearranging a thread's own steps (a shift by one, time reversed) moves registers, and
+    # a scan along them needs no other thread.
+
+    @triton.jit
+    def _steps(s0, s1, s2, s3):
+        """Four (channels,) rows as the columns of a (channels, 4) tile."""
+        return tl.reshape(tl.join(tl.join(s0, s2), tl.join(s1, s3)), [s0.shape[0], 4])
+
+    @triton.jit
+    def _rows(tile):
+        """A (channels, 4) tile's four columns, _steps undone."""
+        even, odd = tl.split(tl.reshape(tile, [tile.shape[0], 2, 2]))
+        s0, s2 = tl.split(even)
+        s1, s3 = tl.split(odd)
+        return s0, s1, s2, s3
+
+    @triton.jit
+    def _later(tile, first):
+        """tile one step later: step s holds tile's step s - 1, step 0 holds first."""
+        s0, s1, s2, _ = _rows(tile)
+        return _steps(first, s0, s1, s2)
+
+    @triton.jit
+    def _earlier(tile, last):
+        """tile one step earlier: step s holds tile's step s + 1, step 3 holds last."""
+        _, s1, s2, s3 = _rows(tile)
+        return _steps(s1, s2, s3, last)
+
+    @triton.jit
+    def _reversed(tile):
+        s0, s1, s2, s3 = _rows(tile)
+        return _steps(s3, s2, s1, s0)
+
+    @triton.jit
+    def _load_steps(ptr, t0, e, T, E, row):
+        """Steps t0 .. t0 + 3 of a batch element's (T, E) tensor at channels e, (channels, 4), float32, 0 outside."""
+        return _steps(_load_tile(ptr, t0, e, T, E, row), _load_tile(ptr, t0 + 1, e, T, E, row),
+                      _load_tile(ptr, t0 + 2, e, T, E, row), _load_tile(ptr, t0 + 3, e, T, E, row))
+
+    @triton.jit
+    def _store_steps(ptr, tile, t0, e, T, E):
+        s0, s1, s2, s3 = _rows(tile)
+        tl.store(ptr + t0 * E + e, s0, mask=(t0 < T) & (e < E))
+        tl.store(ptr + (t0 + 1) * E + e, s1, mask=(t0 + 1 < T) & (e < E))
+        tl.store(ptr + (t0 + 2) * E + e, s2, mask=(t0 + 2 < T) & (e < E))
+        tl.store(ptr + (t0 + 3) * E + e, s3, mask=(t0 + 3 < T) & (e < E))
 
     # ------------------------------------------------------------------- h_t = a_t h_{t-1} + b_t
 
@@ -181,57 +230,76 @@ if triton is not None:
             tl.store(grad_ptr + offset + 2 * D, grad_b * i_norm * slope, mask=inside)
 
     @triton.jit
+    def _coefficient_row(a_ptr, b_ptr, t, d, T, D, KIND: tl.constexpr):
+        """(a, b) of step t at channels d, (1, 0) outside the sequence."""
+        return _coefficients(a_ptr, b_ptr, t * _row_width(D, KIND) + d, D, (t >= 0) & (t < T) & (d < D), KIND)
+
+    @triton.jit
+    def _coefficient_steps(a_ptr, b_ptr, t0, d, T, D, KIND: tl.constexpr):
+        """(a, b) of steps t0 .. t0 + 3 as (channels, 4) tiles."""
+        a0, b0 = _coefficient_row(a_ptr, b_ptr, t0, d, T, D, KIND)
+        a1, b1 = _coefficient_row(a_ptr, b_ptr, t0 + 1, d, T, D, KIND)
+        a2, b2 = _coefficient_row(a_ptr, b_ptr, t0 + 2, d, T, D, KIND)
+        a3, b3 = _coefficient_row(a_ptr, b_ptr, t0 + 3, d, T, D, KIND)
+        return _steps(a0, a1, a2, a3), _steps(b0, b1, b2, b3)
+
+    @triton.jit
+    def _store_gate_gradient_steps(grad_ptr, gates_ptr, t0, d, T, D, grad_a, grad_b, KIND: tl.constexpr):
+        """_store_gate_gradients for steps t0 .. t0 + 3, row by row."""
+        width = _row_width(D, KIND)
+        a0, a1, a2, a3 = _rows(grad_a)
+        b0, b1, b2, b3 = _rows(grad_b)
+        _store_gate_gradients(grad_ptr, gates_ptr, t0 * width + d, D, (t0 < T) & (d < D), a0, b0, KIND)
+        _store_gate_gradients(grad_ptr, gates_ptr, (t0 + 1) * width + d, D, (t0 + 1 < T) & (d < D), a1, b1, KIND)
+        _store_gate_gradients(grad_ptr, gates_ptr, (t0 + 2) * width + d, D, (t0 + 2 < T) & (d < D), a2, b2, KIND)
+        _store_gate_gradients(grad_ptr, gates_ptr, (t0 + 3) * width + d, D, (t0 + 3 < T) & (d < D), a3, b3, KIND)
+
+    @triton.jit
     def _scan_forward(a_ptr, b_ptr, h0_ptr, h_ptr, T, D, HAS_H0: tl.constexpr, KIND: tl.constexpr,
-                      BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+                      BLOCK_D: tl.constexpr):
         """h (batch, T, D) from a, b (batch, T, D), or from the gates (a_ptr; KIND), and h0 (batch,
-        D): h_t = a_t h_{t-1} + b_t. Steps past T are padded with a = 1, b = 0, which leave the state
-        as it is."""
+        D): h_t = a_t h_{t-1} + b_t, 4 steps at a time, a thread a channel. Steps past T are padded
+        with a = 1, b = 0, which leave the state as it is."""
         batch, d, h = _program_channels(h0_ptr, D, HAS_H0, BLOCK_D)
         width = _row_width(D, KIND)
         a_ptr, b_ptr, h_ptr = a_ptr + batch * T * width, b_ptr + batch * T * width, h_ptr + batch * T * D
-        steps = tl.arange(0, BLOCK_T)
-        for t0 in range(0, T, BLOCK_T):
-            t = t0 + steps[None, :]
-            inside = (t < T) & (d[:, None] < D)
-            a, b = _coefficients(a_ptr, b_ptr, t * width + d[:, None], D, inside, KIND)
+        for t0 in range(0, T, 4):
+            a, b = _coefficient_steps(a_ptr, b_ptr, t0, d, T, D, KIND)
             a_prod, b_sum = tl.associative_scan((a, b), 1, _combine)
             tile = a_prod * h[:, None] + b_sum  # the tile's steps, each from the carried state
-            tl.store(h_ptr + t * D + d[:, None], tile, mask=inside)
-            h = _at_step(tile, steps[None, :], BLOCK_T - 1)
+            _store_steps(h_ptr, tile, t0, d, T, D)
+            h = _rows(tile)[3]
 
     @triton.jit
     def _scan_backward(a_ptr, h_ptr, h0_ptr, grad_h_ptr, grad_a_ptr, grad_b_ptr, grad_h0_ptr, T, D,
-                       HAS_H0: tl.constexpr, KIND: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+                       HAS_H0: tl.constexpr, KIND: tl.constexpr, BLOCK_D: tl.constexpr):
         """With g_t = dL/dh_t + a_{t+1} g_{t+1} (g past T is 0): dL/db_t = g_t, dL/da_t = g_t h_{t-1},
         and dL/dh0 = a_1 g_1. With gates (KIND), a_ptr points to them and grad_a_ptr receives their
-        gradient. Tiles run from the end, each loaded in reversed time order (column i holds step t1 - i)."""
+        gradient. 4 steps at a time from the end, their g by a scan in reversed time."""
         batch, d, h0 = _program_channels(h0_ptr, D, HAS_H0, BLOCK_D)
         width = _row_width(D, KIND)
         a_ptr, h_ptr, grad_h_ptr = a_ptr + batch * T * width, h_ptr + batch * T * D, grad_h_ptr + batch * T * D
         grad_a_ptr, grad_b_ptr = grad_a_ptr + batch * T * width, grad_b_ptr + batch * T * D
-        steps = tl.arange(0, BLOCK_T)
         g = tl.zeros([BLOCK_D], dtype=tl.float32)  # g of the step after the tile
-        n_tiles = tl.cdiv(T, BLOCK_T)
+        n_tiles = tl.cdiv(T, 4)
         for k in range(n_tiles):
-            t = (n_tiles - k) * BLOCK_T - 1 - steps[None, :]  # reversed time
-            base = d[:, None]
-            inside = (t < T) & (d[:, None] < D)
-            grad_h = tl.load(grad_h_ptr + base + t * D, mask=inside, other=0.0).to(tl.float32)
-            row = t * width + d[:, None]
-            a_next, _ = _coefficients(a_ptr, a_ptr, row + width, D, inside & (t + 1 < T), KIND)
-            a_next = tl.where(t + 1 < T, a_next, 0.0)
-            a_next_prod, g_sum = tl.associative_scan((a_next, grad_h), 1, _combine)
-            g_tile = a_next_prod * g[:, None] + g_sum
-            h_prev = tl.load(h_ptr + base + (t - 1) * D, mask=inside & (t > 0), other=0.0)
-            h_prev = tl.where(t == 0, h0[:, None], h_prev)
+            t0 = (n_tiles - 1 - k) * 4
+            a, _ = _coefficient_steps(a_ptr, a_ptr, t0, d, T, D, KIND)
+            a_after, _ = _coefficient_row(a_ptr, a_ptr, t0 + 4, d, T, D, KIND)
+            grad_h = _load_steps(grad_h_ptr, t0, d, T, D, D)  # 0 past T, where g is 0 too
+            a_next_prod, g_sum = tl.associative_scan((_reversed(_earlier(a, a_after)), _reversed(grad_h)), 1,
+                                                     _combine)
+            g_tile = _reversed(a_next_prod * g[:, None] + g_sum)
+            h_before = tl.where(t0 == 0, h0, _load_tile(h_ptr, t0 - 1, d, T, D, D))
+            h_prev = _later(_load_steps(h_ptr, t0, d, T, D, D), h_before)
             if KIND == PLAIN:
-                tl.store(grad_b_ptr + base + t * D, g_tile, mask=inside)
-                tl.store(grad_a_ptr + base + t * D, g_tile * h_prev, mask=inside)
+                _store_steps(grad_b_ptr, g_tile, t0, d, T, D)
+                _store_steps(grad_a_ptr, g_tile * h_prev, t0, d, T, D)
             else:
-                _store_gate_gradients(grad_a_ptr, a_ptr, row, D, inside, g_tile * h_prev, g_tile, KIND)
-            g = _at_step(g_tile, steps[None, :], BLOCK_T - 1)
+                _store_gate_gradient_steps(grad_a_ptr, a_ptr, t0, d, T, D, g_tile * h_prev, g_tile, KIND)
+            g = _rows(g_tile)[0]
         if HAS_H0:  # g is now g_1, the gradient at the first step
-            a_first, _ = _coefficients(a_ptr, a_ptr, d, D, d < D, KIND)
+            a_first, _ = _coefficient_row(a_ptr, a_ptr, 0, d, T, D, KIND)
             tl.store(grad_h0_ptr + batch * D + d, a_first * g, mask=d < D)
 
     # ------------------------------------------------------------------- Mamba's selective scan
@@ -256,12 +324,6 @@ if triton is not None:
         if SOFTPLUS:
             delta = tl.where(inside, _softplus(delta + bias), 0.0)
         return delta
-
-    @triton.jit
-    def _load_tile(ptr, t, e, T, E, row):
-        """The tile of a batch element's (T, E) tensor at steps t and channels e, in float32; 0 outside.
-        row: the tensor's stride from one step to the next (E where contiguous; a view's may be longer)."""
-        return tl.load(ptr + t * row + e, mask=(t >= 0) & (t < T) & (e < E), other=0.0).to(tl.float32)
 
     @triton.jit
     def _selective_forward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, h0_ptr, y_ptr, last_ptr,
@@ -315,55 +377,6 @@ if triton is not None:
         parts = tl.reshape(tile, [PARTS, tile.shape[0] // PARTS, tile.shape[1]])
         sums = tl.broadcast_to(tl.sum(parts, axis=1, keep_dims=True), parts.shape)
         return tl.reshape(sums, tile.shape)
-
-    # The backward's tiles are (channels, 4 steps) with each thread holding its channel's 4 steps: built
-    # from one (channels,) row per step, so that Triton cannot spread time over lanes to vectorise a
-    # load along channels. Rearranging a thread's own steps (a shift by one, time reversed) moves
-    # registers, nothing else.
-
-    @triton.jit
-    def _steps(s0, s1, s2, s3):
-        """Four (channels,) rows as the columns of a (channels, 4) tile."""
-        return tl.reshape(tl.join(tl.join(s0, s2), tl.join(s1, s3)), [s0.shape[0], 4])
-
-    @triton.jit
-    def _rows(tile):
-        """A (channels, 4) tile's four columns, _steps undone."""
-        even, odd = tl.split(tl.reshape(tile, [tile.shape[0], 2, 2]))
-        s0, s2 = tl.split(even)
-        s1, s3 = tl.split(odd)
-        return s0, s1, s2, s3
-
-    @triton.jit
-    def _later(tile, first):
-        """tile one step later: step s holds tile's step s - 1, step 0 holds first."""
-        s0, s1, s2, _ = _rows(tile)
-        return _steps(first, s0, s1, s2)
-
-    @triton.jit
-    def _earlier(tile, last):
-        """tile one step earlier: step s holds tile's step s + 1, step 3 holds last."""
-        _, s1, s2, s3 = _rows(tile)
-        return _steps(s1, s2, s3, last)
-
-    @triton.jit
-    def _reversed(tile):
-        s0, s1, s2, s3 = _rows(tile)
-        return _steps(s3, s2, s1, s0)
-
-    @triton.jit
-    def _load_steps(ptr, t0, e, T, E, row):
-        """Steps t0 .. t0 + 3 of a batch element's (T, E) tensor at channels e, (channels, 4), float32, 0 outside."""
-        return _steps(_load_tile(ptr, t0, e, T, E, row), _load_tile(ptr, t0 + 1, e, T, E, row),
-                      _load_tile(ptr, t0 + 2, e, T, E, row), _load_tile(ptr, t0 + 3, e, T, E, row))
-
-    @triton.jit
-    def _store_steps(ptr, tile, t0, e, T, E):
-        s0, s1, s2, s3 = _rows(tile)
-        tl.store(ptr + t0 * E + e, s0, mask=(t0 < T) & (e < E))
-        tl.store(ptr + (t0 + 1) * E + e, s1, mask=(t0 + 1 < T) & (e < E))
-        tl.store(ptr + (t0 + 2) * E + e, s2, mask=(t0 + 2 < T) & (e < E))
-        tl.store(ptr + (t0 + 3) * E + e, s3, mask=(t0 + 3 < T) & (e < E))
 
     @triton.jit
     def _selective_backward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, saved_ptr, grad_y_ptr,
@@ -548,7 +561,7 @@ if triton is not None:
         tl.store(grad_bias_ptr + part * C + c, grad_bias, mask=c < C)
 
 
-SCAN_BLOCK_T, SCAN_BLOCK_D = 32, 32
+SCAN_BLOCK_D = 128  # channels a program owns, one a thread
 CONV_BLOCK_T, CONV_BLOCK_C = 32, 128  # a program's steps and channels (one a thread)
 CONV_MAX_KERNEL = 4  # the conv kernels' window of inputs; scan.causal_conv runs longer kernels plainly
 # Mamba's selective scan: one channel per thread (a program's 4 warps own 128 channels), a backward tile
@@ -634,7 +647,7 @@ if triton is not None:
         with _on_device_of(a):
             _launch(_scan_forward, (batch, triton.cdiv(D, SCAN_BLOCK_D)), a.contiguous(),
                     a if b is None else b.contiguous(), _float32(h0), h, T, D, HAS_H0=h0 is not None,
-                    KIND=KINDS[kind], BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
+                    KIND=KINDS[kind], BLOCK_D=SCAN_BLOCK_D)
         return h.to(a.dtype) if kind == 'plain' else h
 
     @_operator('minrnn::triton_scan_backward')
@@ -650,7 +663,7 @@ if triton is not None:
         with _on_device_of(a):
             _launch(_scan_backward, (batch, triton.cdiv(D, SCAN_BLOCK_D)), a.contiguous(), h.contiguous(),
                     _float32(h0), grad_h.contiguous(), grad_a, grad_b, grad_h0, T, D, HAS_H0=h0 is not None,
-                    KIND=KINDS[kind], BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D)
+                    KIND=KINDS[kind], BLOCK_D=SCAN_BLOCK_D)
         return grad_a, grad_b, grad_h0 if h0 is None else grad_h0.to(h0.dtype)
 
     def _scan_setup(ctx, inputs, output):
@@ -840,12 +853,12 @@ def launches(d_state=16):
     kernels = {}
     for kind, value in KINDS.items():
         prefix = 'scan' if kind == 'plain' else f'{kind}_scan'
-        constants = dict(BLOCK_T=SCAN_BLOCK_T, BLOCK_D=SCAN_BLOCK_D, HAS_H0=True, KIND=value)
+        constants = dict(BLOCK_D=SCAN_BLOCK_D, HAS_H0=True, KIND=value)
         gates = kind != 'plain'  # from a Linear, in bfloat16
         for name, kernel, half in (('forward', _scan_forward, ('a_ptr',) * gates),
                                    ('backward', _scan_backward, ('a_ptr', 'grad_a_ptr') * gates)):
             kernels[f'{prefix}_{name}'] = Launch(kernel, constants, dict(num_warps=4),
-                                                 SCAN_BLOCK_T * SCAN_BLOCK_D // 128, half)
+                                                 4, half)  # a thread's channel, 4 steps a pass
     per_thread = CONV_BLOCK_T  # the conv kernels have no loop: a thread's channel, over all of its steps
     for prefix, silu in (('conv', False), ('silu_conv', True)):  # minGRU's / minLSTM's, Mamba's
         constants = dict(K=4, SILU=silu, BLOCK_T=CONV_BLOCK_T, BLOCK_C=CONV_BLOCK_C)
