@@ -93,10 +93,18 @@ if triton is not None:
         return 1.0 / (1.0 + _exp(-v))
 
     @triton.jit
+    def _inside(t, e, T, E):
+        """Whether step t (a scalar) at channels e lies inside a (T, E) tensor, a boolean tensor of e's
+        shape. (A scalar t compared on its own gives a Python bool under the interpreter, and triton
+        3.9's interpreter turns bool & tensor into an int32 mask that it refuses.)"""
+        t = t + tl.zeros(e.shape, dtype=tl.int32)
+        return (t >= 0) & (t < T) & (e < E)
+
+    @triton.jit
     def _load_tile(ptr, t, e, T, E, row):
         """The tile of a batch element's (T, E) tensor at steps t and channels e, in float32; 0 outside.
         row: the tensor's stride from one step to the next (E where contiguous; a view's may be longer)."""
-        return tl.load(ptr + t * row + e, mask=(t >= 0) & (t < T) & (e < E), other=0.0).to(tl.float32)
+        return tl.load(ptr + t * row + e, mask=_inside(t, e, T, E), other=0.0).to(tl.float32)
 
     # The scans' tiles are (channels, 4 steps), a thread holding its channel's 4 steps: built from one
     # (channels,) row per step, so that Triton cannot spread time over lanes to vectorise a load along
@@ -142,10 +150,10 @@ if triton is not None:
     @triton.jit
     def _store_steps(ptr, tile, t0, e, T, E):
         s0, s1, s2, s3 = _rows(tile)
-        tl.store(ptr + t0 * E + e, s0, mask=(t0 < T) & (e < E))
-        tl.store(ptr + (t0 + 1) * E + e, s1, mask=(t0 + 1 < T) & (e < E))
-        tl.store(ptr + (t0 + 2) * E + e, s2, mask=(t0 + 2 < T) & (e < E))
-        tl.store(ptr + (t0 + 3) * E + e, s3, mask=(t0 + 3 < T) & (e < E))
+        tl.store(ptr + t0 * E + e, s0, mask=_inside(t0, e, T, E))
+        tl.store(ptr + (t0 + 1) * E + e, s1, mask=_inside(t0 + 1, e, T, E))
+        tl.store(ptr + (t0 + 2) * E + e, s2, mask=_inside(t0 + 2, e, T, E))
+        tl.store(ptr + (t0 + 3) * E + e, s3, mask=_inside(t0 + 3, e, T, E))
 
     # ------------------------------------------------------------------- h_t = a_t h_{t-1} + b_t
 
@@ -232,7 +240,7 @@ if triton is not None:
     @triton.jit
     def _coefficient_row(a_ptr, b_ptr, t, d, T, D, KIND: tl.constexpr):
         """(a, b) of step t at channels d, (1, 0) outside the sequence."""
-        return _coefficients(a_ptr, b_ptr, t * _row_width(D, KIND) + d, D, (t >= 0) & (t < T) & (d < D), KIND)
+        return _coefficients(a_ptr, b_ptr, t * _row_width(D, KIND) + d, D, _inside(t, d, T, D), KIND)
 
     @triton.jit
     def _coefficient_steps(a_ptr, b_ptr, t0, d, T, D, KIND: tl.constexpr):
@@ -249,10 +257,10 @@ if triton is not None:
         width = _row_width(D, KIND)
         a0, a1, a2, a3 = _rows(grad_a)
         b0, b1, b2, b3 = _rows(grad_b)
-        _store_gate_gradients(grad_ptr, gates_ptr, t0 * width + d, D, (t0 < T) & (d < D), a0, b0, KIND)
-        _store_gate_gradients(grad_ptr, gates_ptr, (t0 + 1) * width + d, D, (t0 + 1 < T) & (d < D), a1, b1, KIND)
-        _store_gate_gradients(grad_ptr, gates_ptr, (t0 + 2) * width + d, D, (t0 + 2 < T) & (d < D), a2, b2, KIND)
-        _store_gate_gradients(grad_ptr, gates_ptr, (t0 + 3) * width + d, D, (t0 + 3 < T) & (d < D), a3, b3, KIND)
+        _store_gate_gradients(grad_ptr, gates_ptr, t0 * width + d, D, _inside(t0, d, T, D), a0, b0, KIND)
+        _store_gate_gradients(grad_ptr, gates_ptr, (t0 + 1) * width + d, D, _inside(t0 + 1, d, T, D), a1, b1, KIND)
+        _store_gate_gradients(grad_ptr, gates_ptr, (t0 + 2) * width + d, D, _inside(t0 + 2, d, T, D), a2, b2, KIND)
+        _store_gate_gradients(grad_ptr, gates_ptr, (t0 + 3) * width + d, D, _inside(t0 + 3, d, T, D), a3, b3, KIND)
 
     @triton.jit
     def _scan_forward(a_ptr, b_ptr, h0_ptr, h_ptr, T, D, HAS_H0: tl.constexpr, KIND: tl.constexpr,
@@ -327,8 +335,9 @@ if triton is not None:
 
     @triton.jit
     def _selective_forward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, h0_ptr, y_ptr, last_ptr,
-                           saved_ptr, T, E, z_batch, z_row, N: tl.constexpr, HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr,
-                           HAS_Z: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
+                           saved_ptr, T, E, z_batch, z_row, N: tl.constexpr, HAS_H0: tl.constexpr,
+                           SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr,
+                           BLOCK_N: tl.constexpr):
         """h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t,  y_t = C_t . h_t + D x_t  (the selective SSM
         after zero-order hold), one step at a time, for one batch element and BLOCK_E channels;
         SOFTPLUS: delta = softplus(delta + bias); HAS_Z: Mamba's output gate, y_t SiLU(z_t) is written.
@@ -382,12 +391,12 @@ if triton is not None:
     def _selective_backward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, saved_ptr, grad_y_ptr,
                             grad_x_ptr, grad_delta_ptr, grad_A_ptr, grad_B_ptr, grad_C_ptr, grad_D_ptr,
                             grad_bias_ptr, grad_z_ptr, g_ptr, T, E, z_batch, z_row, N: tl.constexpr,
-                            SOFTPLUS: tl.constexpr,
-                            HAS_Z: tl.constexpr, CHUNK: tl.constexpr, PARTS: tl.constexpr, BLOCK_E: tl.constexpr):
+                            SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, CHUNK: tl.constexpr, PARTS: tl.constexpr,
+                            BLOCK_E: tl.constexpr):
         """Gradients of _selective_forward, in chunks of CHUNK (4) steps from the end and one state at
         a time; A is log2(e) A, states-major (N, E) like g and dA, and B and C are (batch, N, T): a
-        state's channels, or its steps, side by side. A chunk is a (channels, 4)
-        tile whose steps lie in one thread. From the state saved before the chunk, an in-thread scan
+        state's channels, or its steps, side by side. A chunk is a (channels, 4) tile whose steps lie
+        in one thread. From the state saved before the chunk, an in-thread scan
         gives u_t = a_t h_{t-1} (u_t = a_t (u_{t-1} + b_{t-1})), and h_t = u_t + b_t; a scan in
         reversed time gives g_t = dL/dh_t = C_t dy_t + a_{t+1} g_{t+1}, g after the sequence being
         dL/d(last state), which g_ptr holds (batch, N, E) on entry. Per channel, state and step:
@@ -396,8 +405,8 @@ if triton is not None:
           dB = sum_e g delta x,   dC = sum_e dy h,   dD = sum_t dy x,   dh0 = a_1 g_1 (left in g_ptr),
         and through the softplus d(pre-activation) = ddelta sigmoid = ddelta (1 - e^-delta). With the
         gate (HAS_Z), dy = d(out) SiLU(z) and dz = d(out) y SiLU'(z), y summed over the states as they
-        are recomputed. dB and dC are PARTS partial sums per program, dA (zeroed by the caller), dD and
-        dbias per batch element: the caller sums them. a = 2^(delta log2(e) A): exp2 is one instruction."""
+        are recomputed. dB and dC are PARTS partial sums per program, (batch, programs x PARTS, N, T),
+        dA (zeroed by the caller), dD and dbias per batch element: the caller sums them."""
         tl.static_assert(CHUNK == 4)
         batch = tl.program_id(0).to(tl.int64)
         e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -416,6 +425,7 @@ if triton is not None:
         local = tl.arange(0, BLOCK_E)[:, None]
         part = local // (BLOCK_E // PARTS)  # of the partial sums of dB and dC
         broadcast = tl.zeros([BLOCK_E, 1], dtype=tl.int32)  # B and C: each thread loads a state's 4 steps
+        no_b = tl.zeros([BLOCK_E], dtype=tl.float32)  # b before the chunk's first step: its u is a h_saved
         grad_D = tl.zeros([BLOCK_E], dtype=tl.float32)
         grad_bias = tl.zeros([BLOCK_E], dtype=tl.float32)
         for j in range(n_chunks):
@@ -424,17 +434,18 @@ if triton is not None:
             t = t0 + step
             inside = (t < T) & (e[:, None] < E)
             part_first = (t < T) & (local % (BLOCK_E // PARTS) == 0)
-            x, grad_out = _load_steps(x_ptr, t0, e, T, E, E), _load_steps(grad_y_ptr, t0, e, T, E, E)
-            grad_y = grad_out  # becomes dL/dy, y = C . h + D x before the gate
-            if HAS_Z:
+            x, grad_y = _load_steps(x_ptr, t0, e, T, E, E), _load_steps(grad_y_ptr, t0, e, T, E, E)
+            if HAS_Z:  # grad_y becomes dL/dy (y = C . h + D x before the gate): d(out) SiLU(z); and
+                # dL/dz = d(out) y SiLU'(z), SiLU'(z) = s (1 + z (1 - s)), s = sigmoid(z), once y is summed
                 z = _load_steps(z_ptr, t0, e, T, E, z_row)
                 s = _sigmoid(z)
-                grad_y = grad_out * z * s
+                grad_z_per_y = grad_y * s * (1.0 + z * (1.0 - s))
+                grad_y = grad_y * z * s
             delta = _load_steps(delta_ptr, t0, e, T, E, E)
             if SOFTPLUS:
                 delta = tl.where(inside, _softplus(delta + bias[:, None]), 0.0)
             # 0 past T, where a = 1 carries g_ptr's gradient into the last step
-            delta_after = _load_delta(delta_ptr, bias, (t0 + CHUNK) * E + e, (t0 + CHUNK < T) & (e < E), SOFTPLUS)
+            delta_after = _load_delta(delta_ptr, bias, (t0 + CHUNK) * E + e, _inside(t0 + CHUNK, e, T, E), SOFTPLUS)
             delta_x = delta * x
             grad_gB = tl.zeros([BLOCK_E, CHUNK], dtype=tl.float32)  # sum_n g B
             grad_gA = tl.zeros([BLOCK_E, CHUNK], dtype=tl.float32)  # sum_n dlog_a log2(e) A
@@ -445,7 +456,7 @@ if triton is not None:
                 C = tl.load(C_ptr + n * T + t + broadcast, mask=t < T, other=0.0).to(tl.float32)
                 a = tl.exp2(delta * A[:, None])
                 b = delta_x * B
-                a_prod, u_sum = tl.associative_scan((a, a * _later(b, grad_D * 0.0)), 1, _combine)
+                a_prod, u_sum = tl.associative_scan((a, a * _later(b, no_b)), 1, _combine)
                 u = a_prod * tl.load(saved_ptr + (k * N + n) * E + e, mask=e < E, other=0.0)[:, None] + u_sum
                 h = u + b
                 # g in reversed time; a_{t+1} is 1 past the last step, where g_ptr holds dL/d(last state)
@@ -467,8 +478,8 @@ if triton is not None:
                 grad_delta *= 1.0 - _exp(-delta)
             _store_steps(grad_x_ptr, grad_gB * delta + grad_y * D, t0, e, T, E)
             _store_steps(grad_delta_ptr, grad_delta, t0, e, T, E)
-            if HAS_Z:  # dL/dz = d(out) y SiLU'(z), SiLU'(z) = s (1 + z (1 - s)), s = sigmoid(z)
-                _store_steps(grad_z_ptr, grad_out * y * s * (1.0 + z * (1.0 - s)), t0, e, T, E)
+            if HAS_Z:
+                _store_steps(grad_z_ptr, grad_z_per_y * y, t0, e, T, E)
             grad_D += tl.sum(grad_y * x, axis=1)
             grad_bias += tl.sum(tl.where(inside, grad_delta, 0.0), axis=1)
         tl.store(grad_D_ptr + batch * E + e, grad_D, mask=e < E)
@@ -515,7 +526,7 @@ if triton is not None:
             y = bias + tl.sum(window * w, axis=1)
             if SILU:
                 y = y * _sigmoid(y)
-            tl.store(y_ptr + (t0 + i) * C + c, y, mask=(t0 + i < T) & (c < C))
+            tl.store(y_ptr + (t0 + i) * C + c, y, mask=_inside(t0 + i, c, T, C))
 
     @triton.jit
     def _conv_backward(x_ptr, w_ptr, bias_ptr, grad_y_ptr, grad_x_ptr, grad_w_ptr, grad_bias_ptr, T, C, x_batch,
@@ -551,13 +562,13 @@ if triton is not None:
                 grad_bias += grad
             if i >= 3:  # step t0 + i - 3 has the g of its 4 outputs
                 tl.store(grad_x_ptr + (t0 + i - 3) * C + c, tl.sum(grads * w_reversed, axis=1),
-                         mask=(t0 + i - 3 < T) & (c < C))
+                         mask=_inside(t0 + i - 3, c, T, C))
         w0, w1, w2, w3 = _rows(grad_w)
         grad_w_ptr += part * K * C
-        tl.store(grad_w_ptr + (0 - (4 - K)) * C + c, w0, mask=(4 - K <= 0) & (c < C))
-        tl.store(grad_w_ptr + (1 - (4 - K)) * C + c, w1, mask=(4 - K <= 1) & (c < C))
-        tl.store(grad_w_ptr + (2 - (4 - K)) * C + c, w2, mask=(4 - K <= 2) & (c < C))
-        tl.store(grad_w_ptr + (3 - (4 - K)) * C + c, w3, mask=(c < C))
+        tl.store(grad_w_ptr + (0 - (4 - K)) * C + c, w0, mask=_inside(0 - (4 - K), c, K, C))  # the padding: no weight
+        tl.store(grad_w_ptr + (1 - (4 - K)) * C + c, w1, mask=_inside(1 - (4 - K), c, K, C))
+        tl.store(grad_w_ptr + (2 - (4 - K)) * C + c, w2, mask=_inside(2 - (4 - K), c, K, C))
+        tl.store(grad_w_ptr + (3 - (4 - K)) * C + c, w3, mask=_inside(3 - (4 - K), c, K, C))
         tl.store(grad_bias_ptr + part * C + c, grad_bias, mask=c < C)
 
 
@@ -568,7 +579,7 @@ CONV_MAX_KERNEL = 4  # the conv kernels' window of inputs; scan.causal_conv runs
 # of 4 steps, registers capped at 128 so that 4 programs share an SM (25% occupancy) without a spill
 # (python bench.py --static counts them).
 SELECTIVE_CHUNK = 4       # steps a backward tile holds per thread, and between two saved states
-SELECTIVE_PARTS = 4       # partial sums of dB and dC per program
+SELECTIVE_PARTS = 4       # partial sums of dB and dC per program: one per warp, no shared memory
 SELECTIVE_BLOCK_E = 128   # channels a program owns
 SELECTIVE_WARPS = 4
 SELECTIVE_REGISTERS = 128
@@ -871,7 +882,8 @@ def launches(d_state=16):
         d_state * channels, inputs + ('y_ptr',))
     kernels['selective_backward'] = Launch(
         _selective_backward, dict(PARTS=SELECTIVE_PARTS, **selective), options, SELECTIVE_CHUNK * channels * d_state,
-        ('x_ptr', 'delta_ptr', 'z_ptr', 'grad_y_ptr', 'grad_x_ptr', 'grad_delta_ptr', 'grad_z_ptr'), inner_trips=d_state)
+        ('x_ptr', 'delta_ptr', 'z_ptr', 'grad_y_ptr', 'grad_x_ptr', 'grad_delta_ptr', 'grad_z_ptr'),  # B, C float32
+        inner_trips=d_state)
     return kernels
 
 
