@@ -397,7 +397,8 @@ def loop_opcodes(sass, inner_trips=1):
     body = [opcode for address, opcode, _ in code if start <= address <= end]
     if inner_trips == 1:
         return body
-    outer_start, outer_end = min((loop for loop in loops if inside((start, end), loop)), key=lambda loop: loop[1] - loop[0])
+    outer_start, outer_end = min((loop for loop in loops if inside((start, end), loop)),
+                                 key=lambda loop: loop[1] - loop[0])
     around = [opcode for address, opcode, _ in code
               if outer_start <= address <= outer_end and not start <= address <= end]
     return body * inner_trips + around

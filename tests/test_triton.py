@@ -358,8 +358,8 @@ def test_the_kernels_compile_for_gpus_without_spilling_registers(capability):
     code = ('import sys, tempfile; import gpu_kernels as k\n'
             'for name, launch in k.launches().items():\n'
             '    with tempfile.TemporaryDirectory() as folder:\n'
-            '        print(name, k.compile_ahead_of_time(launch.kernel, launch.constants, launch.options, int(sys.argv[1]), '
-            'folder, launch.half)[0])')
+            '        print(name, k.compile_ahead_of_time(launch.kernel, launch.constants, launch.options,\n'
+            '                                            int(sys.argv[1]), folder, launch.half)[0])')
     result = run_script('-c', code, str(capability), env={**env, 'PYTHONPATH': ROOT}, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
@@ -374,8 +374,9 @@ def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path
     softplus and gate, shared by its 16 states), the backward 1.25 (a_t, and a_{t+1} once per state and
     4-step chunk) and the same shared ones. The forward sums a channel's states with at most 2 shuffle
     rounds per channel (Triton spreads 16 float32 states over 4 lanes); the backward's shuffles (the
-    sums over channels of dB and dC) are bounded by their count today. And the roofline of one
-    paper-scale iteration of each of the paper's blocks."""
+    sums over channels of dB and dC) are bounded by their count today; the other kernels need neither
+    shuffles nor barriers. And the roofline of one paper-scale iteration of each of the paper's
+    blocks."""
     pytest.importorskip('triton.backends.nvidia.compiler')
     from conftest import ROOT, run_script
     env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
@@ -390,6 +391,9 @@ def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path
     assert all(r['shuffles_per_element'] <= 10 for r in selective)
     assert all(r['exps_per_element'] <= 1.25 for r in selective if r['kernel'] == 'selective_forward')
     assert all(r['exps_per_element'] <= 1.5 for r in selective if r['kernel'] == 'selective_backward')
+    # the scans and the conv keep a channel's steps in one thread: no lane or warp takes part
+    assert all(r['shuffles_per_element'] == 0 and r['barriers_per_element'] == 0
+               for r in rows if not r['kernel'].startswith('selective')), rows
     assert (tmp_path / 'sass' / 'selective_backward.sm_90.sass').stat().st_size > 0
     roofline = report.read_csv(str(tmp_path / 'roofline.csv'))  # the paper's four blocks, the Transformer first
     assert [r['block'] for r in roofline] == ['transformer', 'mingru', 'minlstm', 'mamba']
