@@ -7,17 +7,18 @@ for a CUDA GPU, beside the plain-PyTorch paths that the tests hold them equal to
     causal_conv(...)      = model.ShiftedSum                the causal depthwise conv
     selective_scan(...)   = model.Mamba.scan_channels       Mamba's selective scan, fused
 
-The scan splits time into tiles of BLOCK_T steps: inside a tile an associative scan
-(tl.associative_scan) combines the pairs (a_t, b_t) in parallel, and each program carries the state
-from the tile before. Its backward loads each tile in reversed time order, so the reverse recurrence
-of the gradient (g_t = dL/dh_t + a_{t+1} g_{t+1}) is a forward scan too. For minGRU / minLSTM the
-same kernels read the gate pre-activations and compute a_t, b_t (and, backward, the gates'
-gradient) in registers. The blocks' causal depthwise conv is a kernel of its own.
+A thread owns a channel. The scan takes time 4 steps at a time, in (channels, 4) tiles that keep a
+channel's steps in its thread: an associative scan (tl.associative_scan) combines the pairs (a_t,
+b_t) in registers, and the state is carried from one 4 steps to the next. Its backward walks from
+the end and scans each 4 steps in reversed time, so the reverse recurrence of the gradient (g_t =
+dL/dh_t + a_{t+1} g_{t+1}) is a forward scan too. For minGRU / minLSTM the same kernels read the gate
+pre-activations and compute a_t, b_t (and, backward, the gates' gradient) in registers. The blocks'
+causal depthwise conv is a kernel of its own, the last 4 inputs in registers.
 
 The selective scan follows mamba_ssm's design: a thread owns a channel and its N states, so the sum
-over states (y = C . h) stays in the thread, and the forward walks the steps one at a time with no
+over states (y = C . h) stays in registers, and the forward walks the steps one at a time with no
 (batch, time, channels, N) tensor anywhere. The backward recomputes the states from the ones the
-forward saved every SELECTIVE_CHUNK steps, its time tiles again inside each thread. It reads inputs
+forward saved every SELECTIVE_CHUNK steps, 4-step tiles again, one state at a time. It reads inputs
 in any float dtype (bfloat16 under autocast) and computes in float32; it fuses delta's softplus and
 bias and Mamba's output gate y * SiLU(z). Each kernel is a torch.library operator with a registered
 derivative. `python bench.py --static` counts what they cost on an H100 (results/speed/static/).
