@@ -494,20 +494,8 @@ if triton is not None:
     # ------------------------------------------------------------------- causal depthwise conv
     # A thread owns a channel and walks a block of BLOCK_T steps, the last 4 inputs in a (channels, 4)
     # window of registers (the shifts of _earlier): each input is read once, each output written once.
-    # Kernels of K < 4 steps are padded at the front with zero weights.
-
-    @triton.jit
-    def _conv_weights(w_ptr, c, C, K: tl.constexpr):
-        """The (channels, 4) tile of weights that a window of the last 4 inputs, oldest first, meets."""
-        return _steps(_load_tile(w_ptr, 0 - (4 - K), c, K, C, C), _load_tile(w_ptr, 1 - (4 - K), c, K, C, C),
-                      _load_tile(w_ptr, 2 - (4 - K), c, K, C, C), _load_tile(w_ptr, 3 - (4 - K), c, K, C, C))
-
-    @triton.jit
-    def _conv_window(x_ptr, t0, c, T, C, x_row):
-        """The window before step t0: inputs t0 - 3 .. t0 - 1 (zero before the start), and one step
-        that the first shift drops."""
-        return _steps(tl.zeros(c.shape, dtype=tl.float32), _load_tile(x_ptr, t0 - 3, c, T, C, x_row),
-                      _load_tile(x_ptr, t0 - 2, c, T, C, x_row), _load_tile(x_ptr, t0 - 1, c, T, C, x_row))
+    # Kernels of K < 4 steps are padded at the front with zero weights (the weight tile's rows before
+    # row 0, which _load_steps reads as 0 and _store_steps leaves out).
 
     @triton.jit
     def _conv_forward(x_ptr, w_ptr, bias_ptr, y_ptr, T, C, x_batch, x_row, K: tl.constexpr, SILU: tl.constexpr,
@@ -519,9 +507,9 @@ if triton is not None:
         t0 = tl.program_id(1) * BLOCK_T
         c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
         x_ptr, y_ptr = x_ptr + batch * x_batch, y_ptr + batch * T * C  # x may be a view (in_proj's first half)
-        w = _conv_weights(w_ptr, c, C, K)
+        w = _load_steps(w_ptr, -(4 - K), c, K, C, C)  # the weights each input of the window meets
         bias = tl.load(bias_ptr + c, mask=c < C, other=0.0).to(tl.float32)
-        window = _conv_window(x_ptr, t0, c, T, C, x_row)
+        window = _load_steps(x_ptr, t0 - 4, c, T, C, x_row)  # its oldest step goes with the first shift
         for i in tl.static_range(BLOCK_T):
             window = _earlier(window, _load_tile(x_ptr, t0 + i, c, T, C, x_row))  # inputs t - 3 .. t
             y = bias + tl.sum(window * w, axis=1)
@@ -543,10 +531,10 @@ if triton is not None:
         c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
         x_ptr, grad_y_ptr, grad_x_ptr = x_ptr + batch * x_batch, grad_y_ptr + batch * T * C, grad_x_ptr + batch * T * C
         part = batch * tl.num_programs(1) + block
-        w = _conv_weights(w_ptr, c, C, K)
+        w = _load_steps(w_ptr, -(4 - K), c, K, C, C)
         w_reversed = _reversed(w)
         bias = tl.load(bias_ptr + c, mask=c < C, other=0.0).to(tl.float32)
-        window = _conv_window(x_ptr, t0, c, T, C, x_row)
+        window = _load_steps(x_ptr, t0 - 4, c, T, C, x_row)
         grads = tl.zeros(w.shape, dtype=tl.float32)  # g at the last 4 steps, oldest first
         grad_w = tl.zeros(w.shape, dtype=tl.float32)
         grad_bias = tl.zeros(c.shape, dtype=tl.float32)
@@ -564,12 +552,7 @@ if triton is not None:
             if i >= 3:  # step t0 + i - 3 has the g of its 4 outputs
                 tl.store(grad_x_ptr + (t0 + i - 3) * C + c, tl.sum(grads * w_reversed, axis=1),
                          mask=_inside(t0 + i - 3, c, T, C))
-        w0, w1, w2, w3 = _rows(grad_w)
-        grad_w_ptr += part * K * C
-        tl.store(grad_w_ptr + (0 - (4 - K)) * C + c, w0, mask=_inside(0 - (4 - K), c, K, C))  # the padding: no weight
-        tl.store(grad_w_ptr + (1 - (4 - K)) * C + c, w1, mask=_inside(1 - (4 - K), c, K, C))
-        tl.store(grad_w_ptr + (2 - (4 - K)) * C + c, w2, mask=_inside(2 - (4 - K), c, K, C))
-        tl.store(grad_w_ptr + (3 - (4 - K)) * C + c, w3, mask=_inside(3 - (4 - K), c, K, C))
+        _store_steps(grad_w_ptr + part * K * C, grad_w, -(4 - K), c, K, C)  # the padding's rows: no weight
         tl.store(grad_bias_ptr + part * C + c, grad_bias, mask=c < C)
 
 
