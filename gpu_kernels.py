@@ -18,7 +18,7 @@ causal depthwise conv is a kernel of its own, the last 4 inputs in registers.
 The selective scan follows mamba_ssm's design: a thread owns a channel and its N states, so the sum
 over states (y = C . h) stays in registers, and the forward walks the steps one at a time with no
 (batch, time, channels, N) tensor anywhere. The backward recomputes the states from the ones the
-forward saved every SELECTIVE_CHUNK steps, 4-step tiles again, one state at a time. It reads inputs
+forward saved every SELECTIVE_CHUNK steps, 4-step tiles again, two states at a time. It reads inputs
 in any float dtype (bfloat16 under autocast) and computes in float32; it fuses delta's softplus and
 bias and Mamba's output gate y * SiLU(z). Each kernel is a torch.library operator with a registered
 derivative. `python bench.py --static` counts what they cost on an H100 (results/speed/static/).
@@ -377,25 +377,76 @@ if triton is not None:
             tl.store(y_ptr + t * E + e, y, mask=e < E)
         tl.store(last_ptr + batch * E * N + en, h, mask=en_inside)
 
+    # dB and dC are sums over channels, which lie on the lanes. A reduce-scatter sums a warp's 32
+    # channels of the 16 values a lane holds (dB and dC of two states at 4 steps) in 5 rounds that
+    # halve them, 8 + 4 + 2 + 1 + 1 shuffles in all: 2 per state element and step, where summing each
+    # value whole (tl.sum) takes 5 shuffles a value, 10 per element and step.
+
     @triton.jit
-    def _channel_sums(tile, PARTS: tl.constexpr):
-        """A (channels, time) tile summed over channels into PARTS partial sums, part p over channels
-        p * BLOCK_E / PARTS onwards: with a channel a lane, a part stays in one warp (PARTS >= warps),
-        so its sum is log2(BLOCK_E / PARTS) rounds of shuffles. Returned in the tile's shape, each
-        channel holding its part's sums, for the part's first channel to store as they lie (no
-        shared memory to rearrange them)."""
-        parts = tl.reshape(tile, [PARTS, tile.shape[0] // PARTS, tile.shape[1]])
-        sums = tl.broadcast_to(tl.sum(parts, axis=1, keep_dims=True), parts.shape)
-        return tl.reshape(sums, tile.shape)
+    def _partner(row, distance: tl.constexpr):
+        """row at channels c XOR distance (a power of 2 below 32): a flip across that lane bit, one
+        shuffle per value."""
+        pairs = tl.reshape(row, [row.shape[0] // (2 * distance), 2, distance])
+        return tl.reshape(tl.flip(pairs, 1), row.shape)
+
+    @triton.jit
+    def _halve(low, high, distance: tl.constexpr):
+        """A round of the reduce-scatter: channels whose bit `distance` is set keep `high`, the others
+        `low`, and each adds its partner's copy of the one it keeps (sending the other)."""
+        keeps_high = (tl.arange(0, low.shape[0]) & distance) != 0
+        keep, send = tl.where(keeps_high, high, low), tl.where(keeps_high, low, high)
+        return keep + _partner(send, distance)
+
+    @triton.jit
+    def _warp_sums(grad_B, grad_C, grad_B_next, grad_C_next):
+        """(channels, 4) tiles of dB and dC of two states summed over each warp's 32 channels. Channel c
+        (within its warp) ends with the sum for the second state if c & 16, of dC if c & 8, at step
+        (c // 2) % 4, like its neighbour c ^ 1."""
+        b0, b1, b2, b3 = _rows(grad_B)
+        c0, c1, c2, c3 = _rows(grad_C)
+        d0, d1, d2, d3 = _rows(grad_B_next)
+        f0, f1, f2, f3 = _rows(grad_C_next)
+        q0 = _halve(_halve(b0, d0, 16), _halve(c0, f0, 16), 8)
+        q1 = _halve(_halve(b1, d1, 16), _halve(c1, f1, 16), 8)
+        q2 = _halve(_halve(b2, d2, 16), _halve(c2, f2, 16), 8)
+        q3 = _halve(_halve(b3, d3, 16), _halve(c3, f3, 16), 8)
+        sums = _halve(_halve(q0, q2, 4), _halve(q1, q3, 4), 2)
+        return sums + _partner(sums, 1)
+
+    @triton.jit
+    def _state_backward(n, k, t, e, T, E, N: tl.constexpr, delta, delta_after, delta_x, grad_y, grad_gB, grad_gA, y,
+                        A_ptr, B_ptr, C_ptr, saved_ptr, g_ptr, grad_A_ptr):
+        """State n's part of a chunk of _selective_backward: adds its dA, leaves its g at the chunk's first
+        step in g_ptr, adds its terms to the sums over states g B, dlog_a A and C h (y), and returns those
+        and its dB and dC tiles to sum over channels. A state n >= N adds zeros and stores nothing."""
+        state = (n + tl.zeros(e.shape, dtype=tl.int32)) < N
+        inside = (e < E) & state
+        steps_inside = (t < T) & state[:, None]
+        A = tl.load(A_ptr + n * E + e, mask=inside, other=0.0)
+        B = tl.load(B_ptr + n * T + t, mask=steps_inside, other=0.0).to(tl.float32)
+        C = tl.load(C_ptr + n * T + t, mask=steps_inside, other=0.0).to(tl.float32)
+        a = tl.exp2(delta * A[:, None])
+        b = delta_x * B
+        a_prod, u_sum = tl.associative_scan((a, a * _later(b, tl.zeros(e.shape, dtype=tl.float32))), 1, _combine)
+        u = a_prod * tl.load(saved_ptr + (k * N + n) * E + e, mask=inside, other=0.0)[:, None] + u_sum
+        h = u + b
+        # g in reversed time; a_{t+1} is 1 past the last step, where g_ptr holds dL/d(last state)
+        a_next = _earlier(a, tl.exp2(delta_after * A))
+        a_next_prod, g_sum = tl.associative_scan((_reversed(a_next), _reversed(grad_y * C)), 1, _combine)
+        g = _reversed(a_next_prod * tl.load(g_ptr + n * E + e, mask=inside, other=0.0)[:, None] + g_sum)
+        grad_log_a = g * u
+        tl.store(grad_A_ptr + n * E + e, tl.load(grad_A_ptr + n * E + e, mask=inside, other=0.0)
+                 + tl.sum(grad_log_a * delta, axis=1), mask=inside)
+        tl.store(g_ptr + n * E + e, _rows(g)[0], mask=inside)
+        return grad_gB + g * B, grad_gA + grad_log_a * A[:, None], y + C * h, g * delta_x, grad_y * h
 
     @triton.jit
     def _selective_backward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, saved_ptr, grad_y_ptr,
                             grad_x_ptr, grad_delta_ptr, grad_A_ptr, grad_B_ptr, grad_C_ptr, grad_D_ptr,
                             grad_bias_ptr, grad_z_ptr, g_ptr, T, E, z_batch, z_row, N: tl.constexpr,
-                            SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, CHUNK: tl.constexpr, PARTS: tl.constexpr,
-                            BLOCK_E: tl.constexpr):
-        """Gradients of _selective_forward, in chunks of CHUNK (4) steps from the end and one state at
-        a time; A is log2(e) A, states-major (N, E) like g and dA, and B and C are (batch, N, T): a
+                            SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+        """Gradients of _selective_forward, in chunks of CHUNK (4) steps from the end and two states at
+        a time (_state_backward); A is log2(e) A, states-major (N, E) like g and dA, and B and C are (batch, N, T): a
         state's channels, or its steps, side by side. A chunk is a (channels, 4) tile whose steps lie
         in one thread. From the state saved before the chunk, an in-thread scan
         gives u_t = a_t h_{t-1} (u_t = a_t (u_{t-1} + b_{t-1})), and h_t = u_t + b_t; a scan in
@@ -406,27 +457,26 @@ if triton is not None:
           dB = sum_e g delta x,   dC = sum_e dy h,   dD = sum_t dy x,   dh0 = a_1 g_1 (left in g_ptr),
         and through the softplus d(pre-activation) = ddelta sigmoid = ddelta (1 - e^-delta). With the
         gate (HAS_Z), dy = d(out) SiLU(z) and dz = d(out) y SiLU'(z), y summed over the states as they
-        are recomputed. dB and dC are PARTS partial sums per program, (batch, programs x PARTS, N, T),
+        are recomputed. dB and dC are partial sums per warp (_warp_sums), (batch, E / 32, N, T),
         dA (zeroed by the caller), dD and dbias per batch element: the caller sums them."""
-        tl.static_assert(CHUNK == 4)
+        tl.static_assert((CHUNK == 4) & (BLOCK_E % 32 == 0))
         batch = tl.program_id(0).to(tl.int64)
         e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
         x_ptr, delta_ptr, grad_y_ptr = x_ptr + batch * T * E, delta_ptr + batch * T * E, grad_y_ptr + batch * T * E
         grad_x_ptr, grad_delta_ptr = grad_x_ptr + batch * T * E, grad_delta_ptr + batch * T * E
         z_ptr, grad_z_ptr = z_ptr + batch * z_batch, grad_z_ptr + batch * T * E  # x's, unread, without a gate
         B_ptr, C_ptr = B_ptr + batch * N * T, C_ptr + batch * N * T
-        grad_B_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * PARTS * T * N
-        grad_C_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * PARTS * T * N
+        grad_B_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * (BLOCK_E // 32) * T * N
+        grad_C_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * (BLOCK_E // 32) * T * N
         grad_A_ptr, g_ptr = grad_A_ptr + batch * N * E, g_ptr + batch * N * E
         n_chunks = tl.cdiv(T, CHUNK)
         saved_ptr += batch * n_chunks * N * E
         D = tl.load(D_ptr + e, mask=e < E, other=0.0)[:, None]
         bias = tl.load(bias_ptr + e, mask=e < E, other=0.0) if SOFTPLUS else 0.0
         step = tl.arange(0, CHUNK)[None, :]
-        local = tl.arange(0, BLOCK_E)[:, None]
-        part = local // (BLOCK_E // PARTS)  # of the partial sums of dB and dC
-        broadcast = tl.zeros([BLOCK_E, 1], dtype=tl.int32)  # B and C: each thread loads a state's 4 steps
-        no_b = tl.zeros([BLOCK_E], dtype=tl.float32)  # b before the chunk's first step: its u is a h_saved
+        local = tl.arange(0, BLOCK_E)
+        warp = local // 32  # the partial sums of dB and dC it holds (_warp_sums): its lane's value, step and store
+        sum_state, holds_C, sum_step, stores = (local // 16) % 2, (local & 8) != 0, (local // 2) % 4, local % 2 == 0
         grad_D = tl.zeros([BLOCK_E], dtype=tl.float32)
         grad_bias = tl.zeros([BLOCK_E], dtype=tl.float32)
         for j in range(n_chunks):
@@ -434,7 +484,7 @@ if triton is not None:
             t0 = k * CHUNK
             t = t0 + step
             inside = (t < T) & (e[:, None] < E)
-            part_first = (t < T) & (local % (BLOCK_E // PARTS) == 0)
+            stores_sum = stores & (t0 + sum_step < T)
             x, grad_y = _load_steps(x_ptr, t0, e, T, E, E), _load_steps(grad_y_ptr, t0, e, T, E, E)
             if HAS_Z:  # grad_y becomes dL/dy (y = C . h + D x before the gate): d(out) SiLU(z); and
                 # dL/dz = d(out) y SiLU'(z), SiLU'(z) = s (1 + z (1 - s)), s = sigmoid(z), once y is summed
@@ -451,29 +501,18 @@ if triton is not None:
             grad_gB = tl.zeros([BLOCK_E, CHUNK], dtype=tl.float32)  # sum_n g B
             grad_gA = tl.zeros([BLOCK_E, CHUNK], dtype=tl.float32)  # sum_n dlog_a log2(e) A
             y = x * D
-            for n in range(N):
-                A = tl.load(A_ptr + n * E + e, mask=e < E, other=0.0)
-                B = tl.load(B_ptr + n * T + t + broadcast, mask=t < T, other=0.0).to(tl.float32)
-                C = tl.load(C_ptr + n * T + t + broadcast, mask=t < T, other=0.0).to(tl.float32)
-                a = tl.exp2(delta * A[:, None])
-                b = delta_x * B
-                a_prod, u_sum = tl.associative_scan((a, a * _later(b, no_b)), 1, _combine)
-                u = a_prod * tl.load(saved_ptr + (k * N + n) * E + e, mask=e < E, other=0.0)[:, None] + u_sum
-                h = u + b
-                # g in reversed time; a_{t+1} is 1 past the last step, where g_ptr holds dL/d(last state)
-                a_next = _earlier(a, tl.exp2(delta_after * A))
-                a_next_prod, g_sum = tl.associative_scan((_reversed(a_next), _reversed(grad_y * C)), 1, _combine)
-                g = _reversed(a_next_prod * tl.load(g_ptr + n * E + e, mask=e < E, other=0.0)[:, None] + g_sum)
-                grad_log_a = g * u
-                if HAS_Z:
-                    y += C * h
-                grad_gB += g * B
-                grad_gA += grad_log_a * A[:, None]
-                tl.store(grad_A_ptr + n * E + e, tl.load(grad_A_ptr + n * E + e, mask=e < E, other=0.0)
-                         + tl.sum(grad_log_a * delta, axis=1), mask=e < E)
-                tl.store(g_ptr + n * E + e, _rows(g)[0], mask=e < E)
-                tl.store(grad_B_ptr + (part * N + n) * T + t, _channel_sums(g * delta_x, PARTS), mask=part_first)
-                tl.store(grad_C_ptr + (part * N + n) * T + t, _channel_sums(grad_y * h, PARTS), mask=part_first)
+            for n in range(0, N, 2):  # two states a pass: their dB and dC are summed together
+                grad_gB, grad_gA, y, grad_B, grad_C = _state_backward(
+                    n, k, t, e, T, E, N, delta, delta_after, delta_x, grad_y, grad_gB, grad_gA, y,
+                    A_ptr, B_ptr, C_ptr, saved_ptr, g_ptr, grad_A_ptr)
+                grad_gB, grad_gA, y, grad_B_next, grad_C_next = _state_backward(
+                    n + 1, k, t, e, T, E, N, delta, delta_after, delta_x, grad_y, grad_gB, grad_gA, y,
+                    A_ptr, B_ptr, C_ptr, saved_ptr, g_ptr, grad_A_ptr)
+                sums_at = (warp * N + n + sum_state) * T + t0 + sum_step
+                sums = _warp_sums(grad_B, grad_C, grad_B_next, grad_C_next)
+                stored = stores_sum & (n + sum_state < N)
+                tl.store(grad_B_ptr + sums_at, sums, mask=stored & ~holds_C)
+                tl.store(grad_C_ptr + sums_at, sums, mask=stored & holds_C)
             grad_delta = grad_gB * x + grad_gA * 0.6931471805599453  # log(2): A here is log2(e) A
             if SOFTPLUS:
                 grad_delta *= 1.0 - _exp(-delta)
@@ -563,7 +602,6 @@ CONV_MAX_KERNEL = 4  # the conv kernels' window of inputs; scan.causal_conv runs
 # of 4 steps, registers capped at 128 so that 4 programs share an SM (25% occupancy) without a spill
 # (python bench.py --static counts them).
 SELECTIVE_CHUNK = 4       # steps a backward tile holds per thread, and between two saved states
-SELECTIVE_PARTS = 4       # partial sums of dB and dC per program: one per warp, no shared memory
 SELECTIVE_BLOCK_E = 128   # channels a program owns
 SELECTIVE_WARPS = 4
 SELECTIVE_REGISTERS = 128
@@ -755,7 +793,7 @@ if triton is not None:
         blocks = triton.cdiv(E, SELECTIVE_BLOCK_E)
         grad_x, grad_delta = torch.empty_like(x), torch.empty_like(delta)  # the kernel rounds once, into their dtype
         grad_z = x.new_empty(0) if z is None else torch.empty_like(z, memory_format=torch.contiguous_format)
-        grad_B_parts, grad_C_parts = (x.new_empty(batch, blocks * SELECTIVE_PARTS, N, T, dtype=torch.float32)
+        grad_B_parts, grad_C_parts = (x.new_empty(batch, blocks * SELECTIVE_BLOCK_E // 32, N, T, dtype=torch.float32)
                                       for _ in range(2))
         grad_A_parts = x.new_zeros(batch, N, E, dtype=torch.float32)
         grad_D_parts, grad_bias_parts = (x.new_empty(batch, E, dtype=torch.float32) for _ in range(2))
@@ -770,7 +808,7 @@ if triton is not None:
                     grad_A_parts, grad_B_parts, grad_C_parts, grad_D_parts, grad_bias_parts,
                     x if z is None else grad_z, g, T, E, z_batch, z_row, N,
                     SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
-                    CHUNK=SELECTIVE_CHUNK, PARTS=SELECTIVE_PARTS, BLOCK_E=SELECTIVE_BLOCK_E,
+                    CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E,
                     num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
         return (grad_x, grad_delta, grad_A_parts, grad_B_parts, grad_C_parts, grad_D_parts, g, grad_bias_parts,
                 grad_z)
@@ -865,9 +903,9 @@ def launches(d_state=16):
         _selective_forward, dict(HAS_H0=True, BLOCK_N=triton.next_power_of_2(d_state), **selective), options,
         d_state * channels, inputs + ('y_ptr',))
     kernels['selective_backward'] = Launch(
-        _selective_backward, dict(PARTS=SELECTIVE_PARTS, **selective), options, SELECTIVE_CHUNK * channels * d_state,
+        _selective_backward, dict(selective), options, SELECTIVE_CHUNK * channels * d_state,
         ('x_ptr', 'delta_ptr', 'z_ptr', 'grad_y_ptr', 'grad_x_ptr', 'grad_delta_ptr', 'grad_z_ptr'),  # B, C float32
-        inner_trips=d_state)
+        inner_trips=-(-d_state // 2))  # two states a pass
     return kernels
 
 
