@@ -8,17 +8,17 @@ for a CUDA GPU, beside the plain-PyTorch paths that the tests hold them equal to
     selective_scan(...)   = model.Mamba.scan_channels       Mamba's selective scan, fused
 
 A thread owns a channel. The scan takes time 4 steps at a time, in (channels, 4) tiles that keep a
-channel's steps in its thread: an associative scan (tl.associative_scan) combines the pairs (a_t,
-b_t) in registers, and the state is carried from one 4 steps to the next. Its backward walks from
-the end and scans each 4 steps in reversed time, so the reverse recurrence of the gradient (g_t =
-dL/dh_t + a_{t+1} g_{t+1}) is a forward scan too. For minGRU / minLSTM the same kernels read the gate
+channel's steps in its thread: the recurrence runs along them in registers (tl.associative_scan
+with the carried state folded in, 4 FMAs), and the state is carried from one 4 steps to the next.
+Its backward walks from the end and runs each 4 steps in reversed time, so the reverse recurrence of
+the gradient (g_t = dL/dh_t + a_{t+1} g_{t+1}) is the same recurrence. For minGRU / minLSTM the same kernels read the gate
 pre-activations and compute a_t, b_t (and, backward, the gates' gradient) in registers. The blocks'
 causal depthwise conv is a kernel of its own, the last 4 inputs in registers.
 
 The selective scan follows mamba_ssm's design: a thread owns a channel and its N states, so the sum
-over states (y = C . h) stays in registers, and the forward walks the steps one at a time with no
-(batch, time, channels, N) tensor anywhere. The backward recomputes the states from the ones the
-forward saved every SELECTIVE_CHUNK steps, 4-step tiles again, two states at a time. It reads inputs
+over states (y = C . h) stays in registers, with no (batch, time, channels, N) tensor anywhere. The
+forward takes 4-step tiles one state at a time, keeping the state before every SELECTIVE_CHUNK (4)
+steps; the backward recomputes the states from those, 4-step tiles again, two states at a time. It reads inputs
 in any float dtype (bfloat16 under autocast) and computes in float32; it fuses delta's softplus and
 bias and Mamba's output gate y * SiLU(z). Each kernel is a torch.library operator with a registered
 derivative. `python bench.py --static` counts what they cost on an H100 (results/speed/static/).
@@ -141,6 +141,14 @@ if triton is not None:
     def _reversed(tile):
         s0, s1, s2, s3 = _rows(tile)
         return _steps(s3, s2, s1, s0)
+
+    @triton.jit
+    def _recurrence(a, b, h):
+        """h_t = a_t h_{t-1} + b_t along (channels, 4) tiles' steps, from h (channels,) before the first:
+        a scan (tl.associative_scan) with h folded into the first b. A scan from an unknown state would
+        also take the products of a; these go unused, and the compiler drops them: 4 FMAs a channel."""
+        b0, b1, b2, b3 = _rows(b)
+        return tl.associative_scan((a, _steps(_rows(a)[0] * h + b0, b1, b2, b3)), 1, _combine)[1]
 
     @triton.jit
     def _load_steps(ptr, t0, e, T, E, row):
@@ -274,8 +282,7 @@ if triton is not None:
         a_ptr, b_ptr, h_ptr = a_ptr + batch * T * width, b_ptr + batch * T * width, h_ptr + batch * T * D
         for t0 in range(0, T, 4):
             a, b = _coefficient_steps(a_ptr, b_ptr, t0, d, T, D, KIND)
-            a_prod, b_sum = tl.associative_scan((a, b), 1, _combine)
-            tile = a_prod * h[:, None] + b_sum  # the tile's steps, each from the carried state
+            tile = _recurrence(a, b, h)
             _store_steps(h_ptr, tile, t0, d, T, D)
             h = _rows(tile)[3]
 
@@ -296,9 +303,7 @@ if triton is not None:
             a, _ = _coefficient_steps(a_ptr, a_ptr, t0, d, T, D, KIND)
             a_after, _ = _coefficient_row(a_ptr, a_ptr, t0 + 4, d, T, D, KIND)
             grad_h = _load_steps(grad_h_ptr, t0, d, T, D, D)  # 0 past T, where g is 0 too
-            a_next_prod, g_sum = tl.associative_scan((_reversed(_earlier(a, a_after)), _reversed(grad_h)), 1,
-                                                     _combine)
-            g_tile = _reversed(a_next_prod * g[:, None] + g_sum)
+            g_tile = _reversed(_recurrence(_reversed(_earlier(a, a_after)), _reversed(grad_h), g))
             h_before = tl.where(t0 == 0, h0, _load_tile(h_ptr, t0 - 1, d, T, D, D))
             h_prev = _later(_load_steps(h_ptr, t0, d, T, D, D), h_before)
             if KIND == PLAIN:
@@ -313,10 +318,9 @@ if triton is not None:
 
     # ------------------------------------------------------------------- Mamba's selective scan
     # After mamba_ssm's design: a thread owns a channel's states, so the sum over states (y = C . h)
-    # stays in registers (up to 2 shuffle rounds where Triton spreads them over 4 lanes) and each state
-    # walks its steps in registers. The forward's tiles are (channels, states), the backward's
-    # (channels, 4 steps), channels on the lanes. A batch element's base offset is int64 (batch x time
-    # x width passes 2^31 at scale); offsets inside one element stay int32.
+    # stays in registers, and each state walks its steps in registers: (channels, 4 steps) tiles,
+    # channels on the lanes, one state after another. A batch element's base offset is int64 (batch x
+    # time x width passes 2^31 at scale); offsets inside one element stay int32.
 
     @triton.jit
     def _softplus(v):
@@ -337,45 +341,55 @@ if triton is not None:
     @triton.jit
     def _selective_forward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, h0_ptr, y_ptr, last_ptr,
                            saved_ptr, T, E, z_batch, z_row, N: tl.constexpr, HAS_H0: tl.constexpr,
-                           SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr,
-                           BLOCK_N: tl.constexpr):
+                           SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
         """h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t,  y_t = C_t . h_t + D x_t  (the selective SSM
-        after zero-order hold), one step at a time, for one batch element and BLOCK_E channels;
-        SOFTPLUS: delta = softplus(delta + bias); HAS_Z: Mamba's output gate, y_t SiLU(z_t) is written.
-        A is log2(e) A (for exp2: one instruction). A, h0 and the last state are channels-major, (E, N)
-        and (batch, E, N), and so are the tiles: a thread holds a channel's states side by side. The
-        states saved before every CHUNK steps for the backward are states-major, (batch, chunks, N, E),
-        for its loop over states."""
+        after zero-order hold) for one batch element and BLOCK_E channels, in chunks of CHUNK (4) steps
+        and one state at a time: a state's (channels, 4) tile comes from one in-thread scan and the
+        state before the chunk, and y sums the states' C h as they pass. SOFTPLUS: delta = softplus(delta
+        + bias); HAS_Z: Mamba's output gate, y_t SiLU(z_t) is written. A is log2(e) A (for exp2: one
+        instruction); A, B and C are states-major like the backward's, (N, E) and (batch, N, T). The state
+        before each chunk, and after the last one, goes to saved (batch, chunks + 1, N, E), where the
+        next chunk reads it and the backward recomputes from it; h0 and the last state are (batch, E, N)."""
+        tl.static_assert(CHUNK == 4)
         batch = tl.program_id(0).to(tl.int64)
         e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-        n = tl.arange(0, BLOCK_N)[None, :]
-        en = e[:, None] * N + n
-        en_inside = (e[:, None] < E) & (n < N)
         x_ptr, delta_ptr, y_ptr = x_ptr + batch * T * E, delta_ptr + batch * T * E, y_ptr + batch * T * E
         z_ptr += batch * z_batch  # z may be a view (in_proj's second half); x's, unread, without a gate
-        B_ptr, C_ptr = B_ptr + batch * T * N, C_ptr + batch * T * N
-        saved_ptr += batch * tl.cdiv(T, CHUNK) * N * E
-        A = tl.load(A_ptr + en, mask=en_inside, other=0.0)
-        D = tl.load(D_ptr + e, mask=e < E, other=0.0)
+        B_ptr, C_ptr = B_ptr + batch * N * T, C_ptr + batch * N * T
+        n_chunks = tl.cdiv(T, CHUNK)
+        saved_ptr += batch * (n_chunks + 1) * N * E
+        D = tl.load(D_ptr + e, mask=e < E, other=0.0)[:, None]
         bias = tl.load(bias_ptr + e, mask=e < E, other=0.0) if SOFTPLUS else 0.0
-        broadcast = tl.zeros([BLOCK_E, 1], dtype=tl.int32)  # B and C: each thread loads a step's N values
-        h = tl.zeros([BLOCK_E, BLOCK_N], dtype=tl.float32)
-        if HAS_H0:
-            h = tl.load(h0_ptr + batch * E * N + en, mask=en_inside, other=0.0).to(tl.float32)
-        for t in range(T):
-            if t % CHUNK == 0:  # states-major, for the backward's loop over states
-                tl.store(saved_ptr + (t // CHUNK * N + n) * E + e[:, None], h, mask=en_inside)
-            x = tl.load(x_ptr + t * E + e, mask=e < E, other=0.0).to(tl.float32)
-            delta = _load_delta(delta_ptr, bias, t * E + e, e < E, SOFTPLUS)
-            B = tl.load(B_ptr + t * N + n + broadcast, mask=n < N, other=0.0).to(tl.float32)
-            C = tl.load(C_ptr + t * N + n + broadcast, mask=n < N, other=0.0).to(tl.float32)
-            h = tl.exp2(delta[:, None] * A) * h + (delta * x)[:, None] * B
-            y = tl.sum(C * h, axis=1) + D * x
+        step = tl.arange(0, CHUNK)[None, :]
+        for n in range(N):  # the state before the first chunk
+            h0 = tl.zeros([BLOCK_E], dtype=tl.float32)
+            if HAS_H0:
+                h0 = tl.load(h0_ptr + (batch * E + e) * N + n, mask=e < E, other=0.0)
+            tl.store(saved_ptr + n * E + e, h0, mask=e < E)
+        for k in range(n_chunks):
+            t0 = k * CHUNK
+            t = t0 + step
+            x = _load_steps(x_ptr, t0, e, T, E, E)
+            delta = _load_steps(delta_ptr, t0, e, T, E, E)
+            if SOFTPLUS:  # 0 past T, where exp(delta A) = 1 and delta B x = 0 keep the state as it is
+                delta = tl.where((t < T) & (e[:, None] < E), _softplus(delta + bias[:, None]), 0.0)
+            delta_x = delta * x
+            y = x * D
+            for n in range(N):
+                A = tl.load(A_ptr + n * E + e, mask=e < E, other=0.0)
+                B = tl.load(B_ptr + n * T + t, mask=t < T, other=0.0)
+                C = tl.load(C_ptr + n * T + t, mask=t < T, other=0.0)
+                h_before = tl.load(saved_ptr + (k * N + n) * E + e, mask=e < E, other=0.0)
+                h = _recurrence(tl.exp2(delta * A[:, None]), delta_x * B, h_before)
+                y += C * h
+                tl.store(saved_ptr + ((k + 1) * N + n) * E + e, _rows(h)[3], mask=e < E)
             if HAS_Z:
-                z = tl.load(z_ptr + t * z_row + e, mask=e < E, other=0.0).to(tl.float32)
+                z = _load_steps(z_ptr, t0, e, T, E, z_row)
                 y = y * z * _sigmoid(z)
-            tl.store(y_ptr + t * E + e, y, mask=e < E)
-        tl.store(last_ptr + batch * E * N + en, h, mask=en_inside)
+            _store_steps(y_ptr, y, t0, e, T, E)
+        for n in range(N):
+            tl.store(last_ptr + (batch * E + e) * N + n, tl.load(saved_ptr + (n_chunks * N + n) * E + e, mask=e < E),
+                     mask=e < E)
 
     # dB and dC are sums over channels, which lie on the lanes. A reduce-scatter sums a warp's 32
     # channels of the 16 values a lane holds (dB and dC of two states at 4 steps) in 5 rounds that
@@ -427,13 +441,13 @@ if triton is not None:
         C = tl.load(C_ptr + n * T + t, mask=steps_inside, other=0.0).to(tl.float32)
         a = tl.exp2(delta * A[:, None])
         b = delta_x * B
-        a_prod, u_sum = tl.associative_scan((a, a * _later(b, tl.zeros(e.shape, dtype=tl.float32))), 1, _combine)
-        u = a_prod * tl.load(saved_ptr + (k * N + n) * E + e, mask=inside, other=0.0)[:, None] + u_sum
-        h = u + b
+        h_saved = tl.load(saved_ptr + (k * N + n) * E + e, mask=inside, other=0.0)  # before the chunk
+        h = _recurrence(a, b, h_saved)
+        u = a * _later(h, h_saved)  # a_t h_{t-1}
         # g in reversed time; a_{t+1} is 1 past the last step, where g_ptr holds dL/d(last state)
         a_next = _earlier(a, tl.exp2(delta_after * A))
-        a_next_prod, g_sum = tl.associative_scan((_reversed(a_next), _reversed(grad_y * C)), 1, _combine)
-        g = _reversed(a_next_prod * tl.load(g_ptr + n * E + e, mask=inside, other=0.0)[:, None] + g_sum)
+        g = _reversed(_recurrence(_reversed(a_next), _reversed(grad_y * C),
+                                  tl.load(g_ptr + n * E + e, mask=inside, other=0.0)))
         grad_log_a = g * u
         tl.store(grad_A_ptr + n * E + e, tl.load(grad_A_ptr + n * E + e, mask=inside, other=0.0)
                  + tl.sum(grad_log_a * delta, axis=1), mask=inside)
@@ -446,12 +460,12 @@ if triton is not None:
                             grad_bias_ptr, grad_z_ptr, g_ptr, T, E, z_batch, z_row, N: tl.constexpr,
                             SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
         """Gradients of _selective_forward, in chunks of CHUNK (4) steps from the end and two states at
-        a time (_state_backward); A is log2(e) A, states-major (N, E) like g and dA, and B and C are (batch, N, T): a
-        state's channels, or its steps, side by side. A chunk is a (channels, 4) tile whose steps lie
-        in one thread. From the state saved before the chunk, an in-thread scan
-        gives u_t = a_t h_{t-1} (u_t = a_t (u_{t-1} + b_{t-1})), and h_t = u_t + b_t; a scan in
-        reversed time gives g_t = dL/dh_t = C_t dy_t + a_{t+1} g_{t+1}, g after the sequence being
-        dL/d(last state), which g_ptr holds (batch, N, E) on entry. Per channel, state and step:
+        a time (_state_backward); A is log2(e) A, states-major (N, E) like g and dA, and B and C are
+        (batch, N, T): a state's channels, or its steps, side by side. A chunk is a (channels, 4) tile
+        whose steps lie in one thread. From the state saved before the chunk, an in-thread scan gives
+        h_t, and u_t = a_t h_{t-1} is h shifted by a step times a; a scan in reversed time gives
+        g_t = dL/dh_t = C_t dy_t + a_{t+1} g_{t+1}, g after the sequence being dL/d(last state), which
+        g_ptr holds (batch, N, E) on entry. Per channel, state and step:
           dL/dlog a = g u  (= g a h_{t-1}; not g (h_t - b_t), which cancels where a -> 0),
           dx = sum_n g delta B + dy D,   ddelta = sum_n (g x B + dlog_a A),   dA = sum_t dlog_a delta,
           dB = sum_e g delta x,   dC = sum_e dy h,   dD = sum_t dy x,   dh0 = a_1 g_1 (left in g_ptr),
@@ -470,7 +484,7 @@ if triton is not None:
         grad_C_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * (BLOCK_E // 32) * T * N
         grad_A_ptr, g_ptr = grad_A_ptr + batch * N * E, g_ptr + batch * N * E
         n_chunks = tl.cdiv(T, CHUNK)
-        saved_ptr += batch * n_chunks * N * E
+        saved_ptr += batch * (n_chunks + 1) * N * E
         D = tl.load(D_ptr + e, mask=e < E, other=0.0)[:, None]
         bias = tl.load(bias_ptr + e, mask=e < E, other=0.0) if SOFTPLUS else 0.0
         step = tl.arange(0, CHUNK)[None, :]
@@ -616,13 +630,15 @@ LOG2_E = 1.4426950408889634
 
 
 def _selective_operands(x, delta, A, B, C, D, delta_bias):
-    """The selective scan kernels' operands: x, delta, B, C contiguous in their dtypes, log2(e) A
-    (E, N) (the kernels take exp2), D and the delta bias in float32; without a bias, D stands for its
-    pointer (never read)."""
-    x, delta, B, C = (t.contiguous() for t in (x, delta, B, C))
+    """The selective scan kernels' operands: x and delta contiguous in their dtypes; states-major and
+    float32, log2(e) A (N, E) (the kernels take exp2) and B and C (batch, N, T), for the kernels' loops
+    over states (small: the kernels need not widen them); D and the delta bias in float32; without a
+    bias, D stands for its pointer (never read)."""
+    x, delta = x.contiguous(), delta.contiguous()
     D = D.float().contiguous()
     bias = D if delta_bias is None else delta_bias.float().contiguous()
-    return x, delta, (A.float() * LOG2_E).contiguous(), B, C, D, bias
+    A2 = (A.float() * LOG2_E).t().contiguous()
+    return x, delta, A2, _states_major(B, torch.float32), _states_major(C, torch.float32), D, bias
 
 
 def _strided(t):
@@ -633,10 +649,13 @@ def _strided(t):
 
 
 def _states_major(h, dtype=None):
-    """(batch, X, Y) -> (batch, Y, X), in dtype if given: the selective backward walks the states one at a
-    time, so it holds its carried gradient and dA states-major, (batch, N, E), and reads B and C (batch,
-    T, N) as (batch, N, T) (in float32: they are small, and the kernel need not widen them)."""
-    return None if h is None else h.transpose(1, 2).to(dtype or h.dtype, memory_format=torch.contiguous_format)
+    """(batch, X, Y) -> (batch, Y, X), in dtype if given: the selective kernels loop over states, so they
+    read B and C (batch, T, N) as (batch, N, T), and the backward holds its carried gradient and dA
+    (batch, N, E)."""
+    if h is None:
+        return None
+    # (a transposed .to(memory_format=torch.contiguous_format) copies only where the dtype changes)
+    return h.new_empty(h.shape[0], h.shape[2], h.shape[1], dtype=dtype or h.dtype).copy_(h.transpose(1, 2))
 
 
 # torch.compile traces into a triton_op (torch >= 2.6), but not into the interpreter's kernels, which
@@ -767,13 +786,13 @@ if triton is not None:
         N = A.shape[1]
         y = torch.empty_like(x)
         last = x.new_empty(batch, E, N, dtype=torch.float32)
-        saved = x.new_empty(batch, triton.cdiv(T, SELECTIVE_CHUNK), N, E, dtype=torch.float32)
+        saved = x.new_empty(batch, triton.cdiv(T, SELECTIVE_CHUNK) + 1, N, E, dtype=torch.float32)
         gate, z_batch, z_row = _strided(x if z is None else z)  # x stands for a missing z (never read)
         with _on_device_of(x):
             _launch(_selective_forward, (batch, triton.cdiv(E, SELECTIVE_BLOCK_E)),
                     x, delta, bias, A2, B, C, D, gate, _float32(h0), y, last, saved, T, E, z_batch, z_row, N,
                     HAS_H0=h0 is not None, SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
-                    CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E, BLOCK_N=triton.next_power_of_2(N),
+                    CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E,
                     num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
         return y, last, saved
 
@@ -784,8 +803,7 @@ if triton is not None:
                                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """dL/dx, dL/ddelta, float32 partial sums of dL/dA (batch, N, E), dL/dB and dL/dC (batch, parts,
         N, T) and dL/dD (batch, E), dL/dh0 (batch, N, E), partial sums of dL/ddelta_bias (batch, E) and
-        dL/dz (empty without z), the states recomputed from the saved ones. B and C come states-major
-        (batch, N, T); grad_last: dL/d(last state), None for zero. The caller sums the parts."""
+        dL/dz (empty without z), the states recomputed from the saved ones. grad_last: dL/d(last state), None for zero. The caller sums the parts."""
         x, delta, A2, B, C, D32, bias = _selective_operands(x, delta, A, B, C, D, delta_bias)
         grad_y = grad_y.contiguous()
         batch, T, E = x.shape
@@ -804,7 +822,7 @@ if triton is not None:
         gate, z_batch, z_row = _strided(x if z is None else z)  # x stands for a missing z (never read)
         with _on_device_of(x):
             _launch(_selective_backward, (batch, blocks),
-                    x, delta, bias, A2.t().contiguous(), B, C, D32, gate, saved, grad_y, grad_x, grad_delta,
+                    x, delta, bias, A2, B, C, D32, gate, saved, grad_y, grad_x, grad_delta,
                     grad_A_parts, grad_B_parts, grad_C_parts, grad_D_parts, grad_bias_parts,
                     x if z is None else grad_z, g, T, E, z_batch, z_row, N,
                     SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
@@ -824,8 +842,7 @@ if triton is not None:
         x, delta, A, B, C, D, delta_bias, z, saved = ctx.saved_tensors
         grad_y = torch.zeros_like(x) if grad_y is None else grad_y
         grad_x, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_h0, grad_bias, grad_z = _selective_scan_backward(
-            x, delta, A, _states_major(B, torch.float32), _states_major(C, torch.float32), D, delta_bias, z, saved,
-            grad_y, grad_last)
+            x, delta, A, B, C, D, delta_bias, z, saved, grad_y, grad_last)
         return (grad_x, grad_delta, grad_A.sum(0).t().to(A.dtype), grad_B.sum(1).transpose(1, 2).to(B.dtype),
                 grad_C.sum(1).transpose(1, 2).to(C.dtype), grad_D.sum(0).to(D.dtype),
                 None if ctx.h0_dtype is None else _states_major(grad_h0).to(ctx.h0_dtype),
@@ -898,10 +915,9 @@ def launches(d_state=16):
         for name, kernel, half in (('forward', _conv_forward, ('x_ptr', 'y_ptr')),
                                    ('backward', _conv_backward, ('x_ptr', 'grad_y_ptr', 'grad_x_ptr'))):
             kernels[f'{prefix}_{name}'] = Launch(kernel, constants, dict(num_warps=4), per_thread, half)
-    inputs = ('x_ptr', 'delta_ptr', 'B_ptr', 'C_ptr', 'z_ptr')
     kernels['selective_forward'] = Launch(
-        _selective_forward, dict(HAS_H0=True, BLOCK_N=triton.next_power_of_2(d_state), **selective), options,
-        d_state * channels, inputs + ('y_ptr',))
+        _selective_forward, dict(HAS_H0=True, **selective), options, SELECTIVE_CHUNK * channels * d_state,
+        ('x_ptr', 'delta_ptr', 'z_ptr', 'y_ptr'), inner_trips=d_state)  # B, C float32
     kernels['selective_backward'] = Launch(
         _selective_backward, dict(selective), options, SELECTIVE_CHUNK * channels * d_state,
         ('x_ptr', 'delta_ptr', 'z_ptr', 'grad_y_ptr', 'grad_x_ptr', 'grad_delta_ptr', 'grad_z_ptr'),  # B, C float32

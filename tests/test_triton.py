@@ -370,14 +370,12 @@ def test_the_kernels_compile_for_gpus_without_spilling_registers(capability):
 
 
 def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path):
-    """bench.py --static: both selective kernels keep 4 CTAs of 4 warps per SM (25% occupancy), without
-    spills, on sm_90 and sm_80. The forward takes one exp per state element and step (and a channel's
-    softplus and gate, shared by its 16 states), the backward 1.25 (a_t, and a_{t+1} once per state and
-    4-step chunk) and the same shared ones. The forward sums a channel's states with at most 2 shuffle
-    rounds per channel (Triton spreads 16 float32 states over 4 lanes); the backward sums dB and dC over
-    channels with 2 shuffles per element and step (a reduce-scatter); the other kernels need neither
-    shuffles nor barriers. And the roofline of one paper-scale iteration of each of the paper's
-    blocks."""
+    """bench.py --static: both selective kernels keep at least 4 CTAs of 4 warps per SM (25% occupancy),
+    without spills, on sm_90 and sm_80. The forward takes one exp per state element and step (and a
+    channel's softplus and gate, shared by its 16 states), the backward 1.25 (a_t, and a_{t+1} once per
+    state and 4-step chunk) and the same shared ones. The backward sums dB and dC over channels with 2
+    shuffles per element and step (a reduce-scatter); no other kernel needs a shuffle, and none a
+    barrier. And the roofline of one paper-scale iteration of each of the paper's blocks."""
     pytest.importorskip('triton.backends.nvidia.compiler')
     from conftest import ROOT, run_script
     env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
@@ -388,13 +386,12 @@ def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path
     assert len(rows) == 2 * len(gpu_kernels.launches()) and all(r['spilled_bytes'] == 0 for r in rows)
     selective = [r for r in rows if r['kernel'].startswith('selective')]
     assert all(r['occupancy'] >= 0.25 for r in selective), selective
-    assert all(r['shuffles_per_element'] <= 0.125 for r in selective if r['kernel'] == 'selective_forward')
     assert all(r['shuffles_per_element'] <= 2 for r in selective)
     assert all(r['exps_per_element'] <= 1.25 for r in selective if r['kernel'] == 'selective_forward')
     assert all(r['exps_per_element'] <= 1.5 for r in selective if r['kernel'] == 'selective_backward')
-    # the scans and the conv keep a channel's steps in one thread: no lane or warp takes part
-    assert all(r['shuffles_per_element'] == 0 and r['barriers_per_element'] == 0
-               for r in rows if not r['kernel'].startswith('selective')), rows
+    # a channel's steps and states stay in one thread: no lane takes part but in the sums over channels
+    assert all(r['shuffles_per_element'] == 0 for r in rows if r['kernel'] != 'selective_backward'), rows
+    assert all(r['barriers_per_element'] == 0 for r in rows), rows
     assert (tmp_path / 'sass' / 'selective_backward.sm_90.sass').stat().st_size > 0
     roofline = report.read_csv(str(tmp_path / 'roofline.csv'))  # the paper's four blocks, the Transformer first
     assert [r['block'] for r in roofline] == ['transformer', 'mingru', 'minlstm', 'mamba']
