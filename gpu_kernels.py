@@ -375,14 +375,14 @@ if triton is not None:
                 delta = tl.where((t < T) & (e[:, None] < E), _softplus(delta + bias[:, None]), 0.0)
             delta_x = delta * x
             y = x * D
-            for n in range(N):
-                A = tl.load(A_ptr + n * E + e, mask=e < E, other=0.0)
-                B = tl.load(B_ptr + n * T + t, mask=t < T, other=0.0)
-                C = tl.load(C_ptr + n * T + t, mask=t < T, other=0.0)
-                h_before = tl.load(saved_ptr + (k * N + n) * E + e, mask=e < E, other=0.0)
+            for state in tl.static_range(N):  # unrolled: each state's loads issue ahead, no loop counter
+                A = tl.load(A_ptr + state * E + e, mask=e < E, other=0.0)
+                B = tl.load(B_ptr + state * T + t, mask=t < T, other=0.0)
+                C = tl.load(C_ptr + state * T + t, mask=t < T, other=0.0)
+                h_before = tl.load(saved_ptr + (k * N + state) * E + e, mask=e < E, other=0.0)
                 h = _recurrence(tl.exp2(delta * A[:, None]), delta_x * B, h_before)
                 y += C * h
-                tl.store(saved_ptr + ((k + 1) * N + n) * E + e, _rows(h)[3], mask=e < E)
+                tl.store(saved_ptr + ((k + 1) * N + state) * E + e, _rows(h)[3], mask=e < E)
             if HAS_Z:
                 z = _load_steps(z_ptr, t0, e, T, E, z_row)
                 y = y * z * _sigmoid(z)
@@ -917,7 +917,7 @@ def launches(d_state=16):
             kernels[f'{prefix}_{name}'] = Launch(kernel, constants, dict(num_warps=4), per_thread, half)
     kernels['selective_forward'] = Launch(
         _selective_forward, dict(HAS_H0=True, **selective), options, SELECTIVE_CHUNK * channels * d_state,
-        ('x_ptr', 'delta_ptr', 'z_ptr', 'y_ptr'), inner_trips=d_state)  # B, C float32
+        ('x_ptr', 'delta_ptr', 'z_ptr', 'y_ptr'))  # B, C float32
     kernels['selective_backward'] = Launch(
         _selective_backward, dict(selective), options, SELECTIVE_CHUNK * channels * d_state,
         ('x_ptr', 'delta_ptr', 'z_ptr', 'grad_y_ptr', 'grad_x_ptr', 'grad_delta_ptr', 'grad_z_ptr'),  # B, C float32
