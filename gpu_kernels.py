@@ -11,9 +11,9 @@ A thread owns a channel. The scan takes time 4 steps at a time, in (channels, 4)
 channel's steps in its thread: the recurrence runs along them in registers (tl.associative_scan
 with the carried state folded in, 4 FMAs), and the state is carried from one 4 steps to the next.
 Its backward walks from the end and runs each 4 steps in reversed time, so the reverse recurrence of
-the gradient (g_t = dL/dh_t + a_{t+1} g_{t+1}) is the same recurrence. For minGRU / minLSTM the same kernels read the gate
-pre-activations and compute a_t, b_t (and, backward, the gates' gradient) in registers. The blocks'
-causal depthwise conv is a kernel of its own, the last 4 inputs in registers.
+the gradient (g_t = dL/dh_t + a_{t+1} g_{t+1}) is the same recurrence. For minGRU / minLSTM the same
+kernels read the gate pre-activations and compute a_t, b_t (and, backward, the gates' gradient) in
+registers. The blocks' causal depthwise conv is a kernel of its own, the last 4 inputs in registers.
 
 The selective scan follows mamba_ssm's design: a thread owns a channel and its N states, so the sum
 over states (y = C . h) stays in registers, with no (batch, time, channels, N) tensor anywhere. The
@@ -339,57 +339,51 @@ if triton is not None:
         return delta
 
     @triton.jit
-    def _selective_forward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, h0_ptr, y_ptr, last_ptr,
-                           saved_ptr, T, E, z_batch, z_row, N: tl.constexpr, HAS_H0: tl.constexpr,
-                           SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+    def _selective_forward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, y_ptr, saved_ptr, T, E,
+                           z_batch, z_row, N: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
+                           CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
         """h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t,  y_t = C_t . h_t + D x_t  (the selective SSM
         after zero-order hold) for one batch element and BLOCK_E channels, in chunks of CHUNK (4) steps
-        and one state at a time: a state's (channels, 4) tile comes from one in-thread scan and the
-        state before the chunk, and y sums the states' C h as they pass. SOFTPLUS: delta = softplus(delta
-        + bias); HAS_Z: Mamba's output gate, y_t SiLU(z_t) is written. A is log2(e) A (for exp2: one
-        instruction); A, B and C are states-major like the backward's, (N, E) and (batch, N, T). The state
-        before each chunk, and after the last one, goes to saved (batch, chunks + 1, N, E), where the
-        next chunk reads it and the backward recomputes from it; h0 and the last state are (batch, E, N)."""
+        and one state at a time: a state's (channels, 4) tile comes from the recurrence in registers
+        and the state before the chunk, and y sums the states' C h as they pass. SOFTPLUS: delta =
+        softplus(delta + bias); HAS_Z: Mamba's output gate, y_t SiLU(z_t) is written. The states before
+        each chunk, and after the last, are saved (batch, chunks + 1, N, E), the first given: the next
+        chunk reads them (each thread its own channel's) and the backward recomputes from them. A is
+        log2(e) A (for exp2: one instruction). saved, A (N, E) and B, C (batch, N, T) are the operators'
+        own tensors, states-major for the loop over states and zero-padded (_padded): read unmasked."""
         tl.static_assert(CHUNK == 4)
         batch = tl.program_id(0).to(tl.int64)
         e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
         x_ptr, delta_ptr, y_ptr = x_ptr + batch * T * E, delta_ptr + batch * T * E, y_ptr + batch * T * E
         z_ptr += batch * z_batch  # z may be a view (in_proj's second half); x's, unread, without a gate
-        B_ptr, C_ptr = B_ptr + batch * N * T, C_ptr + batch * N * T
         n_chunks = tl.cdiv(T, CHUNK)
-        saved_ptr += batch * (n_chunks + 1) * N * E
+        E_padded, T_padded = tl.cdiv(E, BLOCK_E) * BLOCK_E, n_chunks * CHUNK
+        B_ptr, C_ptr = B_ptr + batch * N * T_padded, C_ptr + batch * N * T_padded
+        saved_ptr += batch * (n_chunks + 1) * N * E_padded
         D = tl.load(D_ptr + e, mask=e < E, other=0.0)[:, None]
         bias = tl.load(bias_ptr + e, mask=e < E, other=0.0) if SOFTPLUS else 0.0
         step = tl.arange(0, CHUNK)[None, :]
-        for n in range(N):  # the state before the first chunk
-            h0 = tl.zeros([BLOCK_E], dtype=tl.float32)
-            if HAS_H0:
-                h0 = tl.load(h0_ptr + (batch * E + e) * N + n, mask=e < E, other=0.0)
-            tl.store(saved_ptr + n * E + e, h0, mask=e < E)
         for k in range(n_chunks):
             t0 = k * CHUNK
             t = t0 + step
             x = _load_steps(x_ptr, t0, e, T, E, E)
             delta = _load_steps(delta_ptr, t0, e, T, E, E)
-            if SOFTPLUS:  # 0 past T, where exp(delta A) = 1 and delta B x = 0 keep the state as it is
+            if SOFTPLUS:  # 0 outside, where exp(delta A) = 1 and delta B x = 0 keep the state as it is
                 delta = tl.where((t < T) & (e[:, None] < E), _softplus(delta + bias[:, None]), 0.0)
             delta_x = delta * x
             y = x * D
             for state in tl.static_range(N):  # unrolled: each state's loads issue ahead, no loop counter
-                A = tl.load(A_ptr + state * E + e, mask=e < E, other=0.0)
-                B = tl.load(B_ptr + state * T + t, mask=t < T, other=0.0)
-                C = tl.load(C_ptr + state * T + t, mask=t < T, other=0.0)
-                h_before = tl.load(saved_ptr + (k * N + state) * E + e, mask=e < E, other=0.0)
-                h = _recurrence(tl.exp2(delta * A[:, None]), delta_x * B, h_before)
+                A = tl.load(A_ptr + state * E_padded + e)
+                B = tl.load(B_ptr + state * T_padded + t)
+                C = tl.load(C_ptr + state * T_padded + t)
+                h = _recurrence(tl.exp2(delta * A[:, None]), delta_x * B,
+                                tl.load(saved_ptr + (k * N + state) * E_padded + e))
                 y += C * h
-                tl.store(saved_ptr + ((k + 1) * N + state) * E + e, _rows(h)[3], mask=e < E)
+                tl.store(saved_ptr + ((k + 1) * N + state) * E_padded + e, _rows(h)[3])
             if HAS_Z:
                 z = _load_steps(z_ptr, t0, e, T, E, z_row)
                 y = y * z * _sigmoid(z)
             _store_steps(y_ptr, y, t0, e, T, E)
-        for n in range(N):
-            tl.store(last_ptr + (batch * E + e) * N + n, tl.load(saved_ptr + (n_chunks * N + n) * E + e, mask=e < E),
-                     mask=e < E)
 
     # dB and dC are sums over channels, which lie on the lanes. A reduce-scatter sums a warp's 32
     # channels of the 16 values a lane holds (dB and dC of two states at 4 steps) in 5 rounds that
@@ -428,30 +422,26 @@ if triton is not None:
         return sums + _partner(sums, 1)
 
     @triton.jit
-    def _state_backward(n, k, t, e, T, E, N: tl.constexpr, delta, delta_after, delta_x, grad_y, grad_gB, grad_gA, y,
-                        A_ptr, B_ptr, C_ptr, saved_ptr, g_ptr, grad_A_ptr):
+    def _state_backward(n, k, t, e, T_padded, E_padded, N: tl.constexpr, delta, delta_after, delta_x, grad_y,
+                        grad_gB, grad_gA, y, A_ptr, B_ptr, C_ptr, saved_ptr, g_ptr, grad_A_ptr):
         """State n's part of a chunk of _selective_backward: adds its dA, leaves its g at the chunk's first
         step in g_ptr, adds its terms to the sums over states g B, dlog_a A and C h (y), and returns those
-        and its dB and dC tiles to sum over channels. A state n >= N adds zeros and stores nothing."""
-        state = (n + tl.zeros(e.shape, dtype=tl.int32)) < N
-        inside = (e < E) & state
-        steps_inside = (t < T) & state[:, None]
-        A = tl.load(A_ptr + n * E + e, mask=inside, other=0.0)
-        B = tl.load(B_ptr + n * T + t, mask=steps_inside, other=0.0).to(tl.float32)
-        C = tl.load(C_ptr + n * T + t, mask=steps_inside, other=0.0).to(tl.float32)
+        and its dB and dC tiles to sum over channels."""
+        A = tl.load(A_ptr + n * E_padded + e)
+        B = tl.load(B_ptr + n * T_padded + t)
+        C = tl.load(C_ptr + n * T_padded + t)
         a = tl.exp2(delta * A[:, None])
         b = delta_x * B
-        h_saved = tl.load(saved_ptr + (k * N + n) * E + e, mask=inside, other=0.0)  # before the chunk
+        h_saved = tl.load(saved_ptr + (k * N + n) * E_padded + e)  # before the chunk
         h = _recurrence(a, b, h_saved)
         u = a * _later(h, h_saved)  # a_t h_{t-1}
         # g in reversed time; a_{t+1} is 1 past the last step, where g_ptr holds dL/d(last state)
         a_next = _earlier(a, tl.exp2(delta_after * A))
-        g = _reversed(_recurrence(_reversed(a_next), _reversed(grad_y * C),
-                                  tl.load(g_ptr + n * E + e, mask=inside, other=0.0)))
+        g = _reversed(_recurrence(_reversed(a_next), _reversed(grad_y * C), tl.load(g_ptr + n * E_padded + e)))
         grad_log_a = g * u
-        tl.store(grad_A_ptr + n * E + e, tl.load(grad_A_ptr + n * E + e, mask=inside, other=0.0)
-                 + tl.sum(grad_log_a * delta, axis=1), mask=inside)
-        tl.store(g_ptr + n * E + e, _rows(g)[0], mask=inside)
+        grad_A_ptr += n * E_padded + e
+        tl.store(grad_A_ptr, tl.load(grad_A_ptr) + tl.sum(grad_log_a * delta, axis=1))
+        tl.store(g_ptr + n * E_padded + e, _rows(g)[0])
         return grad_gB + g * B, grad_gA + grad_log_a * A[:, None], y + C * h, g * delta_x, grad_y * h
 
     @triton.jit
@@ -460,12 +450,12 @@ if triton is not None:
                             grad_bias_ptr, grad_z_ptr, g_ptr, T, E, z_batch, z_row, N: tl.constexpr,
                             SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
         """Gradients of _selective_forward, in chunks of CHUNK (4) steps from the end and two states at
-        a time (_state_backward); A is log2(e) A, states-major (N, E) like g and dA, and B and C are
-        (batch, N, T): a state's channels, or its steps, side by side. A chunk is a (channels, 4) tile
-        whose steps lie in one thread. From the state saved before the chunk, an in-thread scan gives
-        h_t, and u_t = a_t h_{t-1} is h shifted by a step times a; a scan in reversed time gives
-        g_t = dL/dh_t = C_t dy_t + a_{t+1} g_{t+1}, g after the sequence being dL/d(last state), which
-        g_ptr holds (batch, N, E) on entry. Per channel, state and step:
+        a time (_state_backward); A is log2(e) A. The operators' own tensors are states-major and
+        zero-padded like the forward's: A (N, E), g and dA (batch, N, E), B and C (batch, N, T), N even.
+        A chunk is a (channels, 4) tile whose steps lie in one thread. From the state saved before the
+        chunk, the recurrence in registers gives h_t, and u_t = a_t h_{t-1} is h shifted by a step times
+        a; the recurrence in reversed time gives g_t = dL/dh_t = C_t dy_t + a_{t+1} g_{t+1}, g after the
+        sequence being dL/d(last state), which g_ptr holds on entry. Per channel, state and step:
           dL/dlog a = g u  (= g a h_{t-1}; not g (h_t - b_t), which cancels where a -> 0),
           dx = sum_n g delta B + dy D,   ddelta = sum_n (g x B + dlog_a A),   dA = sum_t dlog_a delta,
           dB = sum_e g delta x,   dC = sum_e dy h,   dD = sum_t dy x,   dh0 = a_1 g_1 (left in g_ptr),
@@ -473,18 +463,19 @@ if triton is not None:
         gate (HAS_Z), dy = d(out) SiLU(z) and dz = d(out) y SiLU'(z), y summed over the states as they
         are recomputed. dB and dC are partial sums per warp (_warp_sums), (batch, E / 32, N, T),
         dA (zeroed by the caller), dD and dbias per batch element: the caller sums them."""
-        tl.static_assert((CHUNK == 4) & (BLOCK_E % 32 == 0))
+        tl.static_assert((CHUNK == 4) & (BLOCK_E % 32 == 0) & (N % 2 == 0))
         batch = tl.program_id(0).to(tl.int64)
         e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
         x_ptr, delta_ptr, grad_y_ptr = x_ptr + batch * T * E, delta_ptr + batch * T * E, grad_y_ptr + batch * T * E
         grad_x_ptr, grad_delta_ptr = grad_x_ptr + batch * T * E, grad_delta_ptr + batch * T * E
         z_ptr, grad_z_ptr = z_ptr + batch * z_batch, grad_z_ptr + batch * T * E  # x's, unread, without a gate
-        B_ptr, C_ptr = B_ptr + batch * N * T, C_ptr + batch * N * T
+        n_chunks = tl.cdiv(T, CHUNK)
+        E_padded, T_padded = tl.cdiv(E, BLOCK_E) * BLOCK_E, n_chunks * CHUNK
+        B_ptr, C_ptr = B_ptr + batch * N * T_padded, C_ptr + batch * N * T_padded
         grad_B_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * (BLOCK_E // 32) * T * N
         grad_C_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * (BLOCK_E // 32) * T * N
-        grad_A_ptr, g_ptr = grad_A_ptr + batch * N * E, g_ptr + batch * N * E
-        n_chunks = tl.cdiv(T, CHUNK)
-        saved_ptr += batch * (n_chunks + 1) * N * E
+        grad_A_ptr, g_ptr = grad_A_ptr + batch * N * E_padded, g_ptr + batch * N * E_padded
+        saved_ptr += batch * (n_chunks + 1) * N * E_padded
         D = tl.load(D_ptr + e, mask=e < E, other=0.0)[:, None]
         bias = tl.load(bias_ptr + e, mask=e < E, other=0.0) if SOFTPLUS else 0.0
         step = tl.arange(0, CHUNK)[None, :]
@@ -517,16 +508,15 @@ if triton is not None:
             y = x * D
             for n in range(0, N, 2):  # two states a pass: their dB and dC are summed together
                 grad_gB, grad_gA, y, grad_B, grad_C = _state_backward(
-                    n, k, t, e, T, E, N, delta, delta_after, delta_x, grad_y, grad_gB, grad_gA, y,
+                    n, k, t, e, T_padded, E_padded, N, delta, delta_after, delta_x, grad_y, grad_gB, grad_gA, y,
                     A_ptr, B_ptr, C_ptr, saved_ptr, g_ptr, grad_A_ptr)
                 grad_gB, grad_gA, y, grad_B_next, grad_C_next = _state_backward(
-                    n + 1, k, t, e, T, E, N, delta, delta_after, delta_x, grad_y, grad_gB, grad_gA, y,
+                    n + 1, k, t, e, T_padded, E_padded, N, delta, delta_after, delta_x, grad_y, grad_gB, grad_gA, y,
                     A_ptr, B_ptr, C_ptr, saved_ptr, g_ptr, grad_A_ptr)
                 sums_at = (warp * N + n + sum_state) * T + t0 + sum_step
                 sums = _warp_sums(grad_B, grad_C, grad_B_next, grad_C_next)
-                stored = stores_sum & (n + sum_state < N)
-                tl.store(grad_B_ptr + sums_at, sums, mask=stored & ~holds_C)
-                tl.store(grad_C_ptr + sums_at, sums, mask=stored & holds_C)
+                tl.store(grad_B_ptr + sums_at, sums, mask=stores_sum & ~holds_C)
+                tl.store(grad_C_ptr + sums_at, sums, mask=stores_sum & holds_C)
             grad_delta = grad_gB * x + grad_gA * 0.6931471805599453  # log(2): A here is log2(e) A
             if SOFTPLUS:
                 grad_delta *= 1.0 - _exp(-delta)
@@ -540,8 +530,8 @@ if triton is not None:
         tl.store(grad_bias_ptr + batch * E + e, grad_bias, mask=e < E)
         delta_first = _load_delta(delta_ptr, bias, e, e < E, SOFTPLUS)
         for state in range(N):
-            a_first = tl.exp2(delta_first * tl.load(A_ptr + state * E + e, mask=e < E, other=0.0))
-            tl.store(g_ptr + state * E + e, a_first * tl.load(g_ptr + state * E + e, mask=e < E, other=0.0), mask=e < E)
+            a_first = tl.exp2(delta_first * tl.load(A_ptr + state * E_padded + e))
+            tl.store(g_ptr + state * E_padded + e, a_first * tl.load(g_ptr + state * E_padded + e))
 
 
     # ------------------------------------------------------------------- causal depthwise conv
@@ -630,15 +620,25 @@ LOG2_E = 1.4426950408889634
 
 
 def _selective_operands(x, delta, A, B, C, D, delta_bias):
-    """The selective scan kernels' operands: x and delta contiguous in their dtypes; states-major and
-    float32, log2(e) A (N, E) (the kernels take exp2) and B and C (batch, N, T), for the kernels' loops
-    over states (small: the kernels need not widen them); D and the delta bias in float32; without a
-    bias, D stands for its pointer (never read)."""
+    """The selective scan kernels' operands: x and delta contiguous in their dtypes; log2(e) A (N, E)
+    (the kernels take exp2) and B and C (batch, N, T), states-major for the kernels' loops over states
+    and _padded; D and the delta bias in float32 (without a bias, D stands for its pointer, never read)."""
     x, delta = x.contiguous(), delta.contiguous()
     D = D.float().contiguous()
     bias = D if delta_bias is None else delta_bias.float().contiguous()
-    A2 = (A.float() * LOG2_E).t().contiguous()
-    return x, delta, A2, _states_major(B, torch.float32), _states_major(C, torch.float32), D, bias
+    return (x, delta, _padded((A * LOG2_E).t(), SELECTIVE_BLOCK_E), _padded(B.transpose(1, 2), SELECTIVE_CHUNK),
+            _padded(C.transpose(1, 2), SELECTIVE_CHUNK), D, bias)
+
+
+def _padded(t, block):
+    """t (..., N, X), states by channels or steps, as a float32 copy zero-padded to an even number of
+    states (the backward takes two at a time) and to whole blocks of channels or steps, which the
+    kernels then read without masks. The padding computes nothing: a state with A = 0 and B = C = 0
+    stays 0 and adds 0 to y, a channel or step without input keeps its state."""
+    *batch, N, X = t.shape
+    padded = t.new_zeros(*batch, N + N % 2, -(-X // block) * block, dtype=torch.float32)
+    padded[..., :N, :X] = t
+    return padded
 
 
 def _strided(t):
@@ -646,16 +646,6 @@ def _strided(t):
     side, any step stride, so that a view such as one half of in_proj's output is read in place."""
     t = t if t.stride(-1) == 1 else t.contiguous()
     return t, t.stride(0), t.stride(1)
-
-
-def _states_major(h, dtype=None):
-    """(batch, X, Y) -> (batch, Y, X), in dtype if given: the selective kernels loop over states, so they
-    read B and C (batch, T, N) as (batch, N, T), and the backward holds its carried gradient and dA
-    (batch, N, E)."""
-    if h is None:
-        return None
-    # (a transposed .to(memory_format=torch.contiguous_format) copies only where the dtype changes)
-    return h.new_empty(h.shape[0], h.shape[2], h.shape[1], dtype=dtype or h.dtype).copy_(h.transpose(1, 2))
 
 
 # torch.compile traces into a triton_op (torch >= 2.6), but not into the interpreter's kernels, which
@@ -778,23 +768,23 @@ if triton is not None:
     @_operator('minrnn::triton_selective_scan')
     def _selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h0: Optional[Tensor],
                         delta_bias: Optional[Tensor], z: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-        """y (x's dtype; y SiLU(z) given z), the last state and the states saved every SELECTIVE_CHUNK
-        steps (float32)."""
+        """y (x's dtype; y SiLU(z) given z), the last state (batch, E, N) and the states before every
+        SELECTIVE_CHUNK steps and after the last (float32, padded like A: _selective_operands)."""
         check(x, delta, A, B, C, D, h0, delta_bias, z)
         x, delta, A2, B, C, D, bias = _selective_operands(x, delta, A, B, C, D, delta_bias)
-        batch, T, E = x.shape
-        N = A.shape[1]
+        (batch, T, E), N = x.shape, A.shape[1]
         y = torch.empty_like(x)
-        last = x.new_empty(batch, E, N, dtype=torch.float32)
-        saved = x.new_empty(batch, triton.cdiv(T, SELECTIVE_CHUNK) + 1, N, E, dtype=torch.float32)
+        saved = x.new_empty(batch, triton.cdiv(T, SELECTIVE_CHUNK) + 1, *A2.shape, dtype=torch.float32)
+        saved[:, 0] = 0.0
+        if h0 is not None:
+            saved[:, 0, :N, :E] = h0.transpose(1, 2)
         gate, z_batch, z_row = _strided(x if z is None else z)  # x stands for a missing z (never read)
         with _on_device_of(x):
             _launch(_selective_forward, (batch, triton.cdiv(E, SELECTIVE_BLOCK_E)),
-                    x, delta, bias, A2, B, C, D, gate, _float32(h0), y, last, saved, T, E, z_batch, z_row, N,
-                    HAS_H0=h0 is not None, SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
-                    CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E,
-                    num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
-        return y, last, saved
+                    x, delta, bias, A2, B, C, D, gate, y, saved, T, E, z_batch, z_row, A2.shape[0],
+                    SOFTPLUS=delta_bias is not None, HAS_Z=z is not None, CHUNK=SELECTIVE_CHUNK,
+                    BLOCK_E=SELECTIVE_BLOCK_E, num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
+        return y, saved[:, -1, :N, :E].transpose(1, 2).contiguous(), saved
 
     @_operator('minrnn::triton_selective_scan_backward')
     def _selective_scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
@@ -803,28 +793,29 @@ if triton is not None:
                                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """dL/dx, dL/ddelta, float32 partial sums of dL/dA (batch, N, E), dL/dB and dL/dC (batch, parts,
         N, T) and dL/dD (batch, E), dL/dh0 (batch, N, E), partial sums of dL/ddelta_bias (batch, E) and
-        dL/dz (empty without z), the states recomputed from the saved ones. grad_last: dL/d(last state), None for zero. The caller sums the parts."""
+        dL/dz (empty without z), the states recomputed from the saved ones; the states-major tensors are
+        padded like A (_selective_operands). grad_last: dL/d(last state), None for zero. The caller
+        takes the unpadded parts and sums them."""
         x, delta, A2, B, C, D32, bias = _selective_operands(x, delta, A, B, C, D, delta_bias)
         grad_y = grad_y.contiguous()
-        batch, T, E = x.shape
-        N = A.shape[1]
+        (batch, T, E), N = x.shape, A.shape[1]
         blocks = triton.cdiv(E, SELECTIVE_BLOCK_E)
         grad_x, grad_delta = torch.empty_like(x), torch.empty_like(delta)  # the kernel rounds once, into their dtype
         grad_z = x.new_empty(0) if z is None else torch.empty_like(z, memory_format=torch.contiguous_format)
-        grad_B_parts, grad_C_parts = (x.new_empty(batch, blocks * SELECTIVE_BLOCK_E // 32, N, T, dtype=torch.float32)
-                                      for _ in range(2))
-        grad_A_parts = x.new_zeros(batch, N, E, dtype=torch.float32)
+        grad_B_parts, grad_C_parts = (x.new_empty(batch, blocks * SELECTIVE_BLOCK_E // 32, A2.shape[0], T,
+                                                  dtype=torch.float32) for _ in range(2))
+        grad_A_parts = x.new_zeros(batch, *A2.shape, dtype=torch.float32)
         grad_D_parts, grad_bias_parts = (x.new_empty(batch, E, dtype=torch.float32) for _ in range(2))
         # g after the sequence, dL/d(last state), in a tensor of its own: the kernel leaves dL/dh0 in it
-        g = x.new_zeros(batch, N, E, dtype=torch.float32)
+        g = x.new_zeros(batch, *A2.shape, dtype=torch.float32)
         if grad_last is not None:
-            g.copy_(grad_last.transpose(1, 2))
+            g[:, :N, :E] = grad_last.transpose(1, 2)
         gate, z_batch, z_row = _strided(x if z is None else z)  # x stands for a missing z (never read)
         with _on_device_of(x):
             _launch(_selective_backward, (batch, blocks),
                     x, delta, bias, A2, B, C, D32, gate, saved, grad_y, grad_x, grad_delta,
                     grad_A_parts, grad_B_parts, grad_C_parts, grad_D_parts, grad_bias_parts,
-                    x if z is None else grad_z, g, T, E, z_batch, z_row, N,
+                    x if z is None else grad_z, g, T, E, z_batch, z_row, A2.shape[0],
                     SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
                     CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E,
                     num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
@@ -843,9 +834,11 @@ if triton is not None:
         grad_y = torch.zeros_like(x) if grad_y is None else grad_y
         grad_x, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_h0, grad_bias, grad_z = _selective_scan_backward(
             x, delta, A, B, C, D, delta_bias, z, saved, grad_y, grad_last)
-        return (grad_x, grad_delta, grad_A.sum(0).t().to(A.dtype), grad_B.sum(1).transpose(1, 2).to(B.dtype),
-                grad_C.sum(1).transpose(1, 2).to(C.dtype), grad_D.sum(0).to(D.dtype),
-                None if ctx.h0_dtype is None else _states_major(grad_h0).to(ctx.h0_dtype),
+        E, N = A.shape  # without the padding
+        return (grad_x, grad_delta, grad_A.sum(0)[:N, :E].t().to(A.dtype),
+                grad_B.sum(1)[:, :N].transpose(1, 2).to(B.dtype), grad_C.sum(1)[:, :N].transpose(1, 2).to(C.dtype),
+                grad_D.sum(0).to(D.dtype),
+                None if ctx.h0_dtype is None else grad_h0[:, :N, :E].transpose(1, 2).to(ctx.h0_dtype),
                 None if delta_bias is None else grad_bias.sum(0).to(delta_bias.dtype), None if z is None else grad_z)
 
     _selective_scan.register_autograd(_selective_derivative, setup_context=_selective_setup)
@@ -916,7 +909,7 @@ def launches(d_state=16):
                                    ('backward', _conv_backward, ('x_ptr', 'grad_y_ptr', 'grad_x_ptr'))):
             kernels[f'{prefix}_{name}'] = Launch(kernel, constants, dict(num_warps=4), per_thread, half)
     kernels['selective_forward'] = Launch(
-        _selective_forward, dict(HAS_H0=True, **selective), options, SELECTIVE_CHUNK * channels * d_state,
+        _selective_forward, dict(selective), options, SELECTIVE_CHUNK * channels * d_state,
         ('x_ptr', 'delta_ptr', 'z_ptr', 'y_ptr'))  # B, C float32
     kernels['selective_backward'] = Launch(
         _selective_backward, dict(selective), options, SELECTIVE_CHUNK * channels * d_state,
