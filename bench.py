@@ -564,8 +564,8 @@ def static_report(args):
                 '## The Triton kernels\n\nEach compiled for the GPU named as a paper-scale launch specialises '
                 'it (bfloat16 activations, float32 states, pointers and sizes multiples of 16); registers, '
                 'spills and occupancy from ptxas; the rest from the SASS (in sass/) of the kernel\'s main loop '
-                '(the selective backward\'s loop over states, two states a pass, counted 8 times with the work around '
-                'it; the forward\'s is unrolled), per '
+                '(the selective kernels\' loops over states, two states a pass, counted 8 times with the work around '
+                'them), per '
                 'state element (channel x state) and time step. MUFU: the special-function unit\'s '
                 'operations (exp2, reciprocal, ...).\n\n')
         f.write(report.markdown_table(kernel_columns, [[str(r[c]) for c in kernel_columns] for r in kernels]))

@@ -372,14 +372,16 @@ if triton is not None:
                 delta = tl.where((t < T) & (e[:, None] < E), _softplus(delta + bias[:, None]), 0.0)
             delta_x = delta * x
             y = x * D
-            for state in tl.static_range(N):  # unrolled: each state's loads issue ahead, no loop counter
-                A = tl.load(A_ptr + state * E_padded + e)
-                B = tl.load(B_ptr + state * T_padded + t)
-                C = tl.load(C_ptr + state * T_padded + t)
-                h = _recurrence(tl.exp2(delta * A[:, None]), delta_x * B,
-                                tl.load(saved_ptr + (k * N + state) * E_padded + e))
-                y += C * h
-                tl.store(saved_ptr + ((k + 1) * N + state) * E_padded + e, _rows(h)[3])
+            for pair in range(0, N, 2):  # N is even (_padded); two states a pass, their loads issued together
+                for i in tl.static_range(2):
+                    state = pair + i
+                    A = tl.load(A_ptr + state * E_padded + e)
+                    B = tl.load(B_ptr + state * T_padded + t)
+                    C = tl.load(C_ptr + state * T_padded + t)
+                    h = _recurrence(tl.exp2(delta * A[:, None]), delta_x * B,
+                                    tl.load(saved_ptr + (k * N + state) * E_padded + e))
+                    y += C * h
+                    tl.store(saved_ptr + ((k + 1) * N + state) * E_padded + e, _rows(h)[3])
             if HAS_Z:
                 z = _load_steps(z_ptr, t0, e, T, E, z_row)
                 y = y * z * _sigmoid(z)
@@ -910,7 +912,7 @@ def launches(d_state=16):
             kernels[f'{prefix}_{name}'] = Launch(kernel, constants, dict(num_warps=4), per_thread, half)
     kernels['selective_forward'] = Launch(
         _selective_forward, dict(selective), options, SELECTIVE_CHUNK * channels * d_state,
-        ('x_ptr', 'delta_ptr', 'z_ptr', 'y_ptr'))  # B, C float32
+        ('x_ptr', 'delta_ptr', 'z_ptr', 'y_ptr'), inner_trips=-(-d_state // 2))  # B, C float32
     kernels['selective_backward'] = Launch(
         _selective_backward, dict(selective), options, SELECTIVE_CHUNK * channels * d_state,
         ('x_ptr', 'delta_ptr', 'z_ptr', 'grad_y_ptr', 'grad_x_ptr', 'grad_delta_ptr', 'grad_z_ptr'),  # B, C float32
