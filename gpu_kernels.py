@@ -17,11 +17,11 @@ registers. The blocks' causal depthwise conv is a kernel of its own, the last 4 
 
 The selective scan follows mamba_ssm's design: a thread owns a channel and its N states, so the sum
 over states (y = C . h) stays in registers, with no (batch, time, channels, N) tensor anywhere. The
-forward takes 4-step tiles one state at a time, keeping the state before every SELECTIVE_CHUNK (4)
-steps; the backward recomputes the states from those, 4-step tiles again, two states at a time. It reads inputs
-in any float dtype (bfloat16 under autocast) and computes in float32; it fuses delta's softplus and
-bias and Mamba's output gate y * SiLU(z). Each kernel is a torch.library operator with a registered
-derivative. `python bench.py --static` counts what they cost on an H100 (results/speed/static/).
+forward takes 4-step tiles one state at a time, keeping the states before every SELECTIVE_CHUNK (4)
+steps; the backward recomputes the states from those, 4-step tiles again, two states at a time. It
+reads inputs in any float dtype (bfloat16 under autocast) and computes in float32; it fuses delta's
+softplus and bias and Mamba's output gate y * SiLU(z). Each kernel is a torch.library operator with a
+registered derivative. `python bench.py --static` counts what they cost on an H100 (results/speed/static/).
 
 Triton is not needed on a CPU. Where it is installed, TRITON_INTERPRET=1 (set before this module is
 imported) runs the same kernels on CPU tensors through Triton's interpreter: that is how the tests
@@ -604,10 +604,10 @@ if triton is not None:
 SCAN_BLOCK_D = 128  # channels a program owns, one a thread
 CONV_BLOCK_T, CONV_BLOCK_C = 32, 128  # a program's steps and channels (one a thread)
 CONV_MAX_KERNEL = 4  # the conv kernels' window of inputs; scan.causal_conv runs longer kernels plainly
-# Mamba's selective scan: one channel per thread (a program's 4 warps own 128 channels), a backward tile
-# of 4 steps, registers capped at 128 so that 4 programs share an SM (25% occupancy) without a spill
+# Mamba's selective scan: one channel per thread (a program's 4 warps own 128 channels), tiles of 4
+# steps, registers capped at 128 so that 4 programs share an SM (25% occupancy) without a spill
 # (python bench.py --static counts them).
-SELECTIVE_CHUNK = 4       # steps a backward tile holds per thread, and between two saved states
+SELECTIVE_CHUNK = 4       # steps a tile holds per thread, and between two saved states
 SELECTIVE_BLOCK_E = 128   # channels a program owns
 SELECTIVE_WARPS = 4
 SELECTIVE_REGISTERS = 128
