@@ -565,8 +565,7 @@ def static_report(args):
                 'it (bfloat16 activations, float32 states, pointers and sizes multiples of 16); registers, '
                 'spills and occupancy from ptxas; the rest from the SASS (in sass/) of the kernel\'s main loop '
                 '(the selective kernels\' loops over states, two states a pass, counted 8 times with the work around '
-                'them), per '
-                'state element (channel x state) and time step. MUFU: the special-function unit\'s '
+                'them), per state element (channel x state) and time step. MUFU: the special-function unit\'s '
                 'operations (exp2, reciprocal, ...).\n\n')
         f.write(report.markdown_table(kernel_columns, [[str(r[c]) for c in kernel_columns] for r in kernels]))
         f.write('\n## One training iteration at the paper\'s scale\n\nForward and backward of each paper-scale '

@@ -138,7 +138,7 @@ def test_triton_gated_scan_reads_bfloat16_gates():
     assert grad_low.dtype == torch.bfloat16 and relative_error(grad_low.float().cpu(), grad_high.double().cpu()) < 2 ** -8
 
 
-# the interpreter walks the forward step by step: short sequences
+# the interpreter is slow: short sequences
 @pytest.mark.parametrize('T, E', [(1, 6), (7, 6), (37, 6), (9, 150)])
 @pytest.mark.parametrize('with_h0', [False, True])
 def test_triton_selective_scan_equals_the_plain_one(T, E, with_h0):
