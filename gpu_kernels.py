@@ -339,6 +339,15 @@ if triton is not None:
         return delta
 
     @triton.jit
+    def _load_delta_steps(delta_ptr, bias, t0, e, T, E, SOFTPLUS: tl.constexpr):
+        """_load_delta for steps t0 .. t0 + 3 of a batch element's (T, E) delta, (channels, 4)."""
+        delta = _load_steps(delta_ptr, t0, e, T, E, E)
+        if SOFTPLUS:
+            t = t0 + tl.arange(0, 4)[None, :]
+            delta = tl.where((t < T) & (e[:, None] < E), _softplus(delta + bias[:, None]), 0.0)
+        return delta
+
+    @triton.jit
     def _selective_forward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, y_ptr, saved_ptr, T, E,
                            z_batch, z_row, N: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
                            CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
@@ -367,9 +376,7 @@ if triton is not None:
             t0 = k * CHUNK
             t = t0 + step
             x = _load_steps(x_ptr, t0, e, T, E, E)
-            delta = _load_steps(delta_ptr, t0, e, T, E, E)
-            if SOFTPLUS:  # 0 outside, where exp(delta A) = 1 and delta B x = 0 keep the state as it is
-                delta = tl.where((t < T) & (e[:, None] < E), _softplus(delta + bias[:, None]), 0.0)
+            delta = _load_delta_steps(delta_ptr, bias, t0, e, T, E, SOFTPLUS)  # 0 outside: the state stays
             delta_x = delta * x
             y = x * D
             for pair in range(0, N, 2):  # N is even (_padded); two states a pass, their loads issued together
@@ -499,9 +506,7 @@ if triton is not None:
                 s = _sigmoid(z)
                 grad_z_per_y = grad_y * s * (1.0 + z * (1.0 - s))
                 grad_y = grad_y * z * s
-            delta = _load_steps(delta_ptr, t0, e, T, E, E)
-            if SOFTPLUS:
-                delta = tl.where(inside, _softplus(delta + bias[:, None]), 0.0)
+            delta = _load_delta_steps(delta_ptr, bias, t0, e, T, E, SOFTPLUS)
             # 0 past T, where a = 1 carries g_ptr's gradient into the last step
             delta_after = _load_delta(delta_ptr, bias, (t0 + CHUNK) * E + e, _inside(t0 + CHUNK, e, T, E), SOFTPLUS)
             delta_x = delta * x
@@ -895,6 +900,7 @@ def launches(d_state=16):
     selective = dict(N=d_state, SOFTPLUS=True, CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E, HAS_Z=True)
     options = dict(num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
     channels = SELECTIVE_BLOCK_E // (32 * SELECTIVE_WARPS)
+    passes = -(-d_state // 2)  # of the selective kernels' loops over states, two states a pass
     kernels = {}
     for kind, value in KINDS.items():
         prefix = 'scan' if kind == 'plain' else f'{kind}_scan'
@@ -912,11 +918,11 @@ def launches(d_state=16):
             kernels[f'{prefix}_{name}'] = Launch(kernel, constants, dict(num_warps=4), per_thread, half)
     kernels['selective_forward'] = Launch(
         _selective_forward, dict(selective), options, SELECTIVE_CHUNK * channels * d_state,
-        ('x_ptr', 'delta_ptr', 'z_ptr', 'y_ptr'), inner_trips=-(-d_state // 2))  # B, C float32
+        ('x_ptr', 'delta_ptr', 'z_ptr', 'y_ptr'), inner_trips=passes)  # B, C float32
     kernels['selective_backward'] = Launch(
         _selective_backward, dict(selective), options, SELECTIVE_CHUNK * channels * d_state,
         ('x_ptr', 'delta_ptr', 'z_ptr', 'grad_y_ptr', 'grad_x_ptr', 'grad_delta_ptr', 'grad_z_ptr'),  # B, C float32
-        inner_trips=-(-d_state // 2))  # two states a pass
+        inner_trips=passes)
     return kernels
 
 
