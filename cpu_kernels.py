@@ -165,6 +165,12 @@ def _check(*tensors):
                              f'of shape {tuple(t.shape)}')
 
 
+def _contiguous(t):
+    """The C++ loops index their tensors as dense rows: every input goes through here or .contiguous()
+    (a carried state is a strided view, h[:, -1], and an optional one may be None)."""
+    return None if t is None else t.contiguous()
+
+
 # ----------------------------------------------------------------------------- the operators
 # Each kernel is a torch.library custom operator with a fake (shape-only) implementation and a
 # registered derivative, so torch.compile traces a whole block through it (no graph break) and
@@ -174,7 +180,7 @@ def _check(*tensors):
 def scan(a: Tensor, b: Tensor, h0: Optional[Tensor]) -> Tensor:
     """h_t = a_t h_{t-1} + b_t in compiled loops: scan.SequentialScan's function and derivative."""
     _check(a, b, h0)
-    return load().scan_forward(a.contiguous(), b.contiguous(), None if h0 is None else h0.contiguous())
+    return load().scan_forward(a.contiguous(), b.contiguous(), _contiguous(h0))
 
 
 @scan.register_fake
@@ -185,7 +191,7 @@ def _(a, b, h0):
 @torch.library.custom_op('minrnn::scan_backward', mutates_args=())
 def scan_backward(a: Tensor, h: Tensor, h0: Optional[Tensor], grad_h: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """(dL/da, dL/db, dL/dh0; an empty tensor where h0 is None) by the reverse recurrence."""
-    grad_a, grad_b, grad_h0 = load().scan_backward(a.contiguous(), h, h0, grad_h.contiguous())
+    grad_a, grad_b, grad_h0 = load().scan_backward(a.contiguous(), h.contiguous(), _contiguous(h0), grad_h.contiguous())
     return grad_a, grad_b, grad_h0 if h0 is not None else a.new_empty(0)
 
 
@@ -271,7 +277,7 @@ def selective_scan_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     step (what the backward recomputes from)."""
     _check(x, delta, A, B, C, D, h0)
     inputs = [t.contiguous() for t in (x, delta, A, B, C, D)]
-    y, last, saved = load().selective_scan_forward(*inputs, None if h0 is None else h0.contiguous())
+    y, last, saved = load().selective_scan_forward(*inputs, _contiguous(h0))
     return y, last, saved
 
 
@@ -291,7 +297,7 @@ def selective_scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: T
     dL/d(last state) where a later chunk read it (None: zero)."""
     inputs = [t.contiguous() for t in (x, delta, A, B, C, D)]
     return tuple(load().selective_scan_backward(*inputs, saved, grad_y.contiguous(),
-                                                None if grad_last is None else grad_last.contiguous()))
+                                                _contiguous(grad_last)))
 
 
 @selective_scan_backward.register_fake

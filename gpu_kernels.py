@@ -707,7 +707,7 @@ if triton is not None:
         batch, T, width = a.shape
         D = h.shape[-1]
         grad_a = torch.empty_like(a, memory_format=torch.contiguous_format)
-        grad_b = torch.empty_like(a) if kind == 'plain' else a.new_empty(0)
+        grad_b = torch.empty_like(a, memory_format=torch.contiguous_format) if kind == 'plain' else a.new_empty(0)
         grad_h0 = h.new_empty(batch, D, dtype=torch.float32) if h0 is not None else a.new_empty(0)
         with _on_device_of(a):
             _launch(_scan_backward, (batch, triton.cdiv(D, SCAN_BLOCK_D)), a.contiguous(), h.contiguous(),
