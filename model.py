@@ -131,18 +131,19 @@ class FeedForward(nn.Module):
 class CausalDepthwiseConv(nn.Module):
     """Per-channel convolution over the last `kernel` time steps (no look-ahead):
         y_t = bias + sum_s weight_{kernel-1-s} * x_{t-s},  s = 0..kernel-1   (x before t = 1 is zero)
-    then SiLU(y_t) if silu (Mamba), computed by ShiftedSum (or the kernel scan.py picks for the scan
-    backend); the step path applies the same sum to a window of the last inputs."""
+    then SiLU(y_t) if silu (Mamba), computed by ShiftedSum (or the fused kernel scan.py picks for the
+    scan backend); the step path applies the same sum to a window of the last inputs."""
+    fused_kernel = 'conv'
 
     def __init__(self, channels, kernel, silu=False, backend='auto'):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(kernel, channels).uniform_(-kernel ** -0.5, kernel ** -0.5))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.silu = silu
-        self.backend = backend
+        self.kernels = scan.Kernels.of(self, backend)
 
     def convolve(self, x):
-        return scan.causal_conv(x, self.weight, self.bias, self.silu, self.backend, plain=ShiftedSum.apply)
+        return scan.causal_conv(self.kernels, x, self.weight, self.bias, self.silu, plain=ShiftedSum.apply)
 
     def forward(self, x, window=None):
         """x: (B, T, C); window: the kernel-1 inputs before x, as step() keeps them (None: zeros).
@@ -307,6 +308,11 @@ def log_g(x):
     return torch.where(x >= 0, (F.relu(x) + 0.5).log(), -F.softplus(-x))
 
 
+def _defined_by(cls, name):
+    """The class in cls's method resolution order whose own body defines name."""
+    return next(k for k in cls.__mro__ if name in k.__dict__)
+
+
 class MinRNN(nn.Module):
     """A recurrent layer h_t = a_t * h_{t-1} + b_t whose a_t, b_t come from x_t alone.
 
@@ -314,9 +320,11 @@ class MinRNN(nn.Module):
     Subclasses say how many projections of x_t they need and turn them into (a_t, b_t) twice: as
     the paper's plain equations (coefficients: the sequential scan and the step path) and in log
     space (log_coefficients: the log scan, the paper's appendix). The tests hold the two equal.
+    A subclass that overrides coefficients alone runs them on every backend: the log scan then
+    takes its values, not a parent's log-space math, and no fused kernel (which computes its
+    class's own coefficients) is used unless its own class names one (fused_kernel).
     """
     n_projections = None
-    kind = None  # the block's name, which names its compiled coefficients (cpu_kernels.cpp)
 
     def __init__(self, config):
         super().__init__()
@@ -326,7 +334,9 @@ class MinRNN(nn.Module):
         self.to_gates = nn.Linear(d, self.n_projections * inner, bias=config.bias)
         self.out = nn.Linear(inner, d, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
-        self.backend = config.scan_backend
+        self.kernels = scan.Kernels.of(self, config.scan_backend)
+        self.has_own_log_space = issubclass(_defined_by(type(self), 'log_coefficients'),
+                                            _defined_by(type(self), 'coefficients'))
 
     def coefficients(self, gates):
         """(a_t, b_t) from the projections of x_t."""
@@ -341,7 +351,8 @@ class MinRNN(nn.Module):
         if self.conv is not None:
             x, window = self.conv(x, window)
         gates = self.to_gates(x)  # widened for the scans that need it
-        h = scan.gated_scan(self.kind, gates, self.coefficients, self.log_coefficients, h0, self.backend)
+        h = scan.gated_scan(self.kernels, gates, self.coefficients,
+                            self.log_coefficients if self.has_own_log_space else None, h0)
         return self.dropout(self.out(h.to(x.dtype))), (h[:, -1], window)
 
     def step(self, x, state):
@@ -358,7 +369,7 @@ class MinGRU(MinRNN):
         z_t = sigmoid(Linear(x_t)),  h~_t = g(Linear(x_t)),  h_t = (1 - z_t) h_{t-1} + z_t h~_t
     so a_t = 1 - z_t and b_t = z_t h~_t; in log space, as the appendix does:
         log z = -softplus(-k),  log(1 - z) = -softplus(k)."""
-    n_projections, kind = 2, 'mingru'
+    n_projections, fused_kernel = 2, 'mingru'
 
     def coefficients(self, gates):
         return MinGRUCoefficients.apply(gates)
@@ -399,7 +410,7 @@ class MinLSTM(MinRNN):
         f'_t = f_t / (f_t + i_t),  i'_t = i_t / (f_t + i_t),  h_t = f'_t h_{t-1} + i'_t h~_t.
     In log space (appendix): with d = log i - log f = softplus(-k_f) - softplus(-k_i),
         log f' = -softplus(d),  log i' = -softplus(-d)."""
-    n_projections, kind = 3, 'minlstm'
+    n_projections, fused_kernel = 3, 'minlstm'
 
     def coefficients(self, gates):
         return MinLSTMCoefficients.apply(gates)
@@ -455,6 +466,7 @@ class Mamba(nn.Module):
     over (batch, time, E * N) with log a = delta * A; b can be negative, so no backend may assume
     b > 0 (scan.py splits signs for the log backends).
     """
+    fused_kernel = 'selective'
 
     def __init__(self, config):
         super().__init__()
@@ -470,7 +482,7 @@ class Mamba(nn.Module):
         self.A_log._no_weight_decay = self.D._no_weight_decay = True
         self.out = nn.Linear(inner, d, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
-        self.backend = config.scan_backend
+        self.kernels = scan.Kernels.of(self, config.scan_backend)
         self.chunk_elems = config.scan_chunk_elems
 
     @torch.no_grad()
@@ -501,7 +513,7 @@ class Mamba(nn.Module):
         log_a = delta.unsqueeze(-1) * -A_log.exp()             # log exp(delta A)
         b = (delta * x).unsqueeze(-1) * B.unsqueeze(2)                   # delta B x
         h = scan.linear_scan(log_a=log_a.reshape(batch, T, -1), b=b.reshape(batch, T, -1),
-                             h0=None if h0 is None else h0.reshape(batch, -1), backend=self.backend)
+                             h0=None if h0 is None else h0.reshape(batch, -1), backend=self.kernels.backend(x.device))
         h = h.view(batch, T, E, -1)
         return (h * C.unsqueeze(2)).sum(-1) + D * x, h[:, -1]
 
@@ -509,7 +521,7 @@ class Mamba(nn.Module):
         """y, or y * SiLU(z) given z, and the last state; scan.py chooses the kernel (fused in C++ or
         Triton, or plain_selective_scan) and widens half-precision inputs for those that need it.
         fused_softplus: delta is selective_inputs' pre-activation, finished by the kernel."""
-        return scan.selective_scan(x, delta, -self.A_log.exp(), B, C, self.D, h0, self.backend,
+        return scan.selective_scan(self.kernels, x, delta, -self.A_log.exp(), B, C, self.D, h0,
                                    plain=self.plain_selective_scan, z=z, gate=SiLUGate.apply,
                                    delta_bias=self.dt_proj.bias if fused_softplus else None)
 
@@ -531,7 +543,7 @@ class Mamba(nn.Module):
         h0, window = state if state is not None else (None, None)
         x, z = self.in_proj(u).chunk(2, dim=-1)
         x, window = self.conv(x, window)  # and SiLU
-        fused = scan.fuses_softplus(self.backend, x.device)
+        fused = scan.fuses_softplus(self.kernels, x.device)
         y, h = self.selective_scan(x, *self.selective_inputs(x, fused), h0, z=z, fused_softplus=fused)  # y * SiLU(z)
         # y narrowed to the weight's dtype where that is narrower (a half-precision model, no autocast);
         # else as it is: autocast casts for out() itself, and the Triton kernels' bfloat16 y stays so

@@ -35,9 +35,10 @@ Backends, chosen by name:
                'compiled' on a CPU where it builds, else 'sequential' (also on MPS, which has no
                float64).
 
-This module is the one place that decides which kernel runs: resolve_backend() for the name,
-gated_scan() for minGRU / minLSTM, selective_scan() for Mamba and causal_conv() for the convolution
-before them; model.py asks them.
+This module is the one place that decides which kernel runs. A layer asks once, when it is built
+(Kernels): per device type, the backend 'auto' stands for there, and which fused kernel its exact
+class may use. Its forward then calls gated_scan() (minGRU / minLSTM), selective_scan() (Mamba) or
+causal_conv() (the convolution before them) with that choice, and never loads anything itself.
 """
 import torch
 
@@ -71,6 +72,42 @@ def resolve_backend(backend, device):
     return backend
 
 
+# The fused kernels, each the math of one class of model.py: a layer uses one only if its own class
+# names it (Kernels), so a subclass that changes the math runs its own code on the plain kernels.
+FUSED = ('mingru', 'minlstm', 'selective', 'conv')
+
+
+class Kernels:
+    """The kernels one layer runs, chosen when it is built, so that forward does no loading and
+    torch.compile traces nothing but tensor code: per device type here (the CPU, and CUDA where it is
+    available), the backend `backend` stands for, the C++ build or the triton import done now. fused:
+    the fused kernel the layer's class implements (one of FUSED), or None for the plain path of its
+    own math on the generic scan."""
+
+    def __init__(self, backend, fused=None):
+        if fused is not None and fused not in FUSED:
+            raise ValueError(f'no fused kernel {fused!r}: there are {", ".join(FUSED)}; a layer that computes '
+                             'other math leaves fused_kernel unset and runs its own code on the plain scan')
+        self.requested, self.fused = backend, fused
+        devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+        self.backends = {device: resolve_backend(backend, device) for device in devices}
+
+    @classmethod
+    def of(cls, layer, backend):
+        """The kernels of layer: the fused one only where its exact class declares fused_kernel (a
+        subclass inherits the attribute, not the right to the kernel)."""
+        return cls(backend, type(layer).__dict__.get('fused_kernel'))
+
+    def backend(self, device):
+        """The backend for tensors on device (other device types resolve without loading anything)."""
+        return self.backends.get(device.type) or resolve_backend(self.requested, device)
+
+    def fused_on(self, device):
+        """The fused kernel's backend on device ('compiled' or 'triton'), or None where it runs plainly."""
+        backend = self.backend(device)
+        return backend if self.fused is not None and backend in ('compiled', 'triton') else None
+
+
 def check_backend(backend, device):
     """A ValueError in words where this backend cannot run on this device (before training, not at the
     first forward); builds the C++ kernels where they are asked for."""
@@ -85,54 +122,52 @@ def check_backend(backend, device):
         load_gpu_kernels().check()
 
 
-def gated_scan(kind, gates, coefficients, log_coefficients, h0=None, backend='auto'):
-    """h of a minGRU / minLSTM layer (kind) from its gate pre-activations (any float dtype): 'triton'
-    computes the coefficients inside its scan kernels, 'compiled' in C++, the 'log' backend scans the
-    log coefficients that never left log space, the others scan the plain ones.
-    coefficients / log_coefficients: gates -> (a, b) / (log a, log b)."""
-    backend = resolve_backend(backend, gates.device)
-    if backend == 'triton':
-        return load_gpu_kernels().gated_scan(kind, gates, h0)
+def gated_scan(kernels, gates, coefficients, log_coefficients, h0=None):
+    """h of a minGRU / minLSTM layer from its gate pre-activations (any float dtype): its fused kernel
+    computes the coefficients inside the scan (Triton) or in C++; otherwise the 'log' backend scans
+    log_coefficients (logs that never left log space) and the others the plain coefficients.
+    coefficients / log_coefficients: gates -> (a, b) / (log a, log b); log_coefficients None: the
+    layer has no log form of its own, and the log backend scans the plain values."""
+    backend, fused = kernels.backend(gates.device), kernels.fused_on(gates.device)
+    if fused == 'triton':
+        return load_gpu_kernels().gated_scan(kernels.fused, gates, h0)
     gates = widen(gates)
-    if backend == 'log':  # h0 > 0 always: b = z h~ > 0 (minGRU), i' h~ > 0 (minLSTM)
+    if backend == 'log' and log_coefficients is not None:  # h0 > 0 always: b = z h~ > 0, i' h~ > 0
         log_a, log_b = log_coefficients(gates)
         return linear_scan(log_a=log_a, log_b=log_b, h0=h0, backend='log')
-    if backend == 'compiled':
-        return linear_scan(*cpu_kernels.coefficients(kind, gates), h0=h0, backend='compiled')
+    if fused == 'compiled':
+        return linear_scan(*cpu_kernels.coefficients(kernels.fused, gates), h0=h0, backend='compiled')
     return linear_scan(*coefficients(gates), h0=h0, backend=backend)
 
 
-def fuses_softplus(backend, device):
-    """Whether selective_scan's kernel here takes delta's pre-activation and bias and applies the
-    softplus itself (Triton's): then the block hands it those (delta_bias=) instead of delta."""
-    return resolve_backend(backend, device) == 'triton'
-
-
-def selective_scan(x, delta, A, B, C, D, h0, backend, plain, z=None, gate=None, delta_bias=None):
-    """Mamba's selective scan, y and the last state: fused in C++ ('compiled') or Triton ('triton'),
-    which never build the (batch, T, E, N) coefficients; otherwise plain(x, delta, B, C, h0), the
-    block's own scan on linear_scan. Given z, y is gated: y * SiLU(z), fused into the Triton kernels,
-    gate(y, z) after the others. delta_bias: where fuses_softplus(), delta is its pre-activation and
+def selective_scan(kernels, x, delta, A, B, C, D, h0, plain, z=None, gate=None, delta_bias=None):
+    """Mamba's selective scan, y and the last state: fused in C++ or Triton, which never build the
+    (batch, T, E, N) coefficients; otherwise plain(x, delta, B, C, h0), the block's own scan on
+    linear_scan. Given z, y is gated: y * SiLU(z), fused into the Triton kernels, gate(y, z) after the
+    others. delta_bias: where fuses_softplus(), delta is its pre-activation and
     delta = softplus(delta + delta_bias). Triton reads half-precision x, delta, B, C, z as they are
     (y in x's dtype); the others get them widened."""
-    backend = resolve_backend(backend, x.device)
-    if backend == 'triton':
+    fused = kernels.fused_on(x.device)
+    if fused == 'triton':
         return load_gpu_kernels().selective_scan(x, delta, A, B, C, D, h0, delta_bias=delta_bias, z=z)
     if delta_bias is not None:
-        raise ValueError(f"scan_backend={backend!r} takes delta itself, not its pre-activation and bias")
+        raise ValueError("only the Triton kernel takes delta's pre-activation and bias; pass delta itself")
     x, delta, B, C = (widen(t) for t in (x, delta, B, C))
-    if backend == 'compiled':
-        y, last = cpu_kernels.selective_scan(x, delta, A, B, C, D, h0)
-    else:
-        y, last = plain(x, delta, B, C, h0)
+    y, last = cpu_kernels.selective_scan(x, delta, A, B, C, D, h0) if fused == 'compiled' else plain(x, delta, B, C, h0)
     return (y, last) if z is None else (gate(y, widen(z)), last)
 
 
-def causal_conv(x, weight, bias, silu, backend, plain):
-    """The recurrent blocks' causal depthwise conv (model.CausalDepthwiseConv): one Triton kernel on the
-    'triton' backend for kernels of up to 4 steps (Mamba's d_conv, the configs' conv_kernel),
-    plain(x, weight, bias, silu) (shifted multiply-adds) otherwise."""
-    if resolve_backend(backend, x.device) == 'triton' and weight.shape[0] <= load_gpu_kernels().CONV_MAX_KERNEL:
+def fuses_softplus(kernels, device):
+    """Whether selective_scan's kernel on device takes delta's pre-activation and bias and applies the
+    softplus itself (Triton's): then the block hands it those (delta_bias=) instead of delta."""
+    return kernels.fused_on(device) == 'triton'
+
+
+def causal_conv(kernels, x, weight, bias, silu, plain):
+    """The recurrent blocks' causal depthwise conv (model.CausalDepthwiseConv): one Triton kernel for
+    kernels of up to 4 steps (Mamba's d_conv, the configs' conv_kernel), plain(x, weight, bias, silu)
+    (shifted multiply-adds) otherwise."""
+    if kernels.fused_on(x.device) == 'triton' and weight.shape[0] <= load_gpu_kernels().CONV_MAX_KERNEL:
         return load_gpu_kernels().causal_conv(x, weight, bias, silu)
     return plain(x, weight, bias, silu)
 

@@ -418,3 +418,67 @@ def assert_compiled_equals_eager(model, idx):
     compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
     for got, expected in zip(loss_and_grads(compiled), loss_and_grads(model)):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+class TanhCandidateMinGRU(MinGRU):
+    """minGRU with h~ = tanh(k_h): other math under minGRU's name, as a user extending the family writes it."""
+
+    def coefficients(self, gates):
+        k_z, k_h = gates.chunk(2, dim=-1)
+        z = torch.sigmoid(k_z)
+        return 1 - z, z * torch.tanh(k_h)
+
+
+@pytest.mark.parametrize('backend', ['auto', 'log', 'sequential', COMPILED])
+def test_a_subclass_that_changes_the_math_runs_its_own_math(backend):
+    """On every backend its parallel path equals its own step path: no fused minGRU kernel (which
+    computes g, not tanh) and no inherited log-space coefficients."""
+    torch.manual_seed(0)
+    layer = TanhCandidateMinGRU(ModelConfig(block='mingru', n_embd=8, expansion=1.0, scan_backend=backend)).double()
+    assert layer.kernels.fused is None and not layer.has_own_log_space
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    parallel, _ = layer(x)
+    state, steps = None, []
+    for t in range(x.shape[1]):
+        y, state = layer.step(x[:, t], state)
+        steps.append(y)
+    torch.testing.assert_close(parallel, torch.stack(steps, dim=1), rtol=1e-9, atol=1e-12)
+
+
+def test_the_paper_blocks_use_their_fused_kernels():
+    for cls, kernel in ((MinGRU, 'mingru'), (MinLSTM, 'minlstm'), (Mamba, 'selective')):
+        assert cls(ModelConfig(block='mamba', n_embd=8, d_state=2)).kernels.fused == kernel
+
+
+def test_a_subclass_naming_a_kernel_that_does_not_exist_is_refused_when_built():
+    class MyGRU(MinGRU):
+        fused_kernel = 'mygru'
+    with pytest.raises(ValueError, match="no fused kernel 'mygru'"):
+        MyGRU(ModelConfig(n_embd=8))
+
+
+COMPILE_FIRST = """
+import sys, torch
+sys.path.insert(0, '.')
+from model import BLOCKS, CharLM, LibraryRNN, ModelConfig
+for block, spec in BLOCKS.items():
+    torch.manual_seed(0)
+    model = CharLM(ModelConfig(block=block, vocab_size=11, block_size=16, n_layer=1, n_embd=16, n_head=2,
+                               **({'conv_kernel': 3} if block in ('mingru', 'minlstm') else {})))
+    idx = torch.randint(0, 11, (2, 16))
+    # torch.nn.GRU / LSTM are a graph break in torch itself (dynamo: 'Attempted to wrap RNN, GRU, or LSTM')
+    whole = not issubclass(spec.mixer, LibraryRNN)
+    loss = torch.compile(model, fullgraph=whole, backend='aot_eager')(idx, idx)[1]
+    loss.backward()
+    print(block, 'compiled', flush=True)
+"""
+
+
+def test_torch_compile_works_as_the_first_call_in_a_fresh_process():
+    """No kernel is chosen, loaded or built inside forward, so fullgraph=True traces every block on
+    'auto' before anything ran it eagerly (it once met the C++ build's get_cpu_capability()); the full
+    GRU and LSTM compile around torch's RNN layers, which dynamo does not trace."""
+    from conftest import run_script
+    result = run_script('-c', COMPILE_FIRST, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [line.split()[0] for line in result.stdout.splitlines()] == list(BLOCKS)

@@ -90,7 +90,7 @@ def test_triton_causal_conv_equals_the_shifted_sum(T, silu, kernel):
 def test_kernels_longer_than_the_triton_convs_window_run_the_plain_conv():
     import scan
     x, weight, bias = torch.randn(1, 3, 8).to(DEVICE), torch.randn(5, 8).to(DEVICE), torch.zeros(8).to(DEVICE)
-    assert scan.causal_conv(x, weight, bias, False, 'triton', plain=lambda *args: 'plain') == 'plain'
+    assert scan.causal_conv(scan.Kernels('triton', 'conv'), x, weight, bias, False, plain=lambda *args: 'plain') == 'plain'
     with pytest.raises(ValueError, match='up to 4 steps'):
         gpu_kernels.causal_conv(x, weight, bias)
 
