@@ -49,7 +49,7 @@ def evaluate_run(run_dir, series, ckpt, device, bar):
         n = max(1, round(multiple * L))
         if n <= L or recurrent:
             rows.append({**who, 'context': n, 'how': 'windowed',
-                         'val_loss': full_split_loss(model, val, n, max(1, batch * L // n), device)})
+                         'val_loss': full_split_loss(model, val, n, device)})
         bar.update(1)
     if recurrent:
         rows.append({**who, 'context': 'all', 'how': 'carried', 'val_loss': carried_state_loss(model, val, 16 * L, device)})

@@ -35,16 +35,24 @@ def estimate_loss(model, data, iters, batch_size, block_size, seed, device, auto
     return total.item() / iters
 
 
+# Tokens in one batch of a whole-split score, whatever the training batch: a 20-step run at batch 2
+# would otherwise spend its time in thousands of tiny forward passes. 16,384 is the paper recipe's
+# training batch (64 x 256), which fits wherever that trains (scoring keeps no activations).
+EVAL_BATCH_TOKENS = 16_384
+
+
 @torch.no_grad()
-def full_split_loss(model, data, block_size, batch_size, device, autocast=contextlib.nullcontext(),
-                    rank=0, world=1):
+def full_split_loss(model, data, block_size, device, autocast=contextlib.nullcontext(), rank=0, world=1,
+                    batch_tokens=EVAL_BATCH_TOKENS):
     """Mean loss over every prediction of a split exactly once (split_windows), each token predicted
     from the context inside its window, as in training: the deterministic number for curves and
-    tables, where an estimate from a few random batches carries sampling noise. Batches are shared
-    among the processes."""
+    tables, where an estimate from a few random batches carries sampling noise. Windows go in
+    batches of about batch_tokens, shared among the processes; the batching does not change the
+    number (beyond float rounding)."""
     tokens = torch.from_numpy(np.asarray(data, dtype=np.int64))
     total = torch.zeros(2, device=device, dtype=torch.float64)  # summed loss, predictions
-    for k, (starts, length) in enumerate(split_windows(len(tokens), block_size, batch_size)):
+    rows = max(1, batch_tokens // block_size)
+    for k, (starts, length) in enumerate(split_windows(len(tokens), block_size, rows)):
         if k % world != rank:
             continue
         x = torch.stack([tokens[s:s + length] for s in starts]).to(device)

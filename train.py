@@ -300,8 +300,8 @@ class Training:
                 train_loss = estimate_loss(self.eval_model, self.train_data, config['eval_iters'], config['batch_size'],
                                            config['block_size'], config['seed'], self.device, self.autocast,
                                            self.rank, self.world)
-                val_loss = full_split_loss(self.eval_model, self.val_data, config['block_size'], config['batch_size'],
-                                           self.device, self.autocast, self.rank, self.world)
+                val_loss = full_split_loss(self.eval_model, self.val_data, config['block_size'], self.device,
+                                           self.autocast, self.rank, self.world)
         finally:
             self.eval_model.train()
         if self.master:

@@ -51,8 +51,19 @@ def test_position_losses_average_to_the_windowed_score():
     data = DATA[:193]  # 192 predictions: 8 windows of 24
     with torch.no_grad():
         by_position = scoring.position_losses(model, data, 24, 3, 'cpu')
-        windowed = scoring.full_split_loss(model, data, 24, 5, 'cpu')
+        windowed = scoring.full_split_loss(model, data, 24, 'cpu', batch_tokens=5 * 24)
     assert len(by_position) == 24 and math.isclose(sum(by_position) / 24, windowed, rel_tol=1e-10)
+
+
+@pytest.mark.parametrize('block', ['transformer', 'mingru', 'mamba'])
+def test_the_whole_split_score_does_not_depend_on_its_batching(block):
+    """Batches of a fixed token budget score what batches of a training batch_size scored: every
+    window once, the short last one included (202 predictions: 8 windows of 24 and one of 10)."""
+    model = tiny_model(block)
+    with torch.no_grad():
+        scores = [scoring.full_split_loss(model, DATA, 24, 'cpu', batch_tokens=rows * 24) for rows in (1, 2, 12)]
+        scores.append(scoring.full_split_loss(model, DATA, 24, 'cpu'))
+    assert all(math.isclose(score, scores[0], rel_tol=1e-12) for score in scores), scores
 
 
 def test_the_command_writes_csv_table_and_figures(tmp_path, tiny_dataset):
