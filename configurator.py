@@ -3,9 +3,12 @@ nanoGPT-style configuration: defaults, then Python config files, then --key=valu
 
     python train.py config/shakespeare_char_mingru_cpu.py --batch_size=32 --compile=False
 
-A config file is plain Python whose top-level assignments override defaults. Unlike nanoGPT's
-exec-into-globals, every name is checked: an unknown key or a value of the wrong type is a
-ConfigError that lists the valid choices, so a typo never silently trains the wrong model.
+A config file is plain Python whose top-level assignments override defaults. It runs as code, so
+only trusted files belong there. Unlike nanoGPT's exec-into-globals, every name is checked: an
+unknown key or a value of the wrong type is a ConfigError that lists the valid choices, so a typo
+never silently trains the wrong model. A file may start from another, `base = 'recipe.py'` (a
+path beside it): the base's values first, then the file's own, so a recipe is written once and a
+block's file holds only what is its own.
 """
 import argparse
 import ast
@@ -51,7 +54,8 @@ def _parse_value(text):
         return text
 
 
-def _read_config_file(path):
+def _read_config_file(path, including=()):
+    """The values a config file sets, its base's first (base = 'file.py', resolved beside it)."""
     if not os.path.isfile(path):
         folder = os.path.dirname(path) or '.'
         choices = sorted(f for f in os.listdir(folder) if f.endswith('.py')) if os.path.isdir(folder) else []
@@ -67,8 +71,17 @@ def _read_config_file(path):
         exec(compile(source, path, 'exec'), namespace)
     except (Exception, SystemExit) as e:  # a config file is user code (sys.exit too): name it in the message
         raise ConfigError(f'config file {path!r} failed: {type(e).__name__}: {e}') from e
-    return {k: v for k, v in namespace.items()
-            if not k.startswith('_') and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+    values = {k: v for k, v in namespace.items()
+              if not k.startswith('_') and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+    base = values.pop('base', None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path!r}: base must be a file name, got {base!r}")
+    base_path = os.path.join(os.path.dirname(path), base)
+    if os.path.abspath(base_path) in including:
+        raise ConfigError(f'config file {path!r}: base {base!r} includes itself')
+    return {**_read_config_file(base_path, (*including, os.path.abspath(path))), **values}
 
 
 def resolve(defaults, args):

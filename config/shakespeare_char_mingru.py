@@ -1,24 +1,7 @@
-# minGRU at the paper's scale: the data, context, batch, dropout and schedule of
-# config/shakespeare_char_transformer.py (nanoGPT's shakespeare_char), sized to its ~10.7M parameters.
+# minGRU at the paper's scale, sized to the Transformer's ~10.7M parameters.
+base = 'shakespeare_char.py'
 out_dir = 'out/shakespeare_char_mingru'
-dataset = 'shakespeare_char'
 block = 'mingru'
-
-eval_interval = 250
-eval_iters = 200
-log_interval = 10
-
-batch_size = 64
-block_size = 256
-n_layer = 6
-n_embd = 384
-dropout = 0.2
 expansion = 1.0      # gates 2 d^2 + out d^2 + feed-forward 9 d^2 = 12 d^2 a layer, as the Transformer's
 ff_mult = 4.5
 conv_kernel = 4
-
-learning_rate = 1e-3
-max_iters = 5000  # lr_decay_iters follows it
-min_lr = 1e-4
-beta2 = 0.99
-warmup_iters = 100

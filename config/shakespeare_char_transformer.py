@@ -1,23 +1,5 @@
-# The Transformer at the paper's scale: nanoGPT's config/train_shakespeare_char.py, the set-up the
-# paper's language-modelling experiment names (6 layers, 6 heads, 384 wide, context 256, batch 64,
-# dropout 0.2, lr 1e-3 -> 1e-4 over 5000 steps, beta2 0.99, warm-up 100). About 10.7M parameters.
+# The Transformer at the paper's scale: nanoGPT's GPT on its own recipe, about 10.7M parameters.
+base = 'shakespeare_char.py'
 out_dir = 'out/shakespeare_char_transformer'
-dataset = 'shakespeare_char'
 block = 'transformer'
-
-eval_interval = 250
-eval_iters = 200
-log_interval = 10
-
-batch_size = 64
-block_size = 256
-n_layer = 6
 n_head = 6
-n_embd = 384
-dropout = 0.2
-
-learning_rate = 1e-3
-max_iters = 5000  # lr_decay_iters follows it
-min_lr = 1e-4
-beta2 = 0.99
-warmup_iters = 100

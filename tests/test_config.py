@@ -14,6 +14,39 @@ def test_file_then_command_line_overrides(tmp_path):
     assert DEFAULTS['batch_size'] == 64  # defaults untouched
 
 
+def test_a_file_starts_from_its_base_beside_it(tmp_path):
+    (tmp_path / 'recipe.py').write_text("batch_size = 12\nlearning_rate = 1e-3\n")
+    (tmp_path / 'block.py').write_text("base = 'recipe.py'\nblock = 'mingru'\nlearning_rate = 3e-3\n")
+    config = resolve(DEFAULTS, [str(tmp_path / 'block.py')])
+    assert config == {'batch_size': 12, 'learning_rate': 3e-3, 'block': 'mingru', 'compile': False}
+
+
+def test_a_base_that_includes_itself_is_refused(tmp_path):
+    (tmp_path / 'a.py').write_text("base = 'b.py'\n")
+    (tmp_path / 'b.py').write_text("base = 'a.py'\n")
+    with pytest.raises(ConfigError, match='includes itself'):
+        resolve(DEFAULTS, [str(tmp_path / 'a.py')])
+
+
+def test_a_blocks_config_file_sets_only_what_its_recipe_does_not():
+    """Each recipe is written once: a block's file repeats no key of its base with the base's value."""
+    import ast
+    import os
+    import settings
+    from configurator import _read_config_file
+    from model import BLOCKS
+    for spec in BLOCKS.values():
+        for path in spec.configs.values():
+            with open(path) as f:
+                assigned = {node.targets[0].id: node.value for node in ast.parse(f.read()).body
+                            if isinstance(node, ast.Assign)}
+            recipe = _read_config_file(os.path.join(os.path.dirname(path), ast.literal_eval(assigned.pop('base'))))
+            values = _read_config_file(path)
+            repeated = [key for key in assigned if key in recipe and recipe[key] == values[key]]
+            assert not repeated, f'{path} repeats {repeated} of its base'
+            assert resolve(settings.defaults(), [path])['block'] == spec.name
+
+
 def test_int_is_accepted_for_float_and_bare_words_are_strings():
     config = resolve(DEFAULTS, ['--learning_rate=1', '--block=minlstm'])
     assert config['learning_rate'] == 1.0 and isinstance(config['learning_rate'], float)
