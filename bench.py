@@ -8,15 +8,15 @@ Speed and memory of every block, measured side by side in one run (never as time
     python bench.py --static                          # the Triton kernels' cost on GPUs, without one
 
 1. train: one layer's training step (forward + backward, batch 64, width 128) against sequence
-   length T, for minGRU / minLSTM with each scan backend; GRU / LSTM stepped in a Python loop with
-   backpropagation through time (the paper's sequential baselines); nn.GRU / nn.LSTM (cuDNN on a
-   GPU, oneDNN on a CPU: the strongest sequential baseline a user has); the Mamba-like mixer; causal
-   self-attention. Median of repeats after a warm-up, the variants timed in interleaved rounds at
-   each T. Memory of the same step: on CUDA the peak
-   allocated; on a CPU the bytes of the tensors autograd saves for backward (activations and the
-   weights they need, each storage counted once), which is what grows with T.
+   length T, for every block of minrnn/blocks.py (its mixer at recurrent width 128; minGRU, minLSTM
+   and Mamba with each scan backend; the full GRU / LSTM as the library runs them, cuDNN on a GPU,
+   oneDNN on a CPU: the strongest sequential baseline a user has), and GRU / LSTM cells stepped in a
+   Python loop with backpropagation through time (the paper's sequential baselines). Median of
+   repeats after a warm-up, the variants timed in interleaved rounds at each T. Memory of the same
+   step: on CUDA the peak allocated; on a CPU the bytes of the tensors autograd saves for backward
+   (activations and the weights they need, each storage counted once), which is what grows with T.
 2. recipe: one whole training iteration (forward, backward, clipping, AdamW) of each block's CPU
-   recipe model (its config file for the 'cpu' scale in model.py's registry: batch 12, context 64;
+   recipe model (its config file for the 'cpu' scale in minrnn/blocks.py: batch 12, context 64;
    --recipe_scale paper: the paper-scale ones, batch 64, context 256), in interleaved rounds so that
    every block sees the same machine; the median, and the ratio to the first block (the Transformer).
 3. generate: time per token of each block of the CPU recipe (its 'cpu' config, untrained weights:
@@ -35,7 +35,8 @@ it read); and, from the tensor shapes alone, the bytes, FLOPs and H100 roofline 
 iteration of each of the paper's blocks at the paper's scale (roofline.csv); both summed up in
 report.md, in results/speed/static/ by default.
 """
-import configurator  # noqa: F401  first: a Ctrl-C while torch imports ends in one line (configurator.py)
+from minrnn import cli
+cli.exit_on_interrupt()  # first: a Ctrl-C while torch imports ends in one line, exit 130
 
 import contextlib
 import functools
@@ -55,12 +56,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 from tqdm import tqdm
 
-import devices
-import report
-import settings
-from configurator import ArgumentParser, UsageError, resolve, run_cli
-from model import BLOCKS, CausalSelfAttention, CharLM, Mamba, MinGRU, MinLSTM, ModelConfig
-from scan import BACKENDS, load_gpu_kernels, resolve_backend
+from minrnn import devices
+from minrnn import report
+from minrnn import settings
+from minrnn.cli import ArgumentParser, UsageError, run_cli
+from minrnn.settings import resolve
+from minrnn.blocks import BLOCKS
+from model import MIXERS, CharLM, ModelConfig
+from minrnn.scan import BACKENDS, load_gpu_kernels, resolve_backend
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -96,17 +99,6 @@ class LSTMLoop(nn.Module):
         return torch.stack(out, dim=1)
 
 
-class Fused(nn.Module):
-    """nn.GRU / nn.LSTM: the whole sequence in one library call (cuDNN, oneDNN)."""
-
-    def __init__(self, rnn):
-        super().__init__()
-        self.rnn = rnn
-
-    def forward(self, x):
-        return self.rnn(x)[0]
-
-
 def scan_backends(device):
     """The scan backends that run on this device: 'compiled' only on a CPU where it builds, 'triton' only
     on CUDA where triton imports ('auto' picks each of them there)."""
@@ -115,21 +107,19 @@ def scan_backends(device):
 
 
 def layer_variants(width, device):
-    """name -> a function making one layer of that kind at this width."""
-    def mixer(cls, block, backend='auto', **kw):
-        return lambda: cls(ModelConfig(block=block, n_embd=width, n_head=4, expansion=1.0, scan_backend=backend, **kw))
-    return {
-        **{f'minGRU ({b})': mixer(MinGRU, 'mingru', b) for b in scan_backends(device)},
-        **{f'minLSTM ({b})': mixer(MinLSTM, 'minlstm', b) for b in scan_backends(device)},
-        'GRU (loop)': lambda: GRULoop(width),
-        'LSTM (loop)': lambda: LSTMLoop(width),
-        'nn.GRU': lambda: Fused(nn.GRU(width, width, batch_first=True)),
-        'nn.LSTM': lambda: Fused(nn.LSTM(width, width, batch_first=True)),
-        # Mamba on its 'auto' path (the fused selective scan: C++ on a CPU, Triton on CUDA) and the plain one
-        **{f'Mamba ({b})': mixer(Mamba, 'mamba', b)
-           for b in dict.fromkeys([resolve_backend('auto', device), 'sequential'])},
-        'attention': mixer(CausalSelfAttention, 'transformer'),
-    }
+    """name -> a function making one layer of that kind at this width: every registered block's
+    mixer (at its recurrent width = n_embd where it has one), once per scan backend where it reads
+    scan_backend; and the paper's baselines, GRU and LSTM cells stepped in a Python loop."""
+    def mixer(block, **keys):
+        config = ModelConfig(block=block, n_embd=width, n_head=4, expansion=1.0, **keys)
+        return lambda: MIXERS[block](config)
+    variants = {}
+    for block, spec in BLOCKS.items():
+        if 'scan_backend' in spec.keys:
+            variants.update({f'{spec.display} ({b})': mixer(block, scan_backend=b) for b in scan_backends(device)})
+        else:
+            variants[spec.display] = mixer(block)
+    return {**variants, 'GRU (loop)': lambda: GRULoop(width), 'LSTM (loop)': lambda: LSTMLoop(width)}
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -228,7 +218,7 @@ def recipe_model_config(block, max_position, scale='cpu'):
     values = resolve(settings.defaults(), [path])  # train.py's defaults, as the config files expect
     config = ModelConfig.from_dict(values)
     config.vocab_size = 65
-    if BLOCKS[block].positions:
+    if getattr(MIXERS[block], 'needs_positions', False):
         config.block_size = max(config.block_size, max_position + 1)
     return config, values['batch_size']
 
@@ -296,27 +286,38 @@ def bench_generation(args, device, bar):
 
 # ----------------------------------------------------------------------------- reporting
 
-RATIOS = [  # (label, slower variant, faster variant, what)
+# The paper's speed claim: a min RNN's training step against the RNN it simplifies, stepped in a
+# loop (its baseline) and as the library runs it (cuDNN / oneDNN). (label, slower, faster, what)
+PAPER_RATIOS = [
     ('GRU loop / minGRU', 'GRU (loop)', 'minGRU ({auto})', 'ms'),
     ('LSTM loop / minLSTM', 'LSTM (loop)', 'minLSTM ({auto})', 'ms'),
-    ('nn.GRU / minGRU', 'nn.GRU', 'minGRU ({auto})', 'ms'),
-    ('nn.LSTM / minLSTM', 'nn.LSTM', 'minLSTM ({auto})', 'ms'),
-    ('minGRU log / auto', 'minGRU (log)', 'minGRU ({auto})', 'ms'),
-    ('minLSTM log / auto', 'minLSTM (log)', 'minLSTM ({auto})', 'ms'),
-    ('minGRU sequential / auto', 'minGRU (sequential)', 'minGRU ({auto})', 'ms'),
-    ('minLSTM sequential / auto', 'minLSTM (sequential)', 'minLSTM ({auto})', 'ms'),
+    ('GRU / minGRU', 'GRU', 'minGRU ({auto})', 'ms'),
+    ('LSTM / minLSTM', 'LSTM', 'minLSTM ({auto})', 'ms'),
     ('memory: minGRU / GRU loop', 'minGRU ({auto})', 'GRU (loop)', 'memory_mb'),
     ('memory: minLSTM / LSTM loop', 'minLSTM ({auto})', 'LSTM (loop)', 'memory_mb'),
-    ('Mamba sequential / auto', 'Mamba (sequential)', 'Mamba ({auto})', 'ms'),
-    ('memory: Mamba / minGRU', 'Mamba ({auto})', 'minGRU ({auto})', 'memory_mb'),
 ]
+
+
+def ratios():
+    """The paper's ratios, then for every block from the registry: each other scan backend against
+    'auto' (where it reads scan_backend), and its step and memory against the Transformer's."""
+    listed = list(PAPER_RATIOS)
+    reference = BLOCKS['transformer'].display
+    for block, spec in BLOCKS.items():
+        name = f'{spec.display} ({{auto}})' if 'scan_backend' in spec.keys else spec.display
+        if 'scan_backend' in spec.keys:
+            listed += [(f'{spec.display} {b} / auto', f'{spec.display} ({b})', name, 'ms') for b in BACKENDS[1:]]
+        if block != 'transformer':
+            listed += [(f'{spec.display} / {reference}', name, reference, 'ms'),
+                       (f'memory: {spec.display} / {reference}', name, reference, 'memory_mb')]
+    return listed
 
 
 def ratio_rows(train_rows, auto_backend):
     by_key = {(r['variant'], r['T']): r for r in train_rows}
     rows = []
     for T in sorted({r['T'] for r in train_rows}):
-        for label, top, bottom, what in RATIOS:
+        for label, top, bottom, what in ratios():
             top, bottom = top.format(auto=auto_backend), bottom.format(auto=auto_backend)
             if top != bottom and (top, T) in by_key and (bottom, T) in by_key and by_key[(bottom, T)][what] > 0:
                 rows.append({'T': T, 'ratio': label, 'numerator': top, 'denominator': bottom,
@@ -325,17 +326,14 @@ def ratio_rows(train_rows, auto_backend):
 
 
 # Colour by block, line style and marker by how it runs: every series of train.png tells apart.
-BLOCK_COLOURS = {**{spec.display: spec.colour for spec in BLOCKS.values()}, 'attention': BLOCKS['transformer'].colour}
+BLOCK_COLOURS = {spec.display: spec.colour for spec in BLOCKS.values()}
 BACKEND_STYLES = {'log': ('-', 'o'), 'sequential': ('--', 's'), 'compiled': ('-.', 'D'), 'triton': ('-', '^'),
-                  'auto': ('-', 'o'), 'loop': (':', 'v'), 'nn': ((0, (5, 1)), 'x'), '': ('-', 'o'),
-                  'unfused': ((0, (1, 1)), 'P')}  # Mamba before its fused selective scan (older result folders)
+                  'loop': (':', 'v'), '': ('-', 'o')}
 
 
 def variant_style(variant):
-    """matplotlib keywords for a variant named 'Block (backend)', 'nn.Block' or 'block'."""
+    """matplotlib keywords for a variant named 'Block (backend)' or 'Block'."""
     block, _, backend = variant.partition(' (')
-    if block.startswith('nn.'):
-        block, backend = block[3:], 'nn'
     linestyle, marker = BACKEND_STYLES.get(backend.rstrip(')'), ('-', 'o'))
     return {'color': BLOCK_COLOURS.get(block, 'tab:gray'), 'linestyle': linestyle, 'marker': marker}
 

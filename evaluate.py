@@ -17,20 +17,21 @@ For each run folder (best.pt and config.json), with L the run's block_size (its 
   which shows how much each further token of context is worth, and where it stops helping.
 Writes context.csv and position.csv first, then context.md, context.png and position.png.
 """
-import configurator  # noqa: F401  first: a Ctrl-C while torch imports ends in one line (configurator.py)
+from minrnn import cli
+cli.exit_on_interrupt()  # first: a Ctrl-C while torch imports ends in one line, exit 130
 
 import os
 import statistics
 
 from tqdm import tqdm
 
-import devices
-import report
-import runs
-from configurator import ArgumentParser, UsageError, run_cli
-from dataset import load_dataset
-from model import BLOCKS
-from scoring import carried_state_loss, full_split_loss, position_losses, sliding_window_loss
+from minrnn import devices
+from minrnn import report
+from minrnn import checkpoints, runs
+from minrnn.cli import ArgumentParser, UsageError, run_cli
+from minrnn.dataset import load_dataset
+from minrnn.blocks import BLOCKS
+from minrnn.scoring import carried_state_loss, full_split_loss, position_losses, sliding_window_loss
 
 CONTEXTS = (0.25, 0.5, 1, 2, 4, 8, 16)  # evaluation contexts, in multiples of the training context
 
@@ -39,7 +40,7 @@ def evaluate_run(run_dir, series, ckpt, device, bar):
     """The rows of context.csv and position.csv for one run."""
     config = ckpt['config']
     _, val, _ = load_dataset(config['dataset'], config['block_size'])
-    model = runs.model_from_checkpoint(ckpt).to(device).eval()
+    model = checkpoints.model_from_checkpoint(ckpt).to(device).eval()
     block, L, batch = config['block'], config['block_size'], config['batch_size']
     recurrent = BLOCKS[block].recurrent
     who = {'run': os.path.basename(os.path.normpath(run_dir)), 'series': series, 'block': block, 'seed': config['seed'],
@@ -136,7 +137,7 @@ def read_runs(paths):
     """[(run folder, its series label, best.pt)], series as plot_curves.py forms them."""
     found = []
     for path in paths:
-        ckpt = runs.load_checkpoint(os.path.join(path, 'best.pt'), hint=f'{path} has no best.pt: give run folders '
+        ckpt = checkpoints.load_checkpoint(os.path.join(path, 'best.pt'), hint=f'{path} has no best.pt: give run folders '
                                                                         f'that finished training')
         found.append({'path': path, 'real_path': os.path.realpath(path), 'block': ckpt['config']['block'],
                       'config': ckpt['config'], 'ckpt': ckpt})

@@ -1,8 +1,8 @@
 """
-A character-level language model whose sequence-mixing block is a config value. Every block is
-declared once, in the registry at the end of this file (BLOCKS): its mixer, its config keys, its
-name in tables and figures, the paper's numbers for it and its config files. The scripts read that
-declaration and name no block themselves (docs/code.md, "Adding a block").
+A character-level language model whose sequence-mixing block is a config value: the model, and
+nothing else. A block's math is its mixer here (MIXERS, at the end); what the scripts know of it
+besides, its keys, names, colour and the paper's numbers, is minrnn/blocks.py (docs/code.md,
+"Adding a block").
 
     'transformer'  causal self-attention (nanoGPT's GPT)
     'mingru'       minGRU   (Feng et al. 2024, "Were RNNs All We Needed?", section 3.1)
@@ -24,7 +24,6 @@ the Transformer it is a key/value cache that grows with the sequence. A mixer en
 named `out`, the residual projection that the model initialises scaled by depth.
 """
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -32,51 +31,20 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
-import scan
-from scan import widen
+from minrnn import scan, settings
+from minrnn.scan import widen
 
 
 # ----------------------------------------------------------------------------- configuration
 
-@dataclass(frozen=True)
-class Key:
-    """One configuration key: its default, what it does (train.py --help prints it), and the values
-    it allows (ok, described by rule; None: any value of the default's type)."""
-    default: object
-    help: str
-    ok: object = None
-    rule: str = ''
-
-
-def at_least(n):
-    return {'ok': lambda v: v >= n, 'rule': f'>= {n}'}
-
-
-def finite_at_least(n):
-    return {'ok': lambda v: n <= v < math.inf, 'rule': f'a finite number >= {n}'}
-
-
-# The keys every block reads; a block's own keys are declared with it in the registry.
-SHARED_KEYS = {
-    'block': Key('transformer', "the mixer: a block of model.py's registry (BLOCKS)"),
-    'vocab_size': Key(65, 'set from the dataset', **at_least(1)),
-    'block_size': Key(256, 'training context (the Transformer\'s positional table)', **at_least(1)),
-    'n_layer': Key(6, 'residual blocks', **at_least(1)),
-    'n_embd': Key(384, 'width of the residual stream', **at_least(1)),
-    'dropout': Key(0.0, 'in [0, 1): after embeddings, mixers and feed-forwards', ok=lambda v: 0 <= v < 1, rule='in [0, 1)'),
-    'bias': Key(False, 'biases in Linear layers and LayerNorm'),
-    'norm': Key('layernorm', "'layernorm' or 'rmsnorm'", ok=lambda v: v in NORMS, rule="'layernorm' or 'rmsnorm'"),
-    'ff_mult': Key(4.0, 'feed-forward width = ff_mult * n_embd; 0 leaves it out',
-                   **finite_at_least(0)),
-}
-
-
 class ModelConfig:
-    """The model's keys: SHARED_KEYS and every registered block's, each at its default unless given.
-    validate() checks the shared keys and the block's own, and the block's cross-key rules."""
+    """The model's keys (minrnn/settings.py declares them, minrnn/blocks.py each block's own), each at
+    its default unless given: config.n_embd, config.expansion, ... as the mixers read them. Not a
+    dataclass: a block registered at run time brings keys of its own. settings.check_model() checks
+    the values, once, before a model is built."""
 
     def __init__(self, **values):
-        keys = model_keys()
+        keys = settings.model_keys()
         unknown = sorted(set(values) - set(keys))
         if unknown:
             raise TypeError(f"unknown model key(s): {', '.join(unknown)}")
@@ -86,7 +54,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d):
         """Take the model's keys out of a larger dict (a run's whole config)."""
-        return cls(**{name: d[name] for name in model_keys() if name in d})
+        return cls(**{name: d[name] for name in settings.model_keys() if name in d})
 
     def asdict(self):
         return dict(vars(self))
@@ -97,17 +65,6 @@ class ModelConfig:
     def __repr__(self):
         return 'ModelConfig(' + ', '.join(f'{k}={v!r}' for k, v in vars(self).items()) + ')'
 
-    def validate(self):
-        if self.block not in BLOCKS:
-            raise ValueError(f"unknown block {self.block!r}; choose one of {', '.join(BLOCKS)}")
-        spec = BLOCKS[self.block]
-        for name, key in {**SHARED_KEYS, **spec.keys}.items():
-            value = getattr(self, name)
-            if key.ok is not None and not key.ok(value):
-                raise ValueError(f'{name} must be {key.rule}, got {value!r}')
-        problem = spec.check(self) if spec.check else None
-        if problem:
-            raise ValueError(problem)
 
 
 # ----------------------------------------------------------------------------- shared parts
@@ -246,6 +203,8 @@ class Softplus(torch.autograd.Function):
 # ----------------------------------------------------------------------------- Transformer
 
 class CausalSelfAttention(nn.Module):
+    needs_positions = True  # attention is blind to order: the model adds a learned position table
+
     def __init__(self, config):
         super().__init__()
         self.n_head = config.n_head
@@ -610,95 +569,12 @@ class LSTM(LibraryRNN):
     rnn_class = nn.LSTM
 
 
-# ----------------------------------------------------------------------------- the block registry
+# ----------------------------------------------------------------------------- the mixers
 
-@dataclass(frozen=True)
-class BlockSpec:
-    """Everything the scripts need to know of a block, in one declaration (docs/code.md, "Adding a block")."""
-    name: str                  # its config value: block='mingru'
-    display: str               # its name in tables, legends and messages
-    mixer: type                # an nn.Module(config) with forward(x, state) and step(x_t, state), ending in `out`
-    colour: str                # its colour in every figure
-    keys: dict = field(default_factory=dict)  # the config keys it reads beyond SHARED_KEYS: name -> Key
-    check: object = None       # config -> what is wrong with a combination of keys, in words, or None
-    positions: bool = False    # adds a learned position table of block_size rows (attention needs one)
-    recurrent: bool = True     # a fixed-size state: evaluate.py carries it through a whole split
-    paper: tuple = None        # the paper's Shakespeare result: (test loss, step near its best); None: not in it
-    configs: dict = field(default_factory=dict)  # scale ('cpu', 'paper') -> config file, for reproduce.py and bench.py
+# A block's math, by its name in configs; what the scripts know of it besides is minrnn/blocks.py.
+MIXERS = {'transformer': CausalSelfAttention, 'mingru': MinGRU, 'minlstm': MinLSTM, 'mamba': Mamba, 'gru': GRU,
+          'lstm': LSTM}
 
-
-BLOCKS = {}  # name -> BlockSpec, in the order tables and legends list them
-
-
-def register(spec):
-    """Add a block. A key it shares with another block must be declared the same way (one Key object)."""
-    known = model_keys()
-    for name, key in spec.keys.items():
-        if name in known and known[name] is not key:
-            raise ValueError(f'block {spec.name!r} declares key {name!r} differently from another block; share one Key')
-    BLOCKS[spec.name] = spec
-    return spec
-
-
-def model_keys():
-    """Every model key: the shared ones, then each registered block's."""
-    return {**SHARED_KEYS, **{name: key for spec in BLOCKS.values() for name, key in spec.keys.items()}}
-
-
-def blocks_reading(name):
-    """The blocks that read a block-specific key (for --help)."""
-    return [b for b, spec in BLOCKS.items() if name in spec.keys]
-
-
-def keys_unused_by(block):
-    """The block-specific keys that this block ignores."""
-    spec = BLOCKS.get(block)
-    return set(model_keys()) - set(SHARED_KEYS) - set(spec.keys if spec else ())
-
-
-def width_check(config):
-    if round(config.expansion * config.n_embd) < 1:
-        return f'expansion ({config.expansion}) * n_embd ({config.n_embd}) must give a recurrent width >= 1'
-    return None
-
-
-def head_check(config):
-    if config.n_embd % config.n_head:
-        return f'n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})'
-    return None
-
-
-def configs_of(block):
-    return {'cpu': f'config/shakespeare_char_{block}_cpu.py', 'paper': f'config/shakespeare_char_{block}.py'}
-
-
-SCAN_BACKEND = Key('auto', "the scan's kernel: " + ', '.join(map(repr, scan.BACKENDS)) + ' (scan.py)',
-                   ok=lambda v: v in scan.BACKENDS, rule='one of ' + ', '.join(map(repr, scan.BACKENDS)))
-EXPANSION = Key(1.5, 'recurrent width = expansion * n_embd', ok=lambda v: 0 < v < math.inf, rule='a finite number > 0')
-CONV_KERNEL = Key(0, 'causal depthwise conv before the recurrence (0: off)', **at_least(0))
-
-register(BlockSpec('transformer', 'Transformer', CausalSelfAttention, 'tab:blue',
-                   keys={'n_head': Key(6, 'attention heads', **at_least(1))}, check=head_check,
-                   positions=True, recurrent=False, paper=(1.547, 2000), configs=configs_of('transformer')))
-register(BlockSpec('mingru', 'minGRU', MinGRU, 'tab:orange',
-                   keys={'expansion': EXPANSION, 'conv_kernel': CONV_KERNEL, 'scan_backend': SCAN_BACKEND},
-                   check=width_check, paper=(1.548, 575), configs=configs_of('mingru')))
-register(BlockSpec('minlstm', 'minLSTM', MinLSTM, 'tab:green',
-                   keys={'expansion': EXPANSION, 'conv_kernel': CONV_KERNEL, 'scan_backend': SCAN_BACKEND},
-                   check=width_check, paper=(1.555, 625), configs=configs_of('minlstm')))
-register(BlockSpec('mamba', 'Mamba', Mamba, 'tab:red', keys={
-    'd_state': Key(16, 'SSM state size N per channel', **at_least(1)),
-    'd_conv': Key(4, 'causal conv width', **at_least(1)),
-    'mamba_expand': Key(2, 'inner width = mamba_expand * n_embd', **at_least(1)),
-    'dt_rank': Key(0, 'rank of the delta projection; 0 = ceil(n_embd / 16)', **at_least(0)),
-    'scan_backend': SCAN_BACKEND,
-    'scan_chunk_elems': Key(1 << 26, 'above batch*time*channels*d_state elements, the plain scan runs channel '
-                                     'chunks with recomputation in backward (bounds activation memory)', **at_least(1)),
-}, paper=(1.575, 400), configs=configs_of('mamba')))
-register(BlockSpec('gru', 'GRU', GRU, 'tab:purple', keys={'expansion': EXPANSION, 'conv_kernel': CONV_KERNEL},
-                   check=width_check, configs=configs_of('gru')))
-register(BlockSpec('lstm', 'LSTM', LSTM, 'tab:brown', keys={'expansion': EXPANSION, 'conv_kernel': CONV_KERNEL},
-                   check=width_check, configs=configs_of('lstm')))
 
 
 # ----------------------------------------------------------------------------- the model
@@ -707,7 +583,7 @@ class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.norm_mix = NORMS[config.norm](config)
-        self.mixer = BLOCKS[config.block].mixer(config)
+        self.mixer = MIXERS[config.block](config)
         self.ff = None
         if config.ff_mult > 0:
             self.norm_ff, self.ff = NORMS[config.norm](config), FeedForward(config)
@@ -726,11 +602,11 @@ class Block(nn.Module):
 class CharLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        config.validate()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
         # Only attention needs positions; the recurrent blocks know order from the recurrence.
-        self.pos_emb = nn.Embedding(config.block_size, config.n_embd) if BLOCKS[config.block].positions else None
+        self.pos_emb = (nn.Embedding(config.block_size, config.n_embd)
+                        if getattr(MIXERS[config.block], 'needs_positions', False) else None)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = NORMS[config.norm](config)

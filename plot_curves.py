@@ -17,10 +17,10 @@ import os
 import statistics
 import sys
 
-import report
-import runs
-from configurator import ArgumentParser, run_cli
-from model import BLOCKS
+from minrnn import report
+from minrnn import runs
+from minrnn.cli import ArgumentParser, run_cli
+from minrnn.blocks import BLOCKS
 
 X_AXES = {'step': ('step', 'training step'), 'time': ('time', 'wall-clock seconds of training'),
           'tokens': ('tokens', 'tokens seen')}

@@ -15,7 +15,8 @@ Arguments after -- go to every train.py call. results/<scale> is written only by
 describes (every block, COMMITTED_SEEDS seeds, no overrides); any other plan writes to
 out/<scale>/results unless --results names a folder.
 """
-import configurator  # noqa: F401  first: a Ctrl-C while torch imports ends in one line (configurator.py)
+from minrnn import cli
+cli.exit_on_interrupt()  # first: a Ctrl-C while torch imports ends in one line, exit 130
 
 import importlib.util
 import json
@@ -29,13 +30,13 @@ import time
 
 import torch
 
-import devices
-import report
-import runs
-import settings
-from configurator import ArgumentParser, UsageError, run_cli
-from dataset import load_dataset
-from model import BLOCKS
+from minrnn import devices
+from minrnn import report
+from minrnn import checkpoints, runs
+from minrnn import settings
+from minrnn.cli import ArgumentParser, UsageError, run_cli
+from minrnn.dataset import load_dataset
+from minrnn.blocks import BLOCKS
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 COMMITTED_SEEDS = 3  # results/<scale> holds every block at this many seeds
@@ -47,7 +48,7 @@ def run_state(out_dir, config):
     path = os.path.join(out_dir, 'ckpt.pt')
     if not os.path.exists(path):
         return 'new'
-    ckpt = runs.load_checkpoint(path)
+    ckpt = checkpoints.load_checkpoint(path)
     planned, found = (runs.identity(c) for c in (config, ckpt['config']))
     differ = [f'{k}: {found.get(k)!r} there, {planned.get(k)!r} planned' for k in sorted(set(planned) | set(found))
               if planned.get(k) != found.get(k)]

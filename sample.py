@@ -7,7 +7,8 @@ Generate text from a trained run, streaming it as it comes:
 Every block generates with its step path: the recurrent blocks carry a fixed-size state, so each
 new character costs the same; the Transformer carries a key/value cache.
 """
-import configurator  # noqa: F401  first: a Ctrl-C while torch imports ends in one line (configurator.py)
+from minrnn import cli
+cli.exit_on_interrupt()  # first: a Ctrl-C while torch imports ends in one line, exit 130
 
 import math
 import os
@@ -15,9 +16,9 @@ import sys
 
 import torch
 
-import devices
-from configurator import ArgumentParser, UsageError, run_cli
-from runs import load_checkpoint, model_from_checkpoint
+from minrnn import devices
+from minrnn.cli import ArgumentParser, UsageError, run_cli
+from minrnn.checkpoints import load_checkpoint, model_from_checkpoint
 
 MAX_PROMPT_BYTES = 16 << 20  # a prompt file larger than this is refused: it would take minutes to read
 

@@ -9,7 +9,8 @@ Writes config.json, log.jsonl, ckpt.pt and best.pt to out_dir (runs.py says what
 resume continues bit-exactly on CPU in float32. A fresh start never replaces an earlier run's files
 unless --overwrite=True. SIGINT / SIGTERM save a checkpoint at the current step and exit 130 / 143.
 """
-import configurator  # noqa: F401  first: a Ctrl-C while torch imports ends in one line (configurator.py)
+from minrnn import cli
+cli.exit_on_interrupt()  # first: a Ctrl-C while torch imports ends in one line, exit 130
 
 import contextlib
 import gc
@@ -26,14 +27,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-import devices
-import runs
-import scan
-import settings
-from configurator import UsageError, run_cli
-from dataset import get_batch, load_dataset
-from model import BLOCKS, CharLM, ModelConfig, keys_unused_by
-from scoring import estimate_loss, full_split_loss
+from minrnn import devices
+from minrnn import checkpoints, runs
+from minrnn import scan
+from minrnn import settings
+from minrnn.cli import UsageError, run_cli
+from minrnn.dataset import get_batch, load_dataset
+from minrnn.blocks import BLOCKS
+from model import CharLM, ModelConfig
+from minrnn.scoring import estimate_loss, full_split_loss
 
 
 class TrainingError(UsageError):
@@ -64,29 +66,6 @@ def refuse_to_replace(config):
     if config['init_from'] == 'scratch' and earlier and not config['overwrite']:
         raise TrainingError(f"out_dir {config['out_dir']} holds an earlier run ({', '.join(earlier)}); continue it with "
                             f'--init_from=resume, replace it with --overwrite=True, or choose another --out_dir')
-
-
-def learning_rate_at(step, config):
-    """Linear warm-up for warmup_iters, cosine decay to min_lr at lr_decay_iters, then flat."""
-    if not config['decay_lr']:
-        return config['learning_rate']
-    if step < config['warmup_iters']:
-        return config['learning_rate'] * (step + 1) / (config['warmup_iters'] + 1)
-    if step > config['lr_decay_iters']:
-        return config['min_lr']
-    progress = (step - config['warmup_iters']) / max(1, config['lr_decay_iters'] - config['warmup_iters'])
-    return config['min_lr'] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config['learning_rate'] - config['min_lr'])
-
-
-def schedule_changes(saved, config, step):
-    """What a resume changes in the learning-rate schedule, in words; '' where nothing."""
-    changed = [f'{key} {saved.get(key)!r} -> {config[key]!r}' for key in settings.SCHEDULE_KEYS
-               if saved.get(key) != config[key]]
-    if not changed:
-        return ''
-    before = learning_rate_at(step, {**config, **{k: saved[k] for k in settings.SCHEDULE_KEYS if k in saved}})
-    return (f"resuming with another schedule ({'; '.join(changed)}): the learning rate at step {step} is "
-            f'{learning_rate_at(step, config):.2e} (the run had {before:.2e})')
 
 
 def check_memory(model_config, batch_size, device):
@@ -207,9 +186,9 @@ class Training:
         self.log = self.start_log() if self.master and not config['eval_only'] else None
 
     def resume(self):
-        ckpt = runs.load_checkpoint(self.ckpt_path, hint=f"nothing to resume in {self.config['out_dir']}: start "
+        ckpt = checkpoints.load_checkpoint(self.ckpt_path, hint=f"nothing to resume in {self.config['out_dir']}: start "
                                                          f'without --init_from=resume (a new run)')
-        runs.check_resumable(ckpt, self.model_config, self.meta)
+        checkpoints.check_resumable(ckpt, self.model_config, self.meta)
         self.raw_model.load_state_dict(ckpt['model'])
         self.optimizer.load_state_dict(ckpt['optimizer'])
         self.scaler.load_state_dict(ckpt['scaler'])
@@ -217,7 +196,7 @@ class Training:
         self.best_step = ckpt.get('best_val_step')
         if self.master:
             print(f'resuming from step {self.step} of {self.ckpt_path} (best val loss so far {self.best_val:.4f})')
-            change = schedule_changes(ckpt['config'], self.config, self.step)
+            change = settings.schedule_changes(ckpt['config'], self.config, self.step)
             if change:
                 print(f'warning: {change}')
         self.restore_rng(ckpt['rng'])
@@ -249,11 +228,11 @@ class Training:
     def start_log(self):
         """Print the configuration, write config.json, open log.jsonl (its header on a fresh start)."""
         config, resolved = self.config, self.resolved_config()
-        unused = keys_unused_by(config['block']) | {'environment'}
+        unused = settings.unused_by(config['block']) | {'environment'}
         print('configuration:\n' + '\n'.join(f'  {k} = {v!r}' for k, v in resolved.items() if k not in unused))
         env = resolved['environment']
         print(f"machine: {env['device_detail']}, {env['threads']} threads, {env['cpu_capability']}, torch {env['torch']}")
-        for warning in settings.schedule_warnings(config, learning_rate_at):
+        for warning in settings.schedule_warnings(config):
             print(f'warning: {warning}')
         print(f"parameters: {resolved['params']:,} total, {resolved['params_non_embedding']:,} non-embedding; "
               f'{self.tokens_per_step:,} tokens per step')
@@ -280,8 +259,8 @@ class Training:
             dist.all_gather_object(rng_states, self.rng_state())
         if not self.master:
             return
-        runs.save_checkpoint({
-            'format': runs.CHECKPOINT_FORMAT, 'model': self.raw_model.state_dict(),
+        checkpoints.save_checkpoint({
+            'format': checkpoints.CHECKPOINT_FORMAT, 'model': self.raw_model.state_dict(),
             'optimizer': self.optimizer.state_dict(), 'scaler': self.scaler.state_dict(),
             'model_config': self.model_config.asdict(), 'config': self.config, 'step': self.step,
             'best_val_loss': self.best_val, 'best_val_step': self.best_step, 'elapsed': self.elapsed,
@@ -384,7 +363,7 @@ class Training:
         stopping, interrupted = None, None
         with StopRequest(config['max_seconds']) as stop:
             while True:
-                lr = learning_rate_at(self.step, config)
+                lr = settings.learning_rate_at(self.step, config)
                 for group in self.optimizer.param_groups:
                     group['lr'] = lr
                 if self.step >= config['max_iters'] or config['eval_only']:

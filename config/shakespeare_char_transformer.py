@@ -2,4 +2,3 @@
 base = 'shakespeare_char.py'
 out_dir = 'out/shakespeare_char_transformer'
 block = 'transformer'
-n_head = 6

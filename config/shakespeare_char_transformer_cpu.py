@@ -3,4 +3,3 @@
 base = 'shakespeare_char_cpu.py'
 out_dir = 'out/shakespeare_char_transformer_cpu'
 block = 'transformer'
-n_head = 4

@@ -38,7 +38,7 @@ def small_text():
 
 @pytest.fixture(scope='session')
 def tiny_dataset(tmp_path_factory):
-    from dataset import write_char_dataset
+    from minrnn.dataset import write_char_dataset
     folder = str(tmp_path_factory.mktemp('tiny_dataset'))
     write_char_dataset(small_text(), folder)
     return folder

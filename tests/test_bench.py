@@ -4,24 +4,30 @@ import json
 import torch
 
 import bench
-from model import BLOCKS
+from minrnn.blocks import BLOCKS
 from conftest import run_script
-from scan import resolve_backend
+from minrnn.scan import resolve_backend
 
 
 def test_quick_bench_writes_every_column(tmp_path):
-    result = run_script('bench.py', '--quick', '--out', str(tmp_path), timeout=300)
+    """--quick: 2 lengths, every block's mixer (each scan backend where it reads one) and the paper's
+    loop baselines, every block's recipe iteration and generation at 2 positions, and the ratios."""
+    result = run_script('bench.py', '--quick', '--out', str(tmp_path), timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     auto = resolve_backend('auto', 'cpu')
-    ratios = [r for r in bench.RATIOS if r[1].format(auto=auto) != r[2].format(auto=auto)]
-    variants = bench.layer_variants(32, 'cpu')
-    assert f'minLSTM ({auto})' in variants and 'nn.LSTM' in variants
-    for name, expected in [('train.csv', len(variants) * 2), ('recipe.csv', len(BLOCKS)), ('generate.csv', len(BLOCKS) * 2),
-                           ('ratios.csv', len(ratios) * 2)]:
+    tables = {}
+    for name in ('train.csv', 'recipe.csv', 'generate.csv', 'ratios.csv'):
         with open(tmp_path / name) as f:
-            rows = list(csv.DictReader(f))
-        assert len(rows) == expected, name
-        assert all(value not in ('', None) for row in rows for value in row.values()), name
+            tables[name] = list(csv.DictReader(f))
+        assert tables[name] and all(value not in ('', None) for row in tables[name] for value in row.values()), name
+    variants = {row['variant'] for row in tables['train.csv']}
+    assert {'GRU (loop)', 'LSTM (loop)', 'GRU', 'LSTM', 'Transformer', f'minGRU ({auto})', 'minGRU (log)',
+            'minGRU (sequential)', f'minLSTM ({auto})', f'Mamba ({auto})'} <= variants
+    assert all(sum(row['variant'] == v for row in tables['train.csv']) == 2 for v in variants)  # both lengths
+    assert [row['block'] for row in tables['recipe.csv']] == list(BLOCKS)
+    assert len(tables['generate.csv']) == 2 * len(BLOCKS)
+    labels = {row['ratio'] for row in tables['ratios.csv']}
+    assert {'GRU loop / minGRU', 'LSTM loop / minLSTM', 'minGRU log / auto', 'Mamba / Transformer'} <= labels
     for name in ('train.png', 'memory.png', 'generate.png', 'env.json'):
         assert (tmp_path / name).stat().st_size > 0
     env = json.loads((tmp_path / 'env.json').read_text())  # results name the command, machine and torch
@@ -51,6 +57,5 @@ def test_traffic_counts_bytes_and_flops_of_each_op():
         traffic = bench.Traffic(bench.H100)
         with traffic:
             (a @ b).t()
-    assert traffic.bytes == (64 * 128 + 128 * 32 + 64 * 32) * 2
-    assert traffic.flops == 2 * 64 * 128 * 32
-    assert traffic.seconds == max(traffic.bytes / 3.35e12, traffic.flops / 989e12)
+    assert traffic.bytes == 28_672 and traffic.flops == 524_288
+    assert abs(traffic.seconds / 8.5588e-9 - 1) < 1e-4  # its bytes at the H100's 3.35 TB/s, not its FLOPs

@@ -1,6 +1,6 @@
 import pytest
 
-from configurator import ConfigError, resolve
+from minrnn.settings import ConfigError, resolve
 from conftest import run_script
 
 DEFAULTS = {'batch_size': 64, 'learning_rate': 1e-3, 'block': 'transformer', 'compile': False}
@@ -32,19 +32,50 @@ def test_a_blocks_config_file_sets_only_what_its_recipe_does_not():
     """Each recipe is written once: a block's file repeats no key of its base with the base's value."""
     import ast
     import os
-    import settings
-    from configurator import _read_config_file
-    from model import BLOCKS
+    from minrnn import settings
+    from minrnn.settings import read_config_file
+    from minrnn.blocks import BLOCKS
     for spec in BLOCKS.values():
         for path in spec.configs.values():
             with open(path) as f:
                 assigned = {node.targets[0].id: node.value for node in ast.parse(f.read()).body
                             if isinstance(node, ast.Assign)}
-            recipe = _read_config_file(os.path.join(os.path.dirname(path), ast.literal_eval(assigned.pop('base'))))
-            values = _read_config_file(path)
+            recipe = read_config_file(os.path.join(os.path.dirname(path), ast.literal_eval(assigned.pop('base'))))
+            values = read_config_file(path)
             repeated = [key for key in assigned if key in recipe and recipe[key] == values[key]]
             assert not repeated, f'{path} repeats {repeated} of its base'
             assert resolve(settings.defaults(), [path])['block'] == spec.name
+
+
+@pytest.mark.parametrize('block, suggestion', [('rwkv', None), ('minGRU', 'mingru'), (None, None)])
+def test_an_unknown_block_is_named_with_the_choices(block, suggestion):
+    from minrnn.blocks import BLOCKS
+    from minrnn.settings import check_model
+    with pytest.raises(ConfigError) as caught:
+        check_model({'block': block})
+    message = str(caught.value)
+    assert repr(block) in message and all(name in message for name in BLOCKS)
+    assert (repr(suggestion) in message) if suggestion else 'did you mean' not in message
+
+
+def test_every_unknown_key_is_named_at_once():
+    with pytest.raises(ConfigError) as caught:
+        resolve(DEFAULTS, ['--batch_sise=3', '--lerning_rate=1', '--block=gru'])
+    assert "'batch_sise'" in str(caught.value) and "'lerning_rate'" in str(caught.value)
+
+
+def test_nanogpts_own_config_resolves_as_it_is(tmp_path):
+    """The keys of nanoGPT's config/train_shakespeare_char.py, its Weights & Biases ones included."""
+    from minrnn import settings
+    path = tmp_path / 'train_shakespeare_char.py'
+    path.write_text("out_dir = 'out-shakespeare-char'\neval_interval = 250\neval_iters = 200\nlog_interval = 10\n"
+                    "always_save_checkpoint = False\nwandb_log = False\nwandb_project = 'shakespeare-char'\n"
+                    "wandb_run_name = 'mini-gpt'\ndataset = 'shakespeare_char'\ngradient_accumulation_steps = 1\n"
+                    "batch_size = 64\nblock_size = 256\nn_layer = 6\nn_head = 6\nn_embd = 384\ndropout = 0.2\n"
+                    "learning_rate = 1e-3\nmax_iters = 5000\nlr_decay_iters = 5000\nmin_lr = 1e-4\nbeta2 = 0.99\n"
+                    "warmup_iters = 100\n")
+    config = settings.configure([str(path)])
+    assert config['wandb_project'] == 'shakespeare-char' and config['n_head'] == 6
 
 
 def test_int_is_accepted_for_float_and_bare_words_are_strings():
@@ -102,7 +133,7 @@ def test_key_space_value_gets_a_hint():
 
 @pytest.mark.parametrize('flag', ['--help', '-h'])
 def test_train_help_lists_every_key_with_its_default_and_a_comment(flag):
-    import settings
+    from minrnn import settings
     result = run_script('train.py', 'config/shakespeare_char_mingru_cpu.py', flag)
     assert result.returncode == 0 and result.stdout.startswith('usage: python train.py'), result.stderr
     lines = {line.split()[0].split('=')[0]: line for line in result.stdout.splitlines() if line.startswith('  --')}

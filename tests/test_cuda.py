@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model import CharLM, ModelConfig
-from scan import linear_scan, resolve_backend
+from minrnn.scan import linear_scan, resolve_backend
 from test_model import IDS, VARIANTS, assert_bfloat16_training_step, step_logits
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA GPU here')

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import train
-import runs
+from minrnn import checkpoints, runs
 from conftest import ROOT, TINY, interruptible, read_log, run_script
 
 
@@ -150,14 +150,14 @@ def test_a_dataset_pickle_is_never_loaded(tmp_path, tiny_dataset):
 
 def test_an_unsafe_checkpoint_is_called_unsafe_and_runs_nothing(tmp_path):
     ran = tmp_path / 'code_ran'
-    torch.save({'format': runs.CHECKPOINT_FORMAT, 'payload': Marker(ran)}, str(tmp_path / 'best.pt'))
+    torch.save({'format': checkpoints.CHECKPOINT_FORMAT, 'payload': Marker(ran)}, str(tmp_path / 'best.pt'))
     result = run_script('sample.py', f'--out_dir={tmp_path}')
     assert_one_error_line(result, 'is unsafe', 'not loaded')
     assert not ran.exists()
 
 
 def test_a_torch_file_without_the_expected_keys(tmp_path):
-    torch.save({'format': runs.CHECKPOINT_FORMAT, 'model': {}}, str(tmp_path / 'best.pt'))
+    torch.save({'format': checkpoints.CHECKPOINT_FORMAT, 'model': {}}, str(tmp_path / 'best.pt'))
     assert_one_error_line(run_script('sample.py', f'--out_dir={tmp_path}'), 'not a checkpoint of this project')
 
 
@@ -170,7 +170,7 @@ def test_disk_full_during_a_save_keeps_the_old_checkpoint_and_no_temporary_file(
     result = run_script('train.py', *common, '--max_iters=4', '--init_from=resume')
     assert_one_error_line(result, 'could not write checkpoint', 'is intact', 'then resume')
     assert (out / 'ckpt.pt').read_bytes() == before
-    assert runs.load_checkpoint(str(out / 'ckpt.pt'))['step'] == 2
+    assert checkpoints.load_checkpoint(str(out / 'ckpt.pt'))['step'] == 2
     assert not [name for name in os.listdir(out) if name.endswith('.tmp')]
 
 
@@ -198,7 +198,7 @@ def test_a_second_training_in_a_busy_out_dir_is_refused_and_the_first_loses_noth
     finally:
         first.kill()
     assert first.returncode == 143, stderr  # SIGTERM: saved, then 128 + 15
-    saved = runs.load_checkpoint(str(out / 'ckpt.pt'))
+    saved = checkpoints.load_checkpoint(str(out / 'ckpt.pt'))
     assert saved['config']['max_iters'] == 100000 and f"at step {saved['step']}." in stdout
     assert read_log(str(out), 'meta')[0]['config']['max_iters'] == 100000  # its log, not the second's
 
@@ -256,7 +256,7 @@ def test_prepare_with_too_little_text_or_a_folder(tmp_path):
 
 
 def test_an_unexpected_failure_is_one_line_and_its_traceback_is_one_variable_away(monkeypatch, capsys):
-    from configurator import run_cli
+    from minrnn.cli import run_cli
 
     def buggy():
         return {}['no such key']
@@ -310,21 +310,21 @@ def test_a_killed_first_build_then_a_normal_run_finishes(tmp_path, tiny_dataset)
     assert locks()  # the killed build's lock is still there
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert runs.load_checkpoint(str(tmp_path / 'run' / 'ckpt.pt'))['step'] == 2
+    assert checkpoints.load_checkpoint(str(tmp_path / 'run' / 'ckpt.pt'))['step'] == 2
 
 
 def test_the_kernel_build_is_shared_by_every_checkout_of_the_same_source(tmp_path):
     """A second checkout (another path, the same cpu_kernels.cpp) loads the build the first one made."""
-    import cpu_kernels
+    from minrnn import cpu_kernels
     if not cpu_kernels.available():
         pytest.skip('no compiler here')
     checkout = tmp_path / 'another_checkout'
-    checkout.mkdir()
-    for name in ('cpu_kernels.py', 'cpu_kernels.cpp'):
-        shutil.copy(os.path.join(ROOT, name), checkout / name)
+    (checkout / 'minrnn').mkdir(parents=True)
+    for name in ('__init__.py', 'cpu_kernels.py', 'cpu_kernels.cpp'):
+        shutil.copy(os.path.join(ROOT, 'minrnn', name), checkout / 'minrnn' / name)
     library = cpu_kernels.load().__file__
     built = os.stat(library).st_mtime_ns
-    code = 'import cpu_kernels; print(cpu_kernels.load().__file__)'
+    code = 'from minrnn import cpu_kernels; print(cpu_kernels.load().__file__)'
     result = subprocess.run([sys.executable, '-c', code], cwd=checkout, capture_output=True, text=True, timeout=600)
     assert result.stdout.strip() == library, result.stderr
     assert os.stat(library).st_mtime_ns == built  # loaded, not built again
@@ -370,7 +370,7 @@ def test_a_size_that_cannot_fit_stops_before_allocating(tmp_path, tiny_dataset, 
 
 
 def test_empty_inputs_are_a_clear_error_not_a_signal():
-    import cpu_kernels
+    from minrnn import cpu_kernels
     from model import CharLM, ModelConfig
     model = CharLM(ModelConfig(block='mingru', n_embd=8, n_layer=1, vocab_size=5))
     for shape in [(1, 0), (0, 4)]:
@@ -462,11 +462,11 @@ def test_a_signal_during_a_long_evaluation_stops_it_at_once(tmp_path, tiny_datas
     finally:
         process.kill()
     assert process.returncode == 130 and time.time() - start < 20, stderr
-    assert 'SIGINT: saved' in stdout and runs.load_checkpoint(str(out / 'ckpt.pt'))['step'] == 0
+    assert 'SIGINT: saved' in stdout and checkpoints.load_checkpoint(str(out / 'ckpt.pt'))['step'] == 0
 
 
 def test_a_ctrl_c_while_a_script_still_imports_is_one_line():
-    result = run_script('-c', 'import configurator\nraise KeyboardInterrupt')
+    result = run_script('-c', 'from minrnn import configurator\nraise KeyboardInterrupt')
     assert result.returncode in (130, -signal.SIGINT) and result.stderr.strip() == 'interrupted', result.stderr
 
 

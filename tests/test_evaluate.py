@@ -7,8 +7,8 @@ import torch
 
 import evaluate
 import train
-import runs
-import scoring
+from minrnn import checkpoints, runs
+from minrnn import scoring
 from conftest import TINY
 from test_model import tiny_model
 
@@ -79,7 +79,7 @@ def test_the_command_writes_csv_table_and_figures(tmp_path, tiny_dataset):
     assert ('mingru', 512) in windowed  # 16 x block_size 32
     assert {r['how'] for r in rows} == {'windowed', 'carried', 'sliding'}
     # the windowed score at the training context is the number training logged for best.pt
-    logged = runs.load_checkpoint(run_dirs[1] + '/best.pt')['best_val_loss']
+    logged = checkpoints.load_checkpoint(run_dirs[1] + '/best.pt')['best_val_loss']
     assert math.isclose(next(r['val_loss'] for r in rows if r['block'] == 'mingru' and r['context'] == 32), logged,
                         rel_tol=1e-6)
     for name in ('context.csv', 'position.csv', 'context.md', 'context.png', 'position.png'):

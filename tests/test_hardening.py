@@ -11,11 +11,11 @@ import time
 import pytest
 import torch
 
-import cpu_kernels
+from minrnn import cpu_kernels
 import model
 import sample
 import train
-import runs
+from minrnn import checkpoints, runs
 from conftest import ROOT, TINY, interruptible, read_log
 
 SLOW_TINY = [a for a in TINY if not a.startswith('--batch_size')] + ['--batch_size=16']
@@ -53,7 +53,7 @@ def test_signal_saves_exits_128_plus_its_number_and_resume_matches_the_uninterru
     assert process.returncode == 128 + sig, stderr  # 130 / 143: a shell's `&&` stops there
     message = stdout.strip().splitlines()[-1]
     assert message.startswith(f'{sig.name}: saved') and message.endswith('--init_from=resume'), message
-    stopped_at = runs.load_checkpoint(str(part / 'ckpt.pt'))['step']
+    stopped_at = checkpoints.load_checkpoint(str(part / 'ckpt.pt'))['step']
     assert f'at step {stopped_at}.' in message and stopped_at < 600
 
     subprocess.run(train_command(tiny_dataset, part, *run, '--init_from=resume'), cwd=ROOT, check=True,
@@ -81,7 +81,7 @@ def test_interrupting_reproduce_lets_the_run_save_and_stops_in_one_line(tmp_path
     assert process.returncode == 130 and 'Traceback' not in stderr, stderr
     assert stderr.strip().splitlines()[-1].startswith('interrupted: rerun the same command'), stderr
     assert 'SIGINT: saved' in stdout  # train.py stopped at a step boundary and saved, it was not killed
-    assert runs.load_checkpoint(str(out / 'mingru_seed0' / 'ckpt.pt'))['step'] >= 20
+    assert checkpoints.load_checkpoint(str(out / 'mingru_seed0' / 'ckpt.pt'))['step'] >= 20
 
 
 def poison_training_losses(monkeypatch, bad_calls):
@@ -103,7 +103,7 @@ def test_a_non_finite_step_is_skipped_with_a_warning(tmp_path, tiny_dataset, mon
     poison_training_losses(monkeypatch, {5})
     train.main([f'--dataset={tiny_dataset}', f'--out_dir={tmp_path}', *TINY, '--max_iters=10', '--eval_interval=5'])
     assert 'warning: step 4: non-finite loss or gradient' in capsys.readouterr().out
-    ckpt = runs.load_checkpoint(str(tmp_path / 'ckpt.pt'))
+    ckpt = checkpoints.load_checkpoint(str(tmp_path / 'ckpt.pt'))
     assert ckpt['step'] == 10 and all(torch.isfinite(p).all() for p in ckpt['model'].values())
 
 
@@ -115,7 +115,7 @@ def test_consecutive_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tmp_p
     message = str(stop.value)
     assert message.startswith('error: 3 consecutive non-finite steps, the first at step 7')
     assert '--learning_rate' in message and '--dtype' in message and '--scan_backend' in message
-    ckpt = runs.load_checkpoint(str(tmp_path / 'ckpt.pt'))
+    ckpt = checkpoints.load_checkpoint(str(tmp_path / 'ckpt.pt'))
     assert ckpt['step'] == 5 and all(torch.isfinite(p).all() for p in ckpt['model'].values())
 
 
@@ -135,12 +135,12 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_dat
         train.main([f'--dataset={tiny_dataset}', f'--out_dir={tmp_path}', *TINY, '--max_iters=20', '--eval_interval=5'])
     monkeypatch.undo()
     for name in ('best.pt', 'ckpt.pt'):
-        assert runs.load_checkpoint(str(tmp_path / name))['step'] == 0
+        assert checkpoints.load_checkpoint(str(tmp_path / name))['step'] == 0
     assert not any(name.endswith('.tmp') for name in os.listdir(tmp_path))
 
 
 def test_dataset_shorter_than_the_context(tmp_path):
-    from dataset import write_char_dataset
+    from minrnn.dataset import write_char_dataset
     write_char_dataset('abcdefghij' * 3, str(tmp_path / 'short'))
     with pytest.raises(SystemExit, match=r'train split .* has 27 tokens, fewer than block_size \+ 1 = 33'):
         train.main([f'--dataset={tmp_path / "short"}', f'--out_dir={tmp_path / "out"}', *TINY])
@@ -216,7 +216,7 @@ def test_a_killed_rank_makes_rank_zero_fail_clearly_without_hanging(tmp_path, ti
         process.kill()
     assert process.returncode != 0 and time.time() - started < 90
     assert 'error: a process of this distributed run failed or stopped answering' in stderr
-    assert runs.load_checkpoint(str(out_dir / 'ckpt.pt'))['step'] >= 20
+    assert checkpoints.load_checkpoint(str(out_dir / 'ckpt.pt'))['step'] >= 20
 
 
 def resident_mb():

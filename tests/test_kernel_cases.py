@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import cpu_kernels
-import scan
+from minrnn import cpu_kernels
+from minrnn import scan
 from model import Mamba, MinGRUCoefficients, MinLSTMCoefficients, ModelConfig, ShiftedSum
 
 # Lengths: one step, odd ones, and both sides of the Triton kernels' 4-step tiles and the C++ selective
@@ -196,7 +196,7 @@ def test_compiled_selective_scan(rng):
 def triton_kernels():
     """gpu_kernels where triton imports (the interpreter runs them on a CPU: conftest.py), else skip."""
     pytest.importorskip('triton')
-    import gpu_kernels
+    from minrnn import gpu_kernels
     return gpu_kernels, 'cuda' if torch.cuda.is_available() else 'cpu'
 
 

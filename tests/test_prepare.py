@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import SHAKESPEARE, run_script
-from dataset import write_char_dataset
+from minrnn.dataset import write_char_dataset
 
 
 def read(folder):

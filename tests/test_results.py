@@ -10,9 +10,9 @@ import torch
 import plot_curves
 import reproduce
 import train
-import dataset
-import runs
-from configurator import UsageError
+from minrnn import dataset
+from minrnn import checkpoints, runs
+from minrnn.cli import UsageError
 from conftest import TINY, read_log
 
 # val losses per seed at steps 0, 100, 200, 300, 400
@@ -185,8 +185,8 @@ def test_reproduce_runs_skips_resumes_and_reports(tmp_path, tiny_dataset, capsys
 
     # The logged val loss is the whole split, not an estimate: score best.pt token by token with the step path.
     run = tmp_path / 'out' / 'mingru_seed1'
-    ckpt = runs.load_checkpoint(str(run / 'best.pt'))
-    model = runs.model_from_checkpoint(ckpt).eval()
+    ckpt = checkpoints.load_checkpoint(str(run / 'best.pt'))
+    model = checkpoints.model_from_checkpoint(ckpt).eval()
     _, val_data, _ = dataset.load_dataset(ckpt['config']['dataset'], ckpt['config']['block_size'])
     with torch.no_grad():
         expected = stepwise_loss(model, val_data[:], ckpt['config']['block_size'])
@@ -229,7 +229,7 @@ def test_the_gpu_command_dry_run_on_a_cpu(tmp_path, tiny_dataset):
 def test_only_the_committed_plan_writes_results_and_a_run_of_another_plan_is_not_resumed(tmp_path, tiny_dataset,
                                                                                          capsys):
     from types import SimpleNamespace
-    from model import BLOCKS
+    from minrnn.blocks import BLOCKS
     plan = lambda **kw: SimpleNamespace(**{'results': None, 'seeds': 3, 'blocks': list(BLOCKS), 'scale': 'cpu', **kw})
     assert reproduce.results_folder(plan(), []) == os.path.join('results', 'cpu')
     assert reproduce.results_folder(plan(), ['--max_iters=30']) == os.path.join('out', 'cpu', 'results')

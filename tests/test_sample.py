@@ -2,7 +2,7 @@ import pytest
 
 import sample
 import train
-from configurator import UsageError
+from minrnn.cli import UsageError
 from conftest import TINY, run_script, small_text
 
 PROMPT = small_text()[:6]  # characters the dataset has, real or synthetic

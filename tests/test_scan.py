@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import cpu_kernels
-from scan import LOG_CHUNK, linear_scan, log_scan, resolve_backend
+from minrnn import cpu_kernels
+from minrnn.scan import LOG_CHUNK, linear_scan, log_scan, resolve_backend
 
 # 'compiled' is tested wherever it builds; test_compiled_kernels_build_where_there_is_a_compiler makes a
 # failed build visible where it should have worked.

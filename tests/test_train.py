@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-import runs
+from minrnn import checkpoints, runs, settings
 import train
-from configurator import UsageError
+from minrnn.cli import UsageError
 from conftest import ROOT, TINY, read_log, run_script
 
 
@@ -37,7 +37,7 @@ def test_thirty_iterations_learn_and_leave_a_log_and_checkpoints(tmp_path, tiny_
     assert all(r['ms_per_iter'] > 0 for r in train_rows)
     for name in ('ckpt.pt', 'best.pt', 'config.json'):
         assert os.path.exists(os.path.join(out_dir, name))
-    ckpt = runs.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
+    ckpt = checkpoints.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
     assert ckpt['step'] == 30 and ckpt['best_val_loss'] == min(v for _, v in losses.values())
     assert result['best_val_loss'] == ckpt['best_val_loss']
 
@@ -81,7 +81,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_last_one_loadable(tmp_path
     child = subprocess.Popen([sys.executable, '-c', f'''
 import sys, torch
 sys.path.insert(0, {ROOT!r})
-from runs import save_checkpoint, CHECKPOINT_FORMAT, CHECKPOINT_KEYS
+from minrnn.checkpoints import save_checkpoint, CHECKPOINT_FORMAT, CHECKPOINT_KEYS
 i = 0
 while True:
     save_checkpoint({{**dict.fromkeys(CHECKPOINT_KEYS), 'format': CHECKPOINT_FORMAT, 'i': i,
@@ -97,22 +97,22 @@ while True:
         child.wait(timeout=30)
     finally:
         child.kill()
-    ckpt = runs.load_checkpoint(path)
+    ckpt = checkpoints.load_checkpoint(path)
     assert torch.all(ckpt['w'] == ckpt['i'])
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / 'ckpt.pt'
-    runs.save_checkpoint({'format': runs.CHECKPOINT_FORMAT, 'w': torch.ones(1000)}, str(path))
+    checkpoints.save_checkpoint({'format': checkpoints.CHECKPOINT_FORMAT, 'w': torch.ones(1000)}, str(path))
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(UsageError, match='not a readable checkpoint'):
-        runs.load_checkpoint(str(path))
+        checkpoints.load_checkpoint(str(path))
     path.write_bytes(b'hello')
     with pytest.raises(UsageError, match='not a readable checkpoint'):
-        runs.load_checkpoint(str(path))
+        checkpoints.load_checkpoint(str(path))
     torch.save({'something': 'else'}, str(path))
     with pytest.raises(UsageError, match='not a checkpoint of this project'):
-        runs.load_checkpoint(str(path))
+        checkpoints.load_checkpoint(str(path))
 
 
 def torchrun(tiny_dataset, out_dir, *extra):
@@ -130,7 +130,7 @@ def test_torchrun_two_processes_on_cpu_write_one_log_and_resume_exactly(tmp_path
     rows = read_log(str(full))
     assert [r['step'] for r in rows if r['kind'] == 'train'] == [1, 2, 3, 4, 5, 6]  # one writer: rank 0
     assert rows[0]['config']['world_size'] == 2
-    ckpt = runs.load_checkpoint(str(full / 'ckpt.pt'))
+    ckpt = checkpoints.load_checkpoint(str(full / 'ckpt.pt'))
     assert ckpt['step'] == 6 and len(ckpt['rng']) == 2
     assert not torch.equal(ckpt['rng'][0]['data'], ckpt['rng'][1]['data'])  # each rank its own batches
 
@@ -150,7 +150,7 @@ def test_every_config_file_is_valid(config_file):
 def test_max_seconds_stops_cleanly_with_an_evaluation_a_checkpoint_and_a_reason(tmp_path, tiny_dataset, capsys):
     out_dir, result = run_train(tmp_path, tiny_dataset, '--max_iters=1000000', '--eval_interval=100000',
                                 '--max_seconds=3')
-    stopped = runs.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))['step']
+    stopped = checkpoints.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))['step']
     assert 0 < stopped < 1000000 and result['step'] == stopped
     rows = read_log(out_dir)
     assert rows[-1] == {'kind': 'stop', 'step': stopped, 'reason': 'max_seconds'}
@@ -172,8 +172,8 @@ def test_a_short_run_decays_its_learning_rate_to_min_lr(tmp_path, tiny_dataset):
     out_dir = str(tmp_path / 'run')
     train.main([os.path.join(ROOT, 'config', 'shakespeare_char_mingru_cpu.py'), f'--dataset={tiny_dataset}',
                 f'--out_dir={out_dir}', '--max_iters=20', '--warmup_iters=5', '--eval_interval=10', '--progress=False'])
-    config = runs.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))['config']
-    assert config['lr_decay_iters'] == 20 and train.learning_rate_at(20, config) == config['min_lr']
+    config = checkpoints.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))['config']
+    assert config['lr_decay_iters'] == 20 and settings.learning_rate_at(20, config) == config['min_lr']
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, 'data', 'shakespeare_char', 'train.bin')),
@@ -198,7 +198,7 @@ def test_a_fresh_start_never_replaces_a_finished_run(tmp_path, tiny_dataset):
     after = {name: os.path.getmtime(os.path.join(out_dir, name)) for name in before}
     assert after == before  # eval_only wrote nothing
     run_train(tmp_path, tiny_dataset, '--max_iters=2', '--overwrite=True')
-    assert runs.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))['step'] == 2
+    assert checkpoints.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))['step'] == 2
 
 
 def test_a_resume_that_changes_the_schedule_says_which_keys_and_how(tmp_path, tiny_dataset, capsys):

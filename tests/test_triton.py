@@ -14,7 +14,7 @@ from test_model import assert_compiled_equals_eager, mamba_inputs, mamba_layer
 from test_scan import reference
 
 triton = pytest.importorskip('triton')
-import gpu_kernels  # noqa: E402  (after the skip: it needs triton to define its kernels)
+from minrnn import gpu_kernels  # noqa: E402  (after the skip: it needs triton to define its kernels)
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 T_VALUES = [1, 7, 64, 300]
@@ -88,7 +88,7 @@ def test_triton_causal_conv_equals_the_shifted_sum(T, silu, kernel):
 
 
 def test_kernels_longer_than_the_triton_convs_window_run_the_plain_conv():
-    import scan
+    from minrnn import scan
     x, weight, bias = torch.randn(1, 3, 8).to(DEVICE), torch.randn(5, 8).to(DEVICE), torch.zeros(8).to(DEVICE)
     assert scan.causal_conv(scan.Kernels('triton', 'conv'), x, weight, bias, False, plain=lambda *args: 'plain') == 'plain'
     with pytest.raises(ValueError, match='up to 4 steps'):
@@ -104,7 +104,7 @@ def test_triton_gated_scan_equals_the_coefficients_and_the_sequential_scan(kind,
     gradients of the gates and h0. Pre-activations of both signs and large magnitude (g's two branches,
     saturated gates)."""
     from model import MinGRUCoefficients, MinLSTMCoefficients
-    from scan import linear_scan
+    from minrnn.scan import linear_scan
     g = torch.Generator().manual_seed(T)
     width = 5
     gates = torch.randn(2, T, (2 if kind == 'mingru' else 3) * width, generator=g, dtype=torch.float64) * 4
@@ -356,7 +356,7 @@ def test_the_kernels_compile_for_gpus_without_spilling_registers(capability):
         pytest.skip(f'triton {triton.__version__} does not say which ptxas it uses ({type(e).__name__})')
     from conftest import ROOT, run_script
     env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
-    code = ('import sys, tempfile; import gpu_kernels as k\n'
+    code = ('import sys, tempfile; from minrnn import gpu_kernels as k\n'
             'for name, launch in k.launches().items():\n'
             '    with tempfile.TemporaryDirectory() as folder:\n'
             '        print(name, k.compile_ahead_of_time(launch.kernel, launch.constants, launch.options,\n'
@@ -381,7 +381,7 @@ def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path
     env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
     result = run_script(os.path.join(ROOT, 'bench.py'), '--static', '--out', str(tmp_path), env=env, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
-    import report
+    from minrnn import report
     rows = report.read_csv(str(tmp_path / 'kernels.csv'))
     assert len(rows) == 2 * len(gpu_kernels.launches()) and all(r['spilled_bytes'] == 0 for r in rows)
     selective = [r for r in rows if r['kernel'].startswith('selective')]

@@ -14,8 +14,8 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
-from configurator import ArgumentParser, run_cli  # noqa: E402
-from dataset import DATA_ROOT, describe, read_text, write_char_dataset  # noqa: E402
+from minrnn.cli import ArgumentParser, run_cli  # noqa: E402
+from minrnn.dataset import DATA_ROOT, describe, read_text, write_char_dataset  # noqa: E402
 
 
 def main():

@@ -18,8 +18,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
-from configurator import ArgumentParser, UsageError, run_cli  # noqa: E402
-from dataset import describe, read_text, write_char_dataset  # noqa: E402
+from minrnn.cli import ArgumentParser, UsageError, run_cli  # noqa: E402
+from minrnn.dataset import describe, read_text, write_char_dataset  # noqa: E402
 
 URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 SHA256 = '86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed'

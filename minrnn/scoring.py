@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from dataset import get_batch, split_windows
-from scan import widen
+from minrnn.dataset import get_batch, split_windows
+from minrnn.scan import widen
 
 
 @torch.no_grad()

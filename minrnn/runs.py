@@ -3,14 +3,14 @@ A run folder (out_dir) and what lies in it:
 
     config.json   the resolved configuration, with the machine it ran on (devices.environment)
     log.jsonl     one JSON object a line: a 'meta' header, 'eval' rows every eval_interval,
-                  'train' rows every log_interval, a 'stop' row with the reason it ended
-    ckpt.pt       the latest checkpoint; best.pt the one of lowest val loss
+                  'train' rows every log_interval, 'stop' and 'resume' rows where a run stopped
+                  (the reason) and went on
+    ckpt.pt       the latest checkpoint; best.pt the one of lowest val loss (checkpoints.py)
     .lock         held while a training writes here
 
-Checkpoints are written to a temporary file and renamed, so a kill at any moment leaves the previous
-one whole; they are read with weights_only=True, so loading one runs no code. This module also
-reads logs back for the tables and figures, and decides which runs form one series: runs whose
-configurations are equal apart from the keys in settings.NEUTRAL_KEYS.
+This module writes config.json and the log, reads logs back for the tables and figures, and decides
+which runs form one series: runs whose configurations are equal apart from the keys in
+settings.NEUTRAL_KEYS. No torch here.
 """
 import contextlib
 import json
@@ -18,15 +18,10 @@ import math
 import os
 import sys
 
-import torch
+from minrnn.blocks import display
+from minrnn.cli import UsageError
+from minrnn.settings import NEUTRAL_KEYS, unused_by
 
-from configurator import UsageError
-from model import BLOCKS, CharLM, ModelConfig, keys_unused_by
-from settings import NEUTRAL_KEYS
-
-CHECKPOINT_FORMAT = 1
-CHECKPOINT_KEYS = {'model', 'optimizer', 'scaler', 'model_config', 'config', 'step', 'best_val_loss',
-                   'elapsed', 'tokens', 'rng', 'vocab'}
 LOG_FORMAT = 1
 RUN_FILES = ('ckpt.pt', 'best.pt', 'log.jsonl')
 
@@ -37,75 +32,6 @@ class RunError(UsageError):
 
 def warn(message):
     print(f'warning: {message}', file=sys.stderr)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(payload, path):
-    """Write to path.tmp, fsync, rename: a reader sees the old file or the new one, never half."""
-    tmp = path + '.tmp'
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError of its writer
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        kept = f'the previous {os.path.basename(path)} is intact' if os.path.exists(path) else 'no earlier checkpoint exists'
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else ' '.join(str(e).split())[:120]
-        raise RunError(f'could not write checkpoint {path} ({reason}); {kept}. '
-                       f'Free disk space or choose another --out_dir, then resume') from e
-
-
-def load_checkpoint(path, hint='train first with: python train.py CONFIG'):
-    """The checkpoint dict at path, or a RunError that says what is wrong with it."""
-    if not os.path.exists(path):
-        raise RunError(f'no checkpoint at {path}; {hint}')
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)  # tensors and plain data only: runs no code
-    except Exception as e:
-        if 'unsupported global' in str(e).lower():  # the file names a Python callable for the unpickler to run
-            raise RunError(f'{path} is unsafe: it holds Python objects beyond tensors and plain data, which '
-                           f'loading would run as code; it was not loaded. Use a checkpoint this project '
-                           f'wrote') from None
-        raise RunError(f'{path} is not a readable checkpoint (truncated or corrupt? {type(e).__name__}); '
-                       f'use the other checkpoint of the run (ckpt.pt / best.pt) or train again') from e
-    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT or not CHECKPOINT_KEYS <= ckpt.keys():
-        raise RunError(f'{path} is not a checkpoint of this project (format {CHECKPOINT_FORMAT})')
-    return ckpt
-
-
-def model_from_checkpoint(ckpt):
-    """The model a checkpoint holds, checked: its weights fit its config, are finite, and its
-    vocabulary covers every output."""
-    try:
-        model = CharLM(ModelConfig(**ckpt['model_config']))
-        model.load_state_dict(ckpt['model'])
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise RunError(f"the checkpoint's weights do not fit its model_config ({type(e).__name__}); "
-                       f'use the other checkpoint of the run or train again') from None
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise RunError("the checkpoint's weights are not all finite (a diverged run?); use the other checkpoint "
-                       'of the run, or train again with a lower --learning_rate')
-    itos = ckpt['vocab'].get('itos') if isinstance(ckpt.get('vocab'), dict) else None
-    if not isinstance(itos, dict) or set(itos) != set(range(model.config.vocab_size)):
-        raise RunError(f"the checkpoint's vocabulary does not cover the model's {model.config.vocab_size} tokens; "
-                       f'use a checkpoint this project wrote')
-    return model
-
-
-def check_resumable(ckpt, model_config, meta):
-    """Resuming with another block, width or vocabulary would fail deep inside load_state_dict."""
-    saved = ckpt['model_config']
-    differ = [f'{k}: checkpoint {saved[k]!r}, now {v!r}' for k, v in model_config.asdict().items()
-              if k in saved and saved[k] != v and k not in ('dropout', 'scan_backend', 'scan_chunk_elems')]
-    if differ:
-        raise RunError('the checkpoint was trained with another model configuration (' + '; '.join(differ) +
-                       '); resume with the config the run started with, or train into a new --out_dir')
-    if ckpt['vocab']['itos'] != meta['itos']:
-        raise RunError('the checkpoint was trained on another vocabulary; resume with its --dataset')
 
 
 def write_config(out_dir, config):
@@ -255,7 +181,7 @@ def identity(config):
     """What makes a run's curve: its configuration without the keys that cannot change it
     (settings.NEUTRAL_KEYS) and the keys its block does not read. Runs with equal identities are
     seeds of one series."""
-    unused = keys_unused_by(config.get('block'))
+    unused = unused_by(config.get('block'))
     return {k: v for k, v in config.items() if k not in NEUTRAL_KEYS and k not in unused}
 
 
@@ -290,7 +216,7 @@ def group_series(runs):
 def series_label(members, groups):
     """The block's display name, and where the block has other series, the keys in which they differ."""
     block = members[0]['block']
-    name = BLOCKS[block].display if block in BLOCKS else block
+    name = display(block)
     same_block = [identity(g[0]['config']) for g in groups if g[0]['block'] == block]
     if len(same_block) == 1:
         return name

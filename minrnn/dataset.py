@@ -13,9 +13,9 @@ import os
 import numpy as np
 import torch
 
-from configurator import UsageError
+from minrnn.cli import UsageError
 
-DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
+DATA_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data')
 
 
 class DatasetError(UsageError):

@@ -42,9 +42,9 @@ causal_conv() (the convolution before them) with that choice, and never loads an
 """
 import torch
 
-import cpu_kernels
+from minrnn import cpu_kernels
 
-BACKENDS = ('auto', 'log', 'sequential', 'compiled', 'triton')
+from minrnn.settings import BACKENDS  # the names a config may give
 
 
 def widen(x):
@@ -56,7 +56,7 @@ def widen(x):
 
 def load_gpu_kernels():
     """gpu_kernels, imported on first use: a CPU run never pays for importing triton."""
-    import gpu_kernels
+    from minrnn import gpu_kernels
     return gpu_kernels
 
 

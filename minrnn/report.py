@@ -1,18 +1,13 @@
 """
 Tables and figures: number formats, CSV files, and one figure style (display names and colours
-from model.py's registry, sizes and fonts a paper could print, files that are byte-identical when
+from minrnn/blocks.py, sizes and fonts a paper could print, files that are byte-identical when
 redrawn from the same data).
 """
 import csv
 import os
 import statistics
 
-from model import BLOCKS
-
-
-def display(block):
-    """A block's name in tables and legends: minGRU, not mingru."""
-    return BLOCKS[block].display if block in BLOCKS else block
+from minrnn.blocks import BLOCKS, display
 
 
 def colour(block, fallback='tab:gray'):

@@ -9,9 +9,9 @@ import re
 
 import torch
 
-from configurator import UsageError
+from minrnn.cli import UsageError
 
-CHOICES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+from minrnn.settings import DEVICES as CHOICES
 
 
 def resolve(name):
