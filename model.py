@@ -24,6 +24,7 @@ the Transformer it is a key/value cache that grows with the sequence. A mixer en
 named `out`, the residual projection that the model initialises scaled by depth.
 """
 import math
+import sys
 
 import torch
 import torch.nn as nn
@@ -533,6 +534,10 @@ class LibraryRNN(nn.Module):
     the library's (h, or (h, c) for the LSTM), so a sequence can be continued in chunks; step() is
     forward on one time step, O(1) in the sequence's length."""
     rnn_class = None
+    # oneDNN has no half-precision LSTM on CPUs without AVX-512 ('could not create a primitive descriptor');
+    # there, under autocast, the layer runs in float32 (as precise as autocast promises, or more), said
+    # once. Set to True to take that path anywhere (the tests do).
+    half_fails_on_cpu = False
 
     def __init__(self, config):
         super().__init__()
@@ -547,8 +552,27 @@ class LibraryRNN(nn.Module):
         h0, window = state if state is not None else (None, None)
         if self.conv is not None:
             x, window = self.conv(x, window)
-        y, h = self.rnn(x, h0)
+        y, h = self.recurrence(x, h0)
         return self.dropout(self.out(y)), (h, window)
+
+    def recurrence(self, x, h0):
+        """The library's layer over the sequence; in float32 where a CPU's library cannot run it in
+        the half precision autocast asks for."""
+        half_on_cpu = x.device.type == 'cpu' and torch.is_autocast_enabled('cpu')
+        if half_on_cpu and not LibraryRNN.half_fails_on_cpu:
+            try:
+                return self.rnn(x, h0)
+            except RuntimeError as error:
+                if 'primitive descriptor' not in str(error):
+                    raise
+                LibraryRNN.half_fails_on_cpu = True
+                print(f'warning: this CPU has no half-precision {self.rnn_class.__name__} (oneDNN); it runs in float32',
+                      file=sys.stderr)
+        if half_on_cpu:
+            with torch.autocast('cpu', enabled=False):
+                as_float = lambda t: t.float() if torch.is_tensor(t) else tuple(v.float() for v in t)
+                return self.rnn(x.float(), None if h0 is None else as_float(h0))
+        return self.rnn(x, h0)
 
     def step(self, x, state):
         y, state = self(x.unsqueeze(1), state)

@@ -13,14 +13,16 @@ anything else are separate series, labelled by what differs, with a warning. Wri
 missing, empty, half-written or foreign is skipped, and so is any row without a whole step and a
 finite loss; each skip is named in a `warning:` line.
 """
+from minrnn import cli
+cli.exit_on_interrupt()  # first: a Ctrl-C while matplotlib imports ends in one line, exit 130
+
 import os
 import statistics
 import sys
 
-from minrnn import report
-from minrnn import runs
-from minrnn.cli import ArgumentParser, run_cli
+from minrnn import report, runs
 from minrnn.blocks import BLOCKS
+from minrnn.cli import ArgumentParser, run_cli
 
 X_AXES = {'step': ('step', 'training step'), 'time': ('time', 'wall-clock seconds of training'),
           'tokens': ('tokens', 'tokens seen')}
@@ -65,6 +67,8 @@ def summarise(series, at_steps):
                'size': size_label(members[0]['config']), 'dataset': members[0]['config'].get('dataset'),
                'best_val_mean': best_mean, 'best_val_std': best_std,
                'step_near_best': statistics.fmean(step_near_best(m['evals']) for m in members),
+               'last_step': max(m['evals'][-1]['step'] for m in members),
+               'max_iters': members[0]['config'].get('max_iters'),
                'ms_per_iter': statistics.fmean(ms) if ms else None, 'threads': '/'.join(threads) or None,
                'paper_test_loss': paper_loss, 'paper_best_step': paper_step}
         for step in at_steps:
@@ -76,10 +80,12 @@ def summarise(series, at_steps):
 
 def write_table(rows, out, at_steps):
     report.write_csv(os.path.join(out, 'results.csv'), rows)
-    header = (['series', 'seeds', 'params', 'size', 'best val (mean ± std)', 'step within 0.01 of best',
-               'ms / iter (threads)'] + [f'val @{s}' for s in at_steps] + ['paper test loss', 'paper best step'])
+    header = (['series', 'seeds', 'params', 'size', 'last step (max_iters)', 'best val (mean ± std)',
+               'step within 0.01 of best', 'ms / iter (threads)'] + [f'val @{s}' for s in at_steps]
+              + ['paper test loss', 'paper best step'])
     cells = [[r['series'], str(r['seeds']), f"{r['params']:,}" if r['params'] else '-', r['size'],
-              report.fmt(r['best_val_mean'], std=r['best_val_std']), f"{r['step_near_best']:.0f}",
+              f"{r['last_step']} ({r['max_iters']})", report.fmt(r['best_val_mean'], std=r['best_val_std']),
+              f"{r['step_near_best']:.0f}",
               report.fmt(r['ms_per_iter'], 1) + (f" ({r['threads']})" if r['threads'] else '')]
              + [report.fmt(r[f'val@{s}']) for s in at_steps]
              + [report.fmt(r['paper_test_loss']), str(r['paper_best_step'] or '-')] for r in rows]
@@ -143,7 +149,8 @@ def plot(series, out, x='step', band='minmax', show_train=False):
             keep = [k for k, v in enumerate(xs) if v > 0]
             xs, mean, low, high = ([seq[k] for k in keep] for seq in (xs, mean, low, high))
         seeds = f"{len(members)} seeds, {spread}" if len(members) > 1 else '1 seed'
-        ax.plot(xs, mean, color=colour, label=f'{label} ({seeds})', linestyle=SERIES_STYLES[(len(same_block) - 1) % 4])
+        ax.plot(xs, mean, color=colour, label=f'{label} ({seeds})', linestyle=SERIES_STYLES[(len(same_block) - 1) % 4],
+                marker='o' if len(xs) == 1 else None)  # one evaluation: a point, which a line would not show
         if len(members) > 1:
             ax.fill_between(xs, low, high, color=colour, alpha=0.2, linewidth=0)
         if show_train:
@@ -170,6 +177,25 @@ def loss_range(series):
     long_enough = all(sum(r['step'] > 0 for r in run['evals']) >= 3 for run in runs_)
     losses = [r['val_loss'] for run in runs_ for r in run['evals'] if r['step'] > 0 or not long_enough]
     return min(losses) - 0.05, max(losses) + 0.05
+
+
+SCHEDULE = ('max_iters', 'lr_decay_iters', 'warmup_iters', 'learning_rate', 'min_lr', 'decay_lr')
+
+
+def unlike_runs(series):
+    """A warning, in words, where series ran to different steps or on different schedules: their best
+    losses and curves then compare unlike things. None where they are alike."""
+    def how(members):
+        config = members[0]['config']
+        return (max(m['evals'][-1]['step'] for m in members), tuple(config.get(k) for k in SCHEDULE))
+    shapes = {label: how(members) for label, members in series}
+    if len(set(shapes.values())) <= 1:
+        return None
+    listed = '; '.join(f"{label} to step {last} (max_iters {schedule[0]}, lr {schedule[3]:g})"
+                       if isinstance(schedule[3], (int, float)) else f'{label} to step {last}'
+                       for label, (last, schedule) in shapes.items())
+    return (f'the series ran to different steps or on different schedules ({listed}): their best val losses '
+            f'and curves compare unlike runs; compare them at steps all reached (--at)')
 
 
 def evaluated_steps(series):
@@ -201,6 +227,9 @@ def main(argv=None):
         if len(run['evals']) < 3:
             runs.warn(f"{run['path']} has {len(run['evals'])} evaluation(s): its curve is a line through fewer than 3 points")
     series = sorted(runs.group_series(found), key=lambda s: report.block_order(s[1][0]['block']))
+    warning = unlike_runs(series)
+    if warning:
+        runs.warn(warning)
     at = args.at if args.at is not None else evaluated_steps(series)
     os.makedirs(args.out, exist_ok=True)
     rows = summarise(series, at)

@@ -2,7 +2,11 @@
 Generate text from a trained run, streaming it as it comes:
 
     python sample.py --out_dir=out/shakespeare_char_mingru_cpu --start="ROMEO:" --max_new_tokens=300
+    python sample.py out/shakespeare_char_mingru_cpu              # the run folder alone does too
     python sample.py --out_dir=out/... --start=FILE:prompt.txt --num_samples=3 --temperature=0.8
+
+It says on stderr which checkpoint it read (its step and val loss), so the text on stdout is only
+the samples.
 
 Every block generates with its step path: the recurrent blocks carry a fixed-size state, so each
 new character costs the same; the Transformer carries a key/value cache.
@@ -25,6 +29,7 @@ MAX_PROMPT_BYTES = 16 << 20  # a prompt file larger than this is refused: it wou
 
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__)
+    parser.add_argument('run', nargs='?', help='the run folder (the same as --out_dir)')
     parser.add_argument('--out_dir', default='out/shakespeare_char_transformer_cpu', help='the run to sample from')
     parser.add_argument('--checkpoint', default='best', choices=['best', 'latest'],
                         help='best.pt (lowest val loss) or ckpt.pt (latest)')
@@ -37,6 +42,8 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=1337)
     parser.add_argument('--device', default='auto', help=devices.CHOICES)
     args = parser.parse_args(argv)
+    if args.run is not None:
+        args.out_dir = args.run
     for name, ok, rule in [('num_samples', args.num_samples >= 1, '>= 1'),
                            ('max_new_tokens', args.max_new_tokens >= 1, '>= 1'),
                            ('temperature', 0 < args.temperature < math.inf,
@@ -77,6 +84,8 @@ def sample(args, write=sys.stdout.write):
     hint = (f"use it with --checkpoint={'latest' if name == 'best.pt' else 'best'}" if os.path.exists(other) else
             f'train a model into {args.out_dir} first (python train.py CONFIG --out_dir={args.out_dir})')
     ckpt = load_checkpoint(os.path.join(args.out_dir, name), hint=hint)
+    print(f"sampling {os.path.join(args.out_dir, name)}: step {ckpt['step']}; the run's best val loss by then "
+          f"{ckpt['best_val_loss']:.4f}, at step {ckpt.get('best_val_step')}", file=sys.stderr, flush=True)
     stoi, itos = ckpt['vocab']['stoi'], ckpt['vocab']['itos']
     ids = encode_prompt(args.start, stoi)
     prompt, prompt_text = torch.tensor([ids], device=device), ''.join(itos[i] for i in ids)

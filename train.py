@@ -5,8 +5,10 @@ Train a character-level language model (any block of model.py) from a config fil
     python train.py config/shakespeare_char_mingru_cpu.py --init_from=resume
     torchrun --standalone --nproc_per_node=4 train.py config/shakespeare_char_mingru.py   # DDP
 
-Writes config.json, log.jsonl, ckpt.pt and best.pt to out_dir (runs.py says what each holds);
-resume continues bit-exactly on CPU in float32. A fresh start never replaces an earlier run's files
+Writes config.json, log.jsonl, ckpt.pt and best.pt to out_dir (minrnn/runs.py says what each holds).
+A resume is the run that was started: its configuration comes from its checkpoint, and the command
+may change only what settings.RESUMABLE_KEYS names (how long it runs, how it is watched, where);
+it continues bit-exactly on CPU in float32. A fresh start never replaces an earlier run's files
 unless --overwrite=True. SIGINT / SIGTERM save a checkpoint at the current step and exit 130 / 143.
 """
 from minrnn import cli
@@ -27,15 +29,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from minrnn import devices
-from minrnn import checkpoints, runs
-from minrnn import scan
-from minrnn import settings
+from minrnn import checkpoints, devices, runs, scan, settings
+from minrnn.blocks import BLOCKS
 from minrnn.cli import UsageError, run_cli
 from minrnn.dataset import get_batch, load_dataset
-from minrnn.blocks import BLOCKS
+from minrnn.scoring import estimate_loss, full_split_loss, split_batches
 from model import CharLM, ModelConfig
-from minrnn.scoring import estimate_loss, full_split_loss
 
 
 class TrainingError(UsageError):
@@ -56,6 +55,17 @@ def setup_distributed(config):
     backend = 'nccl' if device.startswith('cuda') else 'gloo'
     dist.init_process_group(backend, timeout=timedelta(seconds=config['ddp_timeout']))
     return rank, world, device
+
+
+def resumed_config(argv, config):
+    """A resume's configuration: the run's own (its checkpoint's), updated by the command's config
+    files and flags only where settings.RESUMABLE_KEYS allows; anything else it would change is
+    refused in one line that names the key and both values."""
+    ckpt_path = os.path.join(config['out_dir'], 'ckpt.pt')
+    saved = checkpoints.load_checkpoint(ckpt_path, hint=f"nothing to resume in {config['out_dir']}: start without "
+                                                        f'--init_from=resume (a new run)')['config']
+    config = settings.configure_resume(argv, saved)
+    return config
 
 
 def refuse_to_replace(config):
@@ -171,6 +181,7 @@ class Training:
         self.scaler = torch.amp.GradScaler(devices.kind(device), enabled=self.dtype == 'float16')
         self.ckpt_path = os.path.join(config['out_dir'], 'ckpt.pt')
         self.step, self.best_val, self.best_step, self.elapsed, self.tokens_seen = 0, float('inf'), None, 0.0, 0
+        self.resumed_from = None
         self.bad_steps, self.window = 0, (0.0, 0)  # consecutive non-finite steps; (seconds, steps) since the last log
         if config['init_from'] == 'resume':
             self.resume()
@@ -184,16 +195,19 @@ class Training:
                          if self.dtype != 'float32' else contextlib.nullcontext())
         self.tokens_per_step = config['batch_size'] * config['block_size'] * config['gradient_accumulation_steps'] * world
         self.log = self.start_log() if self.master and not config['eval_only'] else None
+        self.wandb = self.start_wandb() if self.master and config['wandb_log'] and not config['eval_only'] else None
+        self.last_eval_seconds = None
 
     def resume(self):
         ckpt = checkpoints.load_checkpoint(self.ckpt_path, hint=f"nothing to resume in {self.config['out_dir']}: start "
                                                          f'without --init_from=resume (a new run)')
-        checkpoints.check_resumable(ckpt, self.model_config, self.meta)
+        checkpoints.check_resumable(ckpt, self.model_config, self.meta, self.config['dataset'])
         self.raw_model.load_state_dict(ckpt['model'])
         self.optimizer.load_state_dict(ckpt['optimizer'])
         self.scaler.load_state_dict(ckpt['scaler'])
         self.step, self.best_val, self.elapsed, self.tokens_seen = ckpt['step'], ckpt['best_val_loss'], ckpt['elapsed'], ckpt['tokens']
         self.best_step = ckpt.get('best_val_step')
+        self.resumed_from = ckpt['config']
         if self.master:
             print(f'resuming from step {self.step} of {self.ckpt_path} (best val loss so far {self.best_val:.4f})')
             change = settings.schedule_changes(ckpt['config'], self.config, self.step)
@@ -226,7 +240,9 @@ class Training:
                 'params': self.raw_model.num_params(), 'params_non_embedding': self.raw_model.num_params(non_embedding=True)}
 
     def start_log(self):
-        """Print the configuration, write config.json, open log.jsonl (its header on a fresh start)."""
+        """Print the configuration, open log.jsonl (its header on a fresh start, a 'resume' row on a
+        resume) and, on a fresh start, write config.json; a resume rewrites it with its next
+        checkpoint, so that at any moment it describes the ckpt.pt beside it."""
         config, resolved = self.config, self.resolved_config()
         unused = settings.unused_by(config['block']) | {'environment'}
         print('configuration:\n' + '\n'.join(f'  {k} = {v!r}' for k, v in resolved.items() if k not in unused))
@@ -236,14 +252,37 @@ class Training:
             print(f'warning: {warning}')
         print(f"parameters: {resolved['params']:,} total, {resolved['params_non_embedding']:,} non-embedding; "
               f'{self.tokens_per_step:,} tokens per step')
-        runs.write_config(config['out_dir'], resolved)
+        cpu_config = BLOCKS[config['block']].configs.get('cpu')
+        warning = devices.long_run_warning(config, resolved['params'], len(self.val_data), self.device, cpu_config)
+        if warning:
+            print(f'warning: {warning}', flush=True)
         resuming = config['init_from'] == 'resume'
-        log = runs.RunLog(os.path.join(config['out_dir'], 'log.jsonl'), resume_step=self.step if resuming else None)
         if not resuming:
+            runs.write_config(config['out_dir'], resolved)
+        log = runs.RunLog(os.path.join(config['out_dir'], 'log.jsonl'), resume_step=self.step if resuming else None)
+        if resuming:
+            changed = {k: [self.resumed_from.get(k), v] for k, v in config.items()
+                       if k in settings.RESUMABLE_KEYS and k in self.resumed_from and self.resumed_from[k] != v
+                       and k not in ('init_from', 'overwrite')}
+            log.write(kind='resume', step=self.step, changed=changed)
+        else:
             log.write(kind='meta', format=runs.LOG_FORMAT, block=config['block'], val_loss='whole split',
                       params=resolved['params'], params_non_embedding=resolved['params_non_embedding'],
                       tokens_per_step=self.tokens_per_step, config=resolved)
         return log
+
+    def start_wandb(self):
+        """Weights & Biases, as nanoGPT's wandb_log does it, where the package is installed (it is not a
+        dependency); otherwise one line, and the run goes on with its log.jsonl."""
+        try:
+            import wandb
+        except ImportError:
+            print('note: wandb_log=True, but the wandb package is not installed (pip install wandb): the run is '
+                  'logged to log.jsonl only')
+            return None
+        wandb.init(project=self.config['wandb_project'], name=self.config['wandb_run_name'],
+                   config=self.resolved_config())
+        return wandb
 
     # ---- saving
 
@@ -266,6 +305,8 @@ class Training:
             'best_val_loss': self.best_val, 'best_val_step': self.best_step, 'elapsed': self.elapsed,
             'tokens': self.tokens_seen, 'rng': rng_states,
             'vocab': {'stoi': self.meta['stoi'], 'itos': self.meta['itos']}}, path)
+        if path == self.ckpt_path:  # config.json describes the ckpt.pt beside it
+            runs.write_config(self.config['out_dir'], self.resolved_config())
 
     # ---- the loop's parts
 
@@ -275,16 +316,20 @@ class Training:
         t0, config = time.perf_counter(), self.config
         self.eval_model.eval()
         try:
-            with stop.interruptible(allowed=self.world == 1):
+            with stop.interruptible(allowed=self.world == 1), self.eval_progress() as tick:
                 train_loss = estimate_loss(self.eval_model, self.train_data, config['eval_iters'], config['batch_size'],
                                            config['block_size'], config['seed'], self.device, self.autocast,
-                                           self.rank, self.world)
+                                           self.rank, self.world, on_batch=tick)
                 val_loss = full_split_loss(self.eval_model, self.val_data, config['block_size'], self.device,
-                                           self.autocast, self.rank, self.world)
+                                           self.autocast, self.rank, self.world, on_batch=tick)
         finally:
             self.eval_model.train()
+        self.last_eval_seconds = time.perf_counter() - t0
         if self.master:
-            tqdm.write(f'step {self.step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}')
+            tqdm.write(f'step {self.step}: train loss {train_loss:.4f}, val loss {val_loss:.4f} '
+                       f'({self.last_eval_seconds:.1f} s)')
+        if self.wandb is not None:
+            self.wandb.log({'iter': self.step, 'train/loss': train_loss, 'val/loss': val_loss, 'lr': lr})
         if config['eval_only']:
             return
         if self.master:
@@ -296,6 +341,24 @@ class Training:
         if config['always_save_checkpoint'] or final:
             self.save(self.ckpt_path)
         self.elapsed += time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def eval_progress(self):
+        """Sign of life while an evaluation runs (minutes at a large eval_iters or on a slow device): a
+        second bar over its batches, or without bars a line saying it is under way and how long the
+        last one took. Yields the function to call after each batch."""
+        if not self.master:
+            yield lambda: None
+            return
+        batches = -(-self.config['eval_iters'] // self.world) + -(-len(
+            split_batches(len(self.val_data), self.config['block_size'])) // self.world)
+        if not self.config['progress']:
+            last = f' (the last took {self.last_eval_seconds:.0f} s)' if self.last_eval_seconds is not None else ''
+            print(f'step {self.step}: evaluating, {batches} batches{last}', flush=True)
+            yield lambda: None
+            return
+        with tqdm(total=batches, desc='evaluating', leave=False, position=1, dynamic_ncols=True) as bar:
+            yield lambda: bar.update(1)
 
     def train_step(self):
         """One optimizer step over gradient_accumulation_steps micro-batches; returns the loss."""
@@ -371,9 +434,15 @@ class Training:
                 if self.step % config['eval_interval'] == 0 or stopping:
                     try:
                         self.evaluate(lr, stopping, stop)
-                    except StopNow:
+                    except Exception as error:  # StopNow, or wrapped by torch.compile compiling inside
+                        if not stopped_by_signal(error):
+                            raise
                         interrupted = self.interrupt(stop.signal, bar)
                         break
+                    if not stopping and stop.requested(self.world, self.device) == 'max_seconds':
+                        stopping = 'max_seconds'  # this evaluation was the last: not another one a step later
+                        if not config['always_save_checkpoint']:
+                            self.save(self.ckpt_path)
                 if stopping:
                     break
                 t0 = time.perf_counter()
@@ -391,10 +460,12 @@ class Training:
                 'signal': interrupted}
 
     def interrupt(self, signal_name, bar):
-        """Save where the run stands (eval_only: nothing to save) and say how to go on."""
+        """Save where the run stands (eval_only: nothing to save), log why it stopped, and say how to go on."""
         if self.config['eval_only']:
             return signal_name
         self.save(self.ckpt_path)
+        if self.log is not None:
+            self.log.write(kind='stop', step=self.step, reason=signal_name)
         if self.master:
             bar.close()
             print(f'{signal_name}: saved {self.ckpt_path} at step {self.step}. Resume with: '
@@ -410,6 +481,16 @@ class Training:
             print(summary(self.config['out_dir'], self.step, self.elapsed, self.best_val, self.best_step, stopping))
         if self.world > 1:
             dist.barrier()  # rank 0 may still be writing the checkpoint: tear gloo/nccl down together
+
+
+def stopped_by_signal(error):
+    """Whether a signal's StopNow is this error or lies under it (torch.compile wraps what is raised
+    while it compiles, InductorError and the like)."""
+    while error is not None:
+        if isinstance(error, StopNow):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def resume_command(command):
@@ -441,6 +522,8 @@ def train(config, command='python train.py ...'):
     with runs.out_dir_lock(config['out_dir']) if writes else contextlib.nullcontext():
         if not distributed:
             refuse_to_replace(config)  # inside the lock: a busy out_dir is reported as busy
+        if writes and config['init_from'] == 'scratch':
+            runs.remove_run_files(config['out_dir'])  # --overwrite: no old checkpoint beside the new config.json
         return Training(config, data, command, rank, world, device).run()
 
 
@@ -450,7 +533,12 @@ def main(argv=None):
         print(settings.usage())
         return None
     try:
-        result = train(settings.configure(argv), command=' '.join(['python train.py', *argv]))
+        config = settings.configure(argv)
+        if config['init_from'] == 'resume':  # before anything is made: a failed resume leaves no folder
+            config = resumed_config(argv, config)
+        for key in settings.unused_flags(argv, config['block']):
+            print(f"warning: --{key} is not read by block {config['block']!r}: ignored", file=sys.stderr)
+        result = train(config, command=' '.join(['python train.py', *argv]))
     except UsageError as e:
         sys.exit(f'error: {e}')
     except RuntimeError as e:  # torch.distributed's errors are RuntimeErrors

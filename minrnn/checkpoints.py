@@ -78,13 +78,16 @@ def model_from_checkpoint(ckpt):
     return model
 
 
-def check_resumable(ckpt, model_config, meta):
-    """Resuming with another block, width or vocabulary would fail deep inside load_state_dict."""
+def check_resumable(ckpt, model_config, meta, dataset):
+    """What the checkpoint holds must fit the model and data it resumes into; where it does not (a run
+    folder or dataset changed by hand), one line, not a failure deep inside load_state_dict."""
     saved = ckpt['model_config']
+    ignored = settings.unused_by(saved.get('block')) | settings.RESUMABLE_KEYS
     differ = [f'{k}: checkpoint {saved[k]!r}, now {v!r}' for k, v in model_config.asdict().items()
-              if k in saved and saved[k] != v and k not in ('dropout', 'scan_backend', 'scan_chunk_elems')]
+              if k in saved and saved[k] != v and k not in ignored]
     if differ:
-        raise RunError('the checkpoint was trained with another model configuration (' + '; '.join(differ) +
-                       '); resume with the config the run started with, or train into a new --out_dir')
+        raise RunError('the checkpoint holds another model (' + '; '.join(differ) + '); resume the run as it was '
+                       'started, or train into a new --out_dir')
     if ckpt['vocab']['itos'] != meta['itos']:
-        raise RunError('the checkpoint was trained on another vocabulary; resume with its --dataset')
+        raise RunError(f'the dataset {dataset!r} has another vocabulary than the one this run was trained on (was '
+                       f'it prepared again from another text?); prepare the run\'s text again, or train a new run')

@@ -6,6 +6,7 @@ A dataset folder holds train.bin and val.bin (uint16 token ids: the first 90% an
 text, as nanoGPT splits it) and meta.json (the characters in token-id order, and the text's sha256).
 Nothing in it can run code: the vocabulary is JSON, the splits raw integers.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -25,10 +26,16 @@ class DatasetError(UsageError):
 # ----------------------------------------------------------------------------- writing
 
 def write_atomic(path, data: bytes):
+    """Written whole or not at all: a full disk leaves the old file, and no .tmp beside it."""
     tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def write_char_dataset(text, out_dir, val_fraction=0.1):
@@ -118,7 +125,7 @@ def read_meta(path, fix):
             chars = json.load(f)['chars']
         ok = isinstance(chars, list) and chars and all(isinstance(c, str) and len(c) == 1 for c in chars) \
             and len(set(chars)) == len(chars)
-    except (ValueError, KeyError, TypeError) as e:  # not JSON, not UTF-8, not an object with 'chars'
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # not JSON, not UTF-8, no 'chars', nested too deep
         raise DatasetError(f'{path} is not a readable vocabulary ({type(e).__name__}); {fix}') from None
     if not ok:
         raise DatasetError(f"{path}: 'chars' is not a list of distinct characters; {fix}")

@@ -6,6 +6,7 @@ and the facts of the machine that a speed figure depends on (threads, vector wid
 import os
 import platform
 import re
+import time
 
 import torch
 
@@ -89,3 +90,47 @@ def environment(device):
             'threads': torch.get_num_threads(), 'cpu_capability': torch.backends.cpu.get_cpu_capability(),
             'torch': torch.__version__, 'cuda': torch.version.cuda if on_cuda else None,
             'python': platform.python_version(), 'os': platform.system(), 'cpus': os.cpu_count()}
+
+
+def matmul_flops_per_second(device, size=512, repeats=8):
+    """What this device gives a float32 matrix product now, in FLOP/s (a few hundredths of a second
+    on a CPU): the rate that a projection of a run's time starts from."""
+    a = torch.full((size, size), 0.5, device=device)  # not random: a run's random streams stay untouched
+    a @ a  # warm-up: the library's first call sets itself up
+    if kind(device) == 'cuda':
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ a
+    if kind(device) == 'cuda':
+        torch.cuda.synchronize()
+    return 2 * size ** 3 * repeats / max(time.perf_counter() - start, 1e-9)
+
+
+def projected_seconds(config, params, val_tokens, device):
+    """An estimate, from the model's size alone, of (one training step, one evaluation) in seconds:
+    6 FLOPs a parameter and token for a step, 2 for scoring, at the rate this device gives a matrix
+    product (what a run adds on top, attention, the scan, memory traffic, makes it a lower bound)."""
+    rate = matmul_flops_per_second(device)
+    step_tokens = config['batch_size'] * config['block_size'] * config['gradient_accumulation_steps']
+    eval_tokens = config['eval_iters'] * config['batch_size'] * config['block_size'] + val_tokens
+    return 6 * params * step_tokens / rate, 2 * params * eval_tokens / rate
+
+
+def long_run_warning(config, params, val_tokens, device, cpu_config=None):
+    """A warning, in words, where a run on a CPU would leave its user watching a still bar: a first
+    evaluation over a minute or a whole run over two hours, by projected_seconds(); None otherwise
+    (and on a GPU, whose rate a short product does not show)."""
+    if kind(device) != 'cpu':
+        return None
+    step, evaluation = projected_seconds(config, params, val_tokens, device)
+    evaluations = config['max_iters'] // config['eval_interval'] + 1
+    run = step * config['max_iters'] + evaluation * evaluations
+    if config['max_seconds']:
+        run = min(run, config['max_seconds'] + evaluation)
+    if evaluation < 60 and run < 2 * 3600:
+        return None
+    instead = f'; the CPU recipe is {cpu_config}' if cpu_config else ''
+    return (f'on this CPU a step of this configuration takes at least {step:.1f} s and an evaluation '
+            f'{evaluation / 60:.1f} min, the whole run at least {run / 3600:.1f} hours (projected from its '
+            f'{params / 1e6:.1f}M parameters at the rate this CPU gives a matrix product){instead}')

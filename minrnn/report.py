@@ -7,7 +7,7 @@ import csv
 import os
 import statistics
 
-from minrnn.blocks import BLOCKS, display
+from minrnn.blocks import BLOCKS, display  # noqa: F401  (report.display: a block's name in tables)
 
 
 def colour(block, fallback='tab:gray'):

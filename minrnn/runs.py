@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 
 from minrnn.blocks import display
@@ -45,6 +46,27 @@ def write_config(out_dir, config):
         with contextlib.suppress(OSError):
             os.remove(path + '.tmp')
         raise RunError(f'could not write {path} ({e.strerror}); free disk space or choose another --out_dir') from None
+
+
+def remove_run_files(out_dir):
+    """A fresh start in out_dir (--overwrite=True): the earlier run's files go first, so that a kill
+    at any moment never leaves a new config.json beside an old checkpoint."""
+    for name in (*RUN_FILES, 'config.json'):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out_dir, name))
+
+
+def copy_runs(out_dirs, folder):
+    """Each run's log and config into folder/<name>/ (checkpoints stay where they are); the copies' paths."""
+    copies = []
+    for name, out_dir in out_dirs.items():
+        copy = os.path.join(folder, name)
+        os.makedirs(copy, exist_ok=True)
+        for file in ('log.jsonl', 'config.json'):
+            if os.path.exists(os.path.join(out_dir, file)):
+                shutil.copy2(os.path.join(out_dir, file), os.path.join(copy, file))
+        copies.append(copy)
+    return copies
 
 
 def finished_files(out_dir):
@@ -132,7 +154,7 @@ class RunLog:
         """Drop what the interrupted run logged past its checkpoint: the resumed run logs it again."""
         kept = [row for row in read_rows(self.path)
                 if row.get('kind') == 'meta' or (is_step(row.get('step')) and (
-                    row['step'] < step or (row.get('kind') == 'train' and row['step'] == step)))]
+                    row['step'] < step or (row.get('kind') in ('train', 'stop', 'resume') and row['step'] == step)))]
         try:
             with open(self.path + '.tmp', 'w') as f:
                 f.writelines(json.dumps(row) + '\n' for row in kept)

@@ -19,10 +19,15 @@ from minrnn.dataset import get_batch, split_windows
 from minrnn.scan import widen
 
 
+def _nothing():
+    pass
+
+
 @torch.no_grad()
-def estimate_loss(model, data, iters, batch_size, block_size, seed, device, autocast, rank, world):
+def estimate_loss(model, data, iters, batch_size, block_size, seed, device, autocast, rank, world, on_batch=_nothing):
     """Mean loss over eval_iters random batches (the same ones at every evaluation: a generator
-    seeded afresh), shared among the processes. Used for the train split, a quick estimate."""
+    seeded afresh), shared among the processes. Used for the train split, a quick estimate.
+    on_batch() is called after each batch this process scores (a progress bar)."""
     generator = torch.Generator().manual_seed(seed)
     total = torch.zeros((), device=device, dtype=torch.float64)
     for k in range(iters):
@@ -30,6 +35,7 @@ def estimate_loss(model, data, iters, batch_size, block_size, seed, device, auto
         if k % world == rank:
             with autocast:
                 total += model(x, y)[1].double()
+            on_batch()
     if world > 1:
         dist.all_reduce(total)
     return total.item() / iters
@@ -41,9 +47,14 @@ def estimate_loss(model, data, iters, batch_size, block_size, seed, device, auto
 EVAL_BATCH_TOKENS = 16_384
 
 
+def split_batches(n_tokens, block_size, batch_tokens=EVAL_BATCH_TOKENS):
+    """The batches full_split_loss scores a split of n_tokens in: (window starts, their length)."""
+    return split_windows(n_tokens, block_size, max(1, batch_tokens // block_size))
+
+
 @torch.no_grad()
 def full_split_loss(model, data, block_size, device, autocast=contextlib.nullcontext(), rank=0, world=1,
-                    batch_tokens=EVAL_BATCH_TOKENS):
+                    batch_tokens=EVAL_BATCH_TOKENS, on_batch=_nothing):
     """Mean loss over every prediction of a split exactly once (split_windows), each token predicted
     from the context inside its window, as in training: the deterministic number for curves and
     tables, where an estimate from a few random batches carries sampling noise. Windows go in
@@ -51,8 +62,7 @@ def full_split_loss(model, data, block_size, device, autocast=contextlib.nullcon
     number (beyond float rounding)."""
     tokens = torch.from_numpy(np.asarray(data, dtype=np.int64))
     total = torch.zeros(2, device=device, dtype=torch.float64)  # summed loss, predictions
-    rows = max(1, batch_tokens // block_size)
-    for k, (starts, length) in enumerate(split_windows(len(tokens), block_size, rows)):
+    for k, (starts, length) in enumerate(split_batches(len(tokens), block_size, batch_tokens)):
         if k % world != rank:
             continue
         x = torch.stack([tokens[s:s + length] for s in starts]).to(device)
@@ -61,6 +71,7 @@ def full_split_loss(model, data, block_size, device, autocast=contextlib.nullcon
             logits = model(x)[0]
         total[0] += F.cross_entropy(widen(logits.flatten(0, 1)), y.flatten(), reduction='sum').double()
         total[1] += y.numel()
+        on_batch()
     if world > 1:
         dist.all_reduce(total)
     return (total[0] / total[1]).item()

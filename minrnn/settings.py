@@ -123,9 +123,10 @@ NEUTRAL_KEYS = frozenset({
     'device_resolved', 'torch_version', 'params', 'params_non_embedding', 'environment', 'backend_resolved',
 })
 # What a resume may change (docs/usage.md, "Resume"): how long it runs and how it is watched, where it
-# runs, and which kernel computes the same function. Anything else is the run's own and is refused.
+# runs and where its folder now is, and which kernel computes the same function. Anything else is the
+# run's own (its model, data, batch, optimizer, seed) and is refused.
 RESUMABLE_KEYS = frozenset({
-    'max_iters', 'lr_decay_iters', 'max_seconds', 'eval_interval', 'log_interval', 'eval_iters', 'eval_only',
+    'out_dir', 'max_iters', 'lr_decay_iters', 'max_seconds', 'eval_interval', 'log_interval', 'eval_iters', 'eval_only',
     'always_save_checkpoint', 'init_from', 'overwrite', 'progress', 'device', 'dtype', 'compile', 'ddp_timeout',
     'max_bad_steps', 'scan_backend', 'scan_chunk_elems', 'wandb_log', 'wandb_project', 'wandb_run_name',
 })
@@ -153,6 +154,13 @@ def all_keys():
 
 def defaults():
     return {name: key.default for name, key in all_keys().items()}
+
+
+def unused_flags(argv, block):
+    """The keys given as --key=value that this block does not read (the Transformer's --n_head on a
+    GRU): ignored, which its user should hear."""
+    given = [arg[2:].partition('=')[0] for arg in argv if arg.startswith('--')]
+    return [key for key in dict.fromkeys(given) if key in unused_by(block)]
 
 
 def unused_by(block):
@@ -188,6 +196,24 @@ def configure(argv):
     config = resolve(defaults(), argv)
     if config['lr_decay_iters'] is None:
         config['lr_decay_iters'] = max(1, config['max_iters'])
+    return config
+
+
+def configure_resume(argv, saved):
+    """A resume's configuration: the run's own (saved, its checkpoint's), then the command's config
+    files and flags, which may change RESUMABLE_KEYS only; a ConfigError names every other key they
+    would change, with both values. Keys the run's block does not read are not compared."""
+    config = resolve({**defaults(), **{k: v for k, v in saved.items() if k in all_keys()}, 'lr_decay_iters': None}, argv)
+    if config['lr_decay_iters'] is None:  # not given now: the run's own, which followed max_iters if it equalled it
+        following = saved.get('lr_decay_iters') == max(1, saved.get('max_iters', 0))
+        config['lr_decay_iters'] = max(1, config['max_iters']) if following else saved.get('lr_decay_iters')
+    ignored = RESUMABLE_KEYS | unused_by(saved.get('block'))
+    changed = [f'{key} (the run has {saved[key]!r}, this command {config[key]!r})' for key in saved
+               if key in config and key not in ignored and config[key] != saved[key]]
+    if changed:
+        raise ConfigError(f"a resume continues the run that was started, and this command changes {'; '.join(changed)}. "
+                          f'Resume without changing them (the run keeps its own configuration: --out_dir and '
+                          f'--init_from=resume are enough), or train into a new --out_dir')
     return config
 
 

@@ -51,10 +51,71 @@ def read_log(out_dir, kind=None):
     return rows if kind is None else [row for row in rows if row['kind'] == kind]
 
 
-def run_script(*args, timeout=300, **kwargs):
-    """Run a repository script in a fresh interpreter; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+# How long a test waits for a subprocess to do what it waits for: generous, for a loaded 2-core machine
+# (a test waits for a condition, never a fixed time; this deadline only turns a hang into a failure).
+DEADLINE = float(os.environ.get('MINRNN_TEST_DEADLINE', 900))
+
+
+def run_script(*args, timeout=DEADLINE, **kwargs):
+    """Run a repository script in a fresh interpreter; returns the CompletedProcess. Past timeout the
+    test fails saying it timed out (not that the script misbehaved)."""
+    try:
+        return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f'timed out after {timeout:.0f} s waiting for {" ".join(map(str, args))[:200]}')
+
+
+def wait_for(condition, what, process=None, deadline=DEADLINE):
+    """Poll condition() until it holds; fail, saying it timed out, after deadline seconds, or at once
+    where process has ended without it holding."""
+    import time
+    end = time.monotonic() + deadline
+    while not condition():
+        if process is not None and process.poll() is not None:
+            if condition():
+                return
+            pytest.fail(f'the process ended (status {process.returncode}) before {what}')
+        if time.monotonic() > end:
+            pytest.fail(f'timed out after {deadline:.0f} s waiting for {what}')
+        time.sleep(0.05)
+
+
+def finish(process, what='the process to end', deadline=DEADLINE):
+    """communicate() with a deadline that fails the test, saying it timed out: (stdout, stderr). Where
+    Lines readers already hold the streams, it only waits, and returns what they read."""
+    try:
+        if isinstance(getattr(process, 'readers', None), tuple):
+            process.wait(timeout=deadline)
+            return tuple(reader.text() for reader in process.readers)
+        return process.communicate(timeout=deadline)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f'timed out after {deadline:.0f} s waiting for {what}')
+
+
+def watch(process):
+    """Lines readers of the process's stdout and stderr, which finish() then waits beside."""
+    process.readers = (Lines(process.stdout), Lines(process.stderr))
+    return process.readers
+
+
+class Lines:
+    """Reads a text stream of a process on a thread: has(text) tells whether a line holding text has
+    come yet; text() all that came."""
+
+    def __init__(self, stream):
+        import threading
+        self.lines = []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, '')), daemon=True)
+        self.thread.start()
+
+    def has(self, text):
+        return any(text in line for line in list(self.lines))
+
+    def text(self):
+        self.thread.join(timeout=60)
+        return ''.join(self.lines)
 
 
 def interruptible():

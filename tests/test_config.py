@@ -151,7 +151,7 @@ def test_train_help_lists_every_key_with_its_default_and_a_comment(flag):
     ('data/char/prepare.py', ['--input']), ('data/shakespeare_char/prepare.py', ['--bogus']),
 ])
 def test_every_script_reports_a_bad_argument_in_one_line(script, args):
-    result = run_script(script, *args, timeout=120)
+    result = run_script(script, *args)
     assert result.returncode != 0 and result.stdout == ''
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error: ') and '--help' in lines[0], result.stderr

@@ -1,5 +1,6 @@
 """Every bad input and fault ends in one `error:` line (never a traceback), loses nothing, and runs
 no code from a file it reads. One test per class of failure; the cases are the ones a probe found."""
+import contextlib
 import os
 import pickle
 import shutil
@@ -14,7 +15,7 @@ import torch
 
 import train
 from minrnn import checkpoints, runs
-from conftest import ROOT, TINY, interruptible, read_log, run_script
+from conftest import DEADLINE, ROOT, TINY, finish, interruptible, read_log, run_script, wait_for, watch
 
 
 def assert_one_error_line(result, *fragments):
@@ -187,14 +188,12 @@ def test_a_second_training_in_a_busy_out_dir_is_refused_and_the_first_loses_noth
                '--max_iters=100000', '--eval_interval=100000', '--log_interval=1']
     first = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.time() + 120
-        while not (out / 'log.jsonl').exists() or not read_log(str(out), 'train'):
-            assert time.time() < deadline and first.poll() is None
-            time.sleep(0.1)
+        wait_for(lambda: (out / 'log.jsonl').exists() and read_log(str(out), 'train'), 'the first training to step',
+                 first)
         second = run_script('train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--max_iters=3')
         assert_one_error_line(second, f'out_dir {out} is in use by another training (process {first.pid})')
         first.send_signal(signal.SIGTERM)
-        stdout, stderr = first.communicate(timeout=120)
+        stdout, stderr = finish(first)
     finally:
         first.kill()
     assert first.returncode == 143, stderr  # SIGTERM: saved, then 128 + 15
@@ -214,8 +213,8 @@ def test_sample_with_a_binary_prompt_file_or_a_closed_pipe(tmp_path, tiny_datase
     assert_one_error_line(result, 'is not UTF-8 text')
     # `sample.py | head -c 10`: the reader goes away while the text streams
     piped = subprocess.run(f'{sys.executable} sample.py --out_dir={out} --max_new_tokens=20000 | head -c 10',
-                           shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert len(piped.stdout) == 10 and piped.stderr == '', piped.stderr
+                           shell=True, cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE)
+    assert len(piped.stdout) == 10 and piped.stderr.startswith('sampling ') and len(piped.stderr.splitlines()) == 1
 
 
 def test_sample_interrupted_while_streaming(tmp_path, tiny_dataset):
@@ -227,10 +226,11 @@ def test_sample_interrupted_while_streaming(tmp_path, tiny_dataset):
     try:
         assert process.stdout.read(50)  # streaming has begun
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
+        _, stderr = finish(process)
     finally:
         process.kill()
-    assert process.returncode == 130 and stderr.strip() == 'interrupted', stderr
+    assert process.returncode == 130 and stderr.strip().splitlines()[-1] == 'interrupted', stderr
+    assert 'Traceback' not in stderr
 
 
 @pytest.mark.parametrize('args, fragment', [
@@ -296,19 +296,16 @@ def test_a_killed_first_build_then_a_normal_run_finishes(tmp_path, tiny_dataset)
         earlier, half_built = locks(), building() if os.path.exists(tmp_path / 'ext') else set()
         process = subprocess.Popen(command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, **interruptible())
-        deadline = time.time() + 120
-        while not locks() - earlier:  # this run's own build is under way
-            assert time.time() < deadline and process.poll() is None, 'no build under way'
-            time.sleep(0.2)
+        wait_for(lambda: locks() - earlier, "this run's own build to be under way", process)
         process.send_signal(sig)
-        _, stderr = process.communicate(timeout=120)
+        _, stderr = finish(process)
         if sig == signal.SIGINT:  # the build says what it is doing, then the interruption is one line
             assert process.returncode == 130 and stderr.strip().splitlines() == [
                 'building the C++ CPU kernels (cpu_kernels.cpp): once for this source and torch, about a minute ...',
                 'interrupted before training began: nothing was saved'], stderr
             assert building() <= half_built  # this build left no half-built folder (the SIGKILLed one's stays)
     assert locks()  # the killed build's lock is still there
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE)
     assert result.returncode == 0, result.stderr[-3000:]
     assert checkpoints.load_checkpoint(str(tmp_path / 'run' / 'ckpt.pt'))['step'] == 2
 
@@ -325,7 +322,7 @@ def test_the_kernel_build_is_shared_by_every_checkout_of_the_same_source(tmp_pat
     library = cpu_kernels.load().__file__
     built = os.stat(library).st_mtime_ns
     code = 'from minrnn import cpu_kernels; print(cpu_kernels.load().__file__)'
-    result = subprocess.run([sys.executable, '-c', code], cwd=checkout, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, '-c', code], cwd=checkout, capture_output=True, text=True, timeout=DEADLINE)
     assert result.stdout.strip() == library, result.stderr
     assert os.stat(library).st_mtime_ns == built  # loaded, not built again
 
@@ -354,7 +351,7 @@ def test_the_kernel_build_is_shared_by_every_checkout_of_the_same_source(tmp_pat
 ])
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CUDA cases need a machine without a GPU')
 def test_every_script_refuses_a_device_or_size_it_cannot_use_in_one_line(script, args, fragment):
-    assert_one_error_line(run_script(script, *args, timeout=120), fragment)
+    assert_one_error_line(run_script(script, *args), fragment)
 
 
 @pytest.mark.parametrize('args, fragment', [
@@ -424,7 +421,7 @@ def test_sample_names_the_checkpoint_that_exists_and_refuses_a_broken_one(tmp_pa
     os.replace(out / 'kept.pt', out / 'best.pt')
     assert_one_error_line(run_script('sample.py', f'--out_dir={out}', '--start=FILE:/dev/zero'), 'is longer than')
     tiny = run_script('sample.py', f'--out_dir={out}', '--temperature=1e-45', '--max_new_tokens=5', '--device=cpu')
-    assert tiny.returncode == 0 and tiny.stderr == '', tiny.stderr  # a legitimate, greedy-like temperature
+    assert tiny.returncode == 0 and 'warning' not in tiny.stderr, tiny.stderr  # a legitimate, greedy-like temperature
 
 
 def test_the_lock_and_the_scripts_work_without_fcntl(tmp_path, monkeypatch):
@@ -451,23 +448,48 @@ def test_a_signal_during_a_long_evaluation_stops_it_at_once(tmp_path, tiny_datas
                                 '--eval_iters=1000000'], cwd=ROOT, text=True, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, **interruptible())
     try:
-        deadline = time.time() + 120
-        while not (out / 'log.jsonl').exists():
-            assert time.time() < deadline and process.poll() is None
-            time.sleep(0.1)
-        time.sleep(1)  # inside the evaluation now
+        stdout, _ = watch(process)
+        wait_for(lambda: stdout.has('step 0: evaluating'), 'the evaluation to begin', process)
         process.send_signal(signal.SIGINT)
         start = time.time()
-        stdout, stderr = process.communicate(timeout=60)
+        _, stderr = finish(process, 'the interrupted evaluation to end')
     finally:
         process.kill()
-    assert process.returncode == 130 and time.time() - start < 20, stderr
-    assert 'SIGINT: saved' in stdout and checkpoints.load_checkpoint(str(out / 'ckpt.pt'))['step'] == 0
+    assert process.returncode == 130 and time.time() - start < 60, stderr
+    assert 'SIGINT: saved' in stdout.text() and checkpoints.load_checkpoint(str(out / 'ckpt.pt'))['step'] == 0
+    assert read_log(str(out))[-1] == {'kind': 'stop', 'step': 0, 'reason': 'SIGINT'}
 
 
-def test_a_ctrl_c_while_a_script_still_imports_is_one_line():
-    result = run_script('-c', 'from minrnn import configurator\nraise KeyboardInterrupt')
-    assert result.returncode in (130, -signal.SIGINT) and result.stderr.strip() == 'interrupted', result.stderr
+def test_ctrl_c_from_the_first_statement_on_is_one_line_and_status_130():
+    """cli.exit_on_interrupt(), every script's first statement: a Ctrl-C while the imports run (torch's
+    take seconds) ends the process with one line, and a Python caller sees 130, not death by SIGINT."""
+    code = ('from minrnn import cli\ncli.exit_on_interrupt()\nimport os, signal, time\n'
+            'os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(600)')
+    result = run_script('-c', code, **interruptible())
+    assert result.returncode == 130 and result.stderr == 'interrupted\n', result.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='reads /proc to see the import under way')
+@pytest.mark.parametrize('script', ['train.py', 'bench.py', 'sample.py', 'evaluate.py', 'reproduce.py'])
+def test_ctrl_c_while_a_script_imports_torch(script):
+    """SIGINT once torch's library is being loaded (seen in the process's memory map), whatever the
+    machine's speed: one line, status 130."""
+    process = subprocess.Popen([sys.executable, script, '--help'], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, **interruptible())
+    try:
+        def loading_torch():
+            with contextlib.suppress(OSError), open(f'/proc/{process.pid}/maps') as maps:
+                return 'libtorch' in maps.read()
+            return False
+        wait_for(loading_torch, 'torch to be loading', process)
+        process.send_signal(signal.SIGINT)
+        _, stderr = finish(process)
+    finally:
+        process.kill()
+    if process.returncode == 0:
+        pytest.skip('the imports had finished before the signal came (--help printed)')
+    assert process.returncode == 130 and stderr.strip().splitlines()[-1] == 'interrupted', stderr
+    assert 'Traceback' not in stderr
 
 
 def test_without_a_progress_bar_a_line_every_log_interval_and_a_long_run_is_warned_about(tmp_path, tiny_dataset,
@@ -480,16 +502,17 @@ def test_without_a_progress_bar_a_line_every_log_interval_and_a_long_run_is_warn
 
 
 def test_ctrl_c_ends_a_long_bench_in_one_line(tmp_path):
-    """bench.py, as every script, ends on Ctrl-C through configurator.run_cli: one line, exit 130."""
+    """bench.py, as every script, ends on Ctrl-C through cli.run_cli: one line, exit 130; what it had
+    written is on disk."""
     process = subprocess.Popen([sys.executable, 'bench.py', '--parts', 'train', '--out', str(tmp_path / 'bench'),
                                 '--device=cpu'], cwd=ROOT, text=True, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, **interruptible())
     try:
-        time.sleep(6)  # past the imports, into minutes of measuring
-        assert process.poll() is None, 'it ended before it could be interrupted'
+        stdout, _ = watch(process)
+        wait_for(lambda: stdout.has('measuring train on'), 'bench.py to begin measuring', process)
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
+        _, stderr = finish(process, 'the interrupted bench to end')
     finally:
         process.kill()
     assert process.returncode == 130 and stderr.strip().splitlines()[-1] == 'interrupted', stderr
-    assert 'Traceback' not in stderr
+    assert 'Traceback' not in stderr and (tmp_path / 'bench' / 'env.json').exists()

@@ -7,7 +7,7 @@ import torch
 
 import evaluate
 import train
-from minrnn import checkpoints, runs
+from minrnn import checkpoints
 from minrnn import scoring
 from conftest import TINY
 from test_model import tiny_model

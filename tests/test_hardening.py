@@ -15,8 +15,8 @@ from minrnn import cpu_kernels
 import model
 import sample
 import train
-from minrnn import checkpoints, runs
-from conftest import ROOT, TINY, interruptible, read_log
+from minrnn import checkpoints
+from conftest import ROOT, TINY, finish, interruptible, read_log, wait_for
 
 SLOW_TINY = [a for a in TINY if not a.startswith('--batch_size')] + ['--batch_size=16']
 
@@ -25,17 +25,13 @@ def train_command(dataset, out_dir, *extra):
     return [sys.executable, 'train.py', f'--dataset={dataset}', f'--out_dir={out_dir}', *SLOW_TINY, *extra]
 
 
-def wait_for_step(out_dir, step, process, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert process.poll() is None, 'training ended before it could be interrupted'
+def wait_for_step(out_dir, step, process):
+    def reached():
         try:
-            if any(r['step'] >= step for r in read_log(out_dir, 'train')):
-                return
+            return any(r['step'] >= step for r in read_log(out_dir, 'train'))
         except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f'no step {step} within {timeout} s')
+            return False
+    wait_for(reached, f'training to reach step {step}', process)
 
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
@@ -49,7 +45,7 @@ def test_signal_saves_exits_128_plus_its_number_and_resume_matches_the_uninterru
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for_step(str(part), 30, process)
     process.send_signal(sig)
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = finish(process)
     assert process.returncode == 128 + sig, stderr  # 130 / 143: a shell's `&&` stops there
     message = stdout.strip().splitlines()[-1]
     assert message.startswith(f'{sig.name}: saved') and message.endswith('--init_from=resume'), message
@@ -74,7 +70,7 @@ def test_interrupting_reproduce_lets_the_run_save_and_stops_in_one_line(tmp_path
     try:
         wait_for_step(str(out / 'mingru_seed0'), 20, process)
         process.send_signal(signal.SIGINT)  # to reproduce.py alone, as `kill -INT` would: it must pass it on
-        stdout, stderr = process.communicate(timeout=120)
+        stdout, stderr = finish(process)
     finally:  # a failed test leaves no 100000-step run behind
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -211,7 +207,7 @@ def test_a_killed_rank_makes_rank_zero_fail_clearly_without_hanging(tmp_path, ti
         wait_for_step(str(out_dir), 25, process)
         os.kill(rank_pid(1, str(out_dir)), signal.SIGKILL)
         started = time.time()
-        _, stderr = process.communicate(timeout=90)
+        _, stderr = finish(process)
     finally:
         process.kill()
     assert process.returncode != 0 and time.time() - started < 90

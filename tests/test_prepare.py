@@ -58,7 +58,7 @@ def test_checksum_mismatch_is_refused_unless_asked(tmp_path):
 
 def test_offline_without_input_names_the_flag(tmp_path):
     env = {**os.environ, 'HTTPS_PROXY': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9'}
-    result = run_script('data/shakespeare_char/prepare.py', '--out_dir', str(tmp_path), env=env, timeout=120)
+    result = run_script('data/shakespeare_char/prepare.py', '--out_dir', str(tmp_path), env=env)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and '--input' in lines[0], result.stderr

@@ -3,15 +3,15 @@ import json
 import math
 import os
 import statistics
+import sys
 
 import pytest
 import torch
 
 import plot_curves
 import reproduce
-import train
-from minrnn import dataset
-from minrnn import checkpoints, runs
+from minrnn import dataset, report
+from minrnn import checkpoints
 from minrnn.cli import UsageError
 from conftest import TINY, read_log
 
@@ -206,46 +206,74 @@ def test_reproduce_runs_skips_resumes_and_reports(tmp_path, tiny_dataset, capsys
     assert 'transformer_seed0: partial' in out and '--init_from=resume' in out
 
 
-def test_the_gpu_command_dry_run_on_a_cpu(tmp_path, tiny_dataset):
-    """reproduce.py --gpu_check at tiny sizes on a CPU: every part runs, within its limits, and leaves its files."""
+def test_the_gpu_command_rehearsed_on_a_cpu(tmp_path, tiny_dataset):
+    """reproduce_gpu.py --rehearse: every part at tiny sizes on this CPU, each ending done within the
+    budget, its files written: env.json, kernels.csv, the four runs, the table and figure, the speed."""
     results = tmp_path / 'results'
-    reproduce.main(['--gpu_check', '--dry_run', '--results', str(results), '--out_root', str(tmp_path / 'out'),
-                    '--', f'--dataset={tiny_dataset}'])
-    env = json.loads((results / 'env.json').read_text())
-    assert env['torch'] == torch.__version__ and 'missing' in env
-    # without a GPU every CUDA test skips; on a GPU host (the dry run still trains on the CPU) they run
-    assert ('passed' if torch.cuda.is_available() else 'skipped') in (results / 'test_cuda.log').read_text()
-    for name in ('train.csv', 'ratios.csv', 'recipe.csv', 'env.json'):
-        assert (results / 'speed' / name).stat().st_size > 0
+    from conftest import DEADLINE, run_script
+    result = run_script('reproduce_gpu.py', '--rehearse', '--results', str(results), f'--dataset={tiny_dataset}',
+                        '--budget', str(DEADLINE))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    parts = (results / 'parts.md').read_text().splitlines()[2:]
+    assert len(parts) == 5 and all('| done |' in line for line in parts[:2] + parts[3:4]), parts
+    assert parts[2].count(' done') == 4 and 'recipe done; train done' in parts[4], parts
+    assert json.loads((results / 'env.json').read_text())['torch'] == torch.__version__
+    kernels = report.read_csv(str(results / 'kernels.csv'))
+    assert [(r['block'], r['dtype']) for r in kernels] == [(b, d) for b in ('mingru', 'minlstm', 'mamba')
+                                                           for d in ('float32', 'bfloat16')]
+    assert all(r['ok'] == 'True' or r['ok'] is True for r in kernels)
     for block in ('transformer', 'mingru', 'minlstm', 'mamba'):
         rows = read_log(str(results / 'runs' / block))
         assert rows[-1]['kind'] == 'stop' and rows[-1]['reason'] in ('max_iters', 'max_seconds')
     table = (results / 'results.md').read_text()
-    assert table.count('\n') == 6 and '| Mamba | 1 |' in table
-    assert '1.575' not in table  # the paper's numbers only beside runs on its dataset, not this tiny one
+    assert table.count('\n') == 6 and '| Mamba | 1 |' in table and '1.575' not in table  # not its dataset
     assert (results / 'curves_step.png').stat().st_size > 0
+    for name in ('recipe.csv', 'train.csv', 'ratios.csv'):
+        assert (results / 'speed' / name).stat().st_size > 0
 
 
-def test_only_the_committed_plan_writes_results_and_a_run_of_another_plan_is_not_resumed(tmp_path, tiny_dataset,
-                                                                                         capsys):
+def test_a_part_past_its_limit_is_reported_as_timed_out(tmp_path):
+    import reproduce_gpu
+    status = reproduce_gpu.timed([sys.executable, '-c', 'import time; print("begun", flush=True); time.sleep(600)'],
+                                 str(tmp_path / 'part.log'), 1)
+    assert status == 'timed out' and 'begun' in (tmp_path / 'part.log').read_text()
+    assert reproduce_gpu.timed([sys.executable, '-c', 'raise SystemExit(3)'], str(tmp_path / 'b.log'), 60) \
+        == 'failed (exit 3)'
+
+
+def test_a_budget_spent_skips_what_is_left_and_says_so(tmp_path, tiny_dataset):
+    import reproduce_gpu
+    reproduce_gpu.main(['--rehearse', '--results', str(tmp_path), f'--dataset={tiny_dataset}', '--budget', '1'])
+    parts = (tmp_path / 'parts.md').read_text()
+    assert 'kernels | timed out' in parts and 'transformer skipped' in parts and 'mamba skipped' in parts
+    assert 'no run has a log' in parts and 'recipe skipped; train skipped' in parts
+
+def test_no_plan_writes_the_committed_results_unasked_and_no_run_of_another_plan_is_trained_over(tmp_path,
+                                                                                                  tiny_dataset):
     from types import SimpleNamespace
-    from minrnn.blocks import BLOCKS
-    plan = lambda **kw: SimpleNamespace(**{'results': None, 'seeds': 3, 'blocks': list(BLOCKS), 'scale': 'cpu', **kw})
-    assert reproduce.results_folder(plan(), []) == os.path.join('results', 'cpu')
-    assert reproduce.results_folder(plan(), ['--max_iters=30']) == os.path.join('out', 'cpu', 'results')
-    assert reproduce.results_folder(plan(seeds=1), []) == os.path.join('out', 'cpu', 'results')
-    assert reproduce.results_folder(plan(blocks=['mingru']), []) == os.path.join('out', 'cpu', 'results')
-    assert reproduce.results_folder(plan(blocks=['mingru'], results='mine'), []) == 'mine'
+    plan = lambda **kw: SimpleNamespace(**{'results': None, 'scale': 'cpu', **kw})
+    assert reproduce.results_folder(plan()) == os.path.join('out', 'cpu', 'results')
+    assert reproduce.results_folder(plan(results='results/cpu')) == 'results/cpu'
 
     args = ['--scale', 'cpu', '--seeds', '1', '--blocks', 'mingru', '--out_root', str(tmp_path / 'out'),
             '--results', str(tmp_path / 'results'), '--', f'--dataset={tiny_dataset}', *TINY, '--eval_iters=2']
     reproduce.main([*args, '--max_iters=4', '--eval_interval=2'])
-    with pytest.raises(UsageError, match=r'mingru_seed0 holds a run of another configuration \(lr_decay_iters: 4 '
-                                         r'there, 6 planned; max_iters: 4 there, 6 planned\); move it away'):
+    with pytest.raises(UsageError) as refused:
         reproduce.main([*args, '--max_iters=6', '--eval_interval=2'])
+    assert 'mingru_seed0' in str(refused.value) and 'max_iters' in str(refused.value)
+    # a finished run of another configuration without its ckpt.pt: refused too, its files kept
+    run = tmp_path / 'out' / 'mingru_seed0'
+    (run / 'ckpt.pt').unlink()
+    before = (run / 'best.pt').read_bytes()
+    with pytest.raises(UsageError) as refused:
+        reproduce.main([*args, '--max_iters=6', '--eval_interval=2'])
+    assert 'max_iters' in str(refused.value) and (run / 'best.pt').read_bytes() == before
 
 
-def test_dry_run_alone_is_an_error():
+@pytest.mark.parametrize('seeds', ['0', '1000000000'])
+def test_a_plan_of_no_seeds_or_absurdly_many_is_refused_at_once(seeds):
     from conftest import run_script
-    result = run_script('reproduce.py', '--dry_run')
-    assert result.returncode != 0 and '--dry_run goes with --gpu_check' in result.stderr and result.stdout == ''
+    result = run_script('reproduce.py', '--seeds', seeds)
+    assert result.returncode == 2 or result.returncode == 1
+    assert result.stderr.startswith('error: --seeds') and 'Traceback' not in result.stderr
+

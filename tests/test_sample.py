@@ -65,3 +65,16 @@ def test_temperature_must_be_finite_and_positive_and_greedy_is_named(temperature
     result = run_script('sample.py', f'--temperature={temperature}')
     assert result.returncode != 0 and 'Traceback' not in result.stderr
     assert 'temperature must be a finite number > 0' in result.stderr and '--top_k=1' in result.stderr, result.stderr
+
+
+def test_the_run_folder_as_nanogpt_users_type_it_and_what_was_sampled(run_dir, capsys):
+    """`python sample.py RUN` samples RUN; stderr names the checkpoint, its step and the run's best val loss."""
+    assert sample.parse_args([run_dir]).out_dir == run_dir
+    sample.sample(sample.parse_args([run_dir, '--max_new_tokens=3']), write=lambda s: None)
+    said = capsys.readouterr().err
+    assert 'best.pt' in said and 'step 4' in said and 'val loss' in said
+
+
+def test_help_shows_the_defaults():
+    result = run_script('sample.py', '--help')
+    assert result.returncode == 0 and '(default: 500)' in result.stdout and '(default: 0.8)' in result.stdout

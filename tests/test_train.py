@@ -3,15 +3,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from minrnn import checkpoints, runs, settings
+from minrnn import checkpoints, settings
 import train
 from minrnn.cli import UsageError
-from conftest import ROOT, TINY, read_log, run_script
+from conftest import DEADLINE, ROOT, TINY, read_log, run_script, wait_for
 
 
 def run_train(tmp_path, dataset, *extra, name='run'):
@@ -53,15 +52,39 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, tiny_dataset, block):
     assert steps == [0, 10, 20, 30, 40]  # nothing logged twice
 
 
-def test_resume_refuses_another_block(tmp_path, tiny_dataset):
-    run_train(tmp_path, tiny_dataset, '--max_iters=2', '--eval_interval=2')
-    with pytest.raises(SystemExit, match="another model configuration .block: checkpoint 'transformer', now 'mingru'"):
-        run_train(tmp_path, tiny_dataset, '--max_iters=4', '--block=mingru', '--init_from=resume')
+@pytest.mark.parametrize('change, before, after', [
+    ('--block=mingru', "'transformer'", "'mingru'"), ('--batch_size=4', '8', '4'),
+    ('--gradient_accumulation_steps=2', '1', '2'), ('--weight_decay=0.0', '0.1', '0.0'), ('--beta1=0.5', '0.9', '0.5'),
+    ('--seed=7', '1337', '7'), ('--dataset=elsewhere', None, "'elsewhere'")])
+def test_a_resume_that_would_change_the_run_is_refused_naming_the_key_and_both_values(tmp_path, tiny_dataset,
+                                                                                     change, before, after):
+    out_dir, _ = run_train(tmp_path, tiny_dataset, '--max_iters=2', '--eval_interval=2')
+    with pytest.raises(SystemExit) as refused:
+        train.main([f'--out_dir={out_dir}', '--init_from=resume', '--max_iters=4', change])
+    key = change[2:].partition('=')[0]
+    message = str(refused.value)
+    assert message.startswith('error: ') and f'changes {key} (' in message and after in message
+    assert before is None or before in message
+    assert checkpoints.load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))['step'] == 2  # untouched
 
 
-def test_resume_without_a_checkpoint(tmp_path, tiny_dataset):
-    with pytest.raises(SystemExit, match='nothing to resume in .*start without --init_from=resume'):
+def test_a_resume_takes_the_runs_own_configuration_and_logs_what_it_changed(tmp_path, tiny_dataset):
+    """No config file, no --dataset: the run's own, from its checkpoint; max_iters may change (and
+    lr_decay_iters, which followed it, follows it on)."""
+    out_dir, _ = run_train(tmp_path, tiny_dataset, '--block=mingru', '--max_iters=2', '--eval_interval=2')
+    result = train.main([f'--out_dir={out_dir}', '--init_from=resume', '--max_iters=4'])
+    assert result['step'] == 4
+    resumed = [row for row in read_log(out_dir) if row['kind'] == 'resume']
+    assert resumed == [{'kind': 'resume', 'step': 2, 'changed': {'max_iters': [2, 4], 'lr_decay_iters': [2, 4]}}]
+    with open(os.path.join(out_dir, 'config.json')) as f:
+        config = json.load(f)
+    assert config['block'] == 'mingru' and config['max_iters'] == 4 and config['dataset'] == tiny_dataset
+
+
+def test_resume_without_a_checkpoint_leaves_no_folder(tmp_path, tiny_dataset):
+    with pytest.raises(SystemExit, match='nothing to resume in'):
         run_train(tmp_path, tiny_dataset, '--init_from=resume')
+    assert not (tmp_path / 'run').exists()
 
 
 def test_missing_dataset_names_the_prepare_command(tmp_path):
@@ -89,12 +112,10 @@ while True:
     i += 1
 '''])
     try:
-        deadline = time.time() + 60
-        while not (os.path.exists(path) and os.path.exists(path + '.tmp')):  # one done, the next under way
-            assert time.time() < deadline and child.poll() is None
-            time.sleep(0.01)
+        wait_for(lambda: os.path.exists(path) and os.path.exists(path + '.tmp'),  # one done, the next under way
+                 'a checkpoint and the next one under way', child)
         child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
+        child.wait(timeout=DEADLINE)
     finally:
         child.kill()
     ckpt = checkpoints.load_checkpoint(path)
@@ -120,7 +141,7 @@ def torchrun(tiny_dataset, out_dir, *extra):
         [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py',
          f'--dataset={tiny_dataset}', f'--out_dir={out_dir}', *TINY, '--eval_interval=3', '--log_interval=1',
          '--lr_decay_iters=6', '--dropout=0.1', *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+        cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE, env={**os.environ, 'OMP_NUM_THREADS': '1'})
 
 
 def test_torchrun_two_processes_on_cpu_write_one_log_and_resume_exactly(tmp_path, tiny_dataset):

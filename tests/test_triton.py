@@ -333,7 +333,7 @@ def test_torch_compile_traces_into_the_triton_kernels():
     pytest.importorskip('triton.backends.compiler')
     from conftest import ROOT, run_script
     env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
-    result = run_script('-c', TRACE_INTO_THE_KERNELS, env={**env, 'PYTHONPATH': ROOT}, timeout=240)
+    result = run_script('-c', TRACE_INTO_THE_KERNELS, env={**env, 'PYTHONPATH': ROOT})
     assert result.returncode == 0, result.stderr[-3000:]
     # two layers: each minGRU / minLSTM layer one scan kernel, each Mamba layer its conv and its scan
     assert result.stdout.split() == ['mingru', '2', '2', 'minlstm', '2', '2', 'mamba', '4', '4'], result.stdout
@@ -361,7 +361,7 @@ def test_the_kernels_compile_for_gpus_without_spilling_registers(capability):
             '    with tempfile.TemporaryDirectory() as folder:\n'
             '        print(name, k.compile_ahead_of_time(launch.kernel, launch.constants, launch.options,\n'
             '                                            int(sys.argv[1]), folder, launch.half)[0])')
-    result = run_script('-c', code, str(capability), env={**env, 'PYTHONPATH': ROOT}, timeout=240)
+    result = run_script('-c', code, str(capability), env={**env, 'PYTHONPATH': ROOT})
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert len(lines) == len(gpu_kernels.launches()), result.stdout
@@ -379,7 +379,7 @@ def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path
     pytest.importorskip('triton.backends.nvidia.compiler')
     from conftest import ROOT, run_script
     env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
-    result = run_script(os.path.join(ROOT, 'bench.py'), '--static', '--out', str(tmp_path), env=env, timeout=240)
+    result = run_script(os.path.join(ROOT, 'bench.py'), '--static', '--out', str(tmp_path), env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     from minrnn import report
     rows = report.read_csv(str(tmp_path / 'kernels.csv'))

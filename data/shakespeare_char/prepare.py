@@ -9,15 +9,18 @@ that file on any machine and give its path to --input: it is checked, then read 
 
 Checks the text's sha256 so every user trains on the same bytes as the paper and nanoGPT
 (--any-text accepts another file on purpose), then writes train.bin, val.bin and meta.json
-here (see dataset.py). Idempotent: a second run finds the same text and rewrites
+here (see minrnn/dataset.py). Idempotent: a second run finds the same text and rewrites
 the same files.
 """
 import argparse
+import contextlib
 import hashlib
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
+from minrnn import cli  # noqa: E402
+cli.exit_on_interrupt()
 from minrnn.cli import ArgumentParser, UsageError, run_cli  # noqa: E402
 from minrnn.dataset import describe, read_text, write_char_dataset  # noqa: E402
 
@@ -34,9 +37,14 @@ def download(path):
     except requests.RequestException as e:
         sys.exit(f'error: could not download Tiny Shakespeare ({type(e).__name__}); '
                  f'offline? pass a local copy with --input PATH')
-    with open(path + '.tmp', 'wb') as f:
-        f.write(response.content)
-    os.replace(path + '.tmp', path)
+    try:
+        with open(path + '.tmp', 'wb') as f:
+            f.write(response.content)
+        os.replace(path + '.tmp', path)
+    except OSError:  # a full disk: no half-written file left behind
+        with contextlib.suppress(OSError):
+            os.remove(path + '.tmp')
+        raise
 
 
 def main():
@@ -56,6 +64,8 @@ def main():
     if digest != SHA256 and not args.any_text:
         raise UsageError(f'{path} has sha256 {digest}, not Tiny Shakespeare\'s {SHA256}; '
                          f'pass --any-text to use it anyway, or data/char/prepare.py for your own text')
+    print(f'{path}: sha256 matches Tiny Shakespeare\'s' if digest == SHA256 else
+          f'{path}: sha256 {digest} is not Tiny Shakespeare\'s; used as asked (--any-text)')
     print(describe(write_char_dataset(text, args.out_dir), args.out_dir))
 
 

@@ -1,0 +1,257 @@
+"""
+What the GPU path costs, counted without a GPU (bench.py --static): every Triton kernel of
+gpu_kernels.launches() compiled ahead of time for an H100 (sm_90) and an A100 (sm_80) with the
+assembler triton bundles, as a paper-scale launch specialises it, and read: registers, spills,
+occupancy from ptxas; instructions, shuffles, barriers and special-function operations per state
+element and step from the machine code (SASS) of its main loop. Then, from tensor shapes alone on
+fake tensors, the bytes, FLOPs and an H100 roofline time of one training iteration of each of the
+paper's blocks at its scale. Counts and bounds, never measurements.
+"""
+import contextlib
+import logging
+import os
+import re
+import tempfile
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from minrnn import report as tables
+from minrnn import settings
+from minrnn.blocks import BLOCKS
+from minrnn.cli import UsageError
+from minrnn.scan import load_gpu_kernels
+from model import CharLM, ModelConfig
+
+
+def paper_model_config(block):
+    """The model of the block's paper-scale config file, and its batch size."""
+    values = settings.configure([BLOCKS[block].configs['paper']])
+    config = ModelConfig.from_dict({**values, 'vocab_size': 65})
+    return config, values['batch_size']
+
+
+GPUS = {90: dict(name='H100 (sm_90)', warps=64, ctas=32, registers=65536, shared=228 * 1024),
+        80: dict(name='A100 (sm_80)', warps=64, ctas=32, registers=65536, shared=164 * 1024)}
+SASS_LINE = re.compile(r'/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);')
+
+
+def loop_opcodes(sass, inner_trips=1):
+    """The opcodes a kernel issues per pass of its main loop: the longest loop that holds no other
+    loop (the body it repeats per tile or step), repeated inner_trips times, and where inner_trips >
+    1 the rest of the loop around it once (per-tile work outside a loop over states); the whole
+    kernel where it has no loop. A loop is a branch back to an earlier address (not the branch to
+    itself that ends every kernel)."""
+    code = [(int(address, 16), opcode, operands) for address, opcode, operands in SASS_LINE.findall(sass)]
+    loops = []
+    for address, opcode, operands in code:
+        target = re.search(r'0x([0-9a-f]+)', operands)
+        if opcode.startswith('BRA') and target and int(target.group(1), 16) < address:
+            loops.append((int(target.group(1), 16), address))
+    inside = lambda inner, outer: outer[0] <= inner[0] and inner[1] <= outer[1] and inner != outer
+    innermost = [loop for loop in loops if not any(inside(other, loop) for other in loops)]
+    if not innermost:
+        return [opcode for _, opcode, _ in code]
+    start, end = max(innermost, key=lambda loop: loop[1] - loop[0])
+    body = [opcode for address, opcode, _ in code if start <= address <= end]
+    if inner_trips == 1:
+        return body
+    outer_start, outer_end = min((loop for loop in loops if inside((start, end), loop)),
+                                 key=lambda loop: loop[1] - loop[0])
+    around = [opcode for address, opcode, _ in code
+              if outer_start <= address <= outer_end and not start <= address <= end]
+    return body * inner_trips + around
+
+
+def occupancy(registers, warps, shared, gpu):
+    """CTAs per SM and the share of the SM's warps they keep busy; registers go to warps in units of 256."""
+    per_warp = -(-registers * 32 // 256) * 256
+    ctas = min(gpu['ctas'], gpu['warps'] // warps, gpu['registers'] // (per_warp * warps),
+               gpu['shared'] // shared if shared else gpu['ctas'])
+    return ctas, ctas * warps / gpu['warps']
+
+
+def static_rows(out):
+    """One row per kernel and GPU; the SASS goes to out/sass/."""
+    kernels = load_gpu_kernels()
+    if not kernels.available():
+        raise UsageError('--static needs the triton package (pip install triton): it compiles the kernels')
+    if kernels.INTERPRETED:
+        raise UsageError('--static compiles the kernels, which TRITON_INTERPRET=1 replaces by its interpreter: '
+                         'run it without TRITON_INTERPRET')
+    os.makedirs(os.path.join(out, 'sass'), exist_ok=True)
+    rows = []
+    for capability, gpu in GPUS.items():
+        for name, launch in kernels.launches().items():
+            kernel, options, elements = launch.kernel, launch.options, launch.elements
+            with tempfile.TemporaryDirectory() as folder:
+                resources, sass, shared = kernels.compile_ahead_of_time(kernel, launch.constants, options, capability,
+                                                                        folder, launch.half)
+            with open(os.path.join(out, 'sass', f'{name}.sm_{capability}.sass'), 'w') as f:
+                f.write(sass)
+            registers = int(re.search(r'Used (\d+) registers', resources).group(1))
+            ctas, share = occupancy(registers, options['num_warps'], shared, gpu)
+            loop = loop_opcodes(sass, launch.inner_trips)
+            per_element = lambda prefix: round(sum(op.startswith(prefix) for op in loop) / elements, 2)
+            rows.append({'kernel': name, 'gpu': gpu['name'], 'registers': registers,
+                         'spilled_bytes': int(re.search(r'(\d+) bytes spill stores', resources).group(1)),
+                         'shared_bytes': shared, 'warps': options['num_warps'], 'ctas_per_sm': ctas,
+                         'occupancy': round(share, 3), 'loop_instructions': len(loop),
+                         'elements_per_loop': elements, 'instructions_per_element': round(len(loop) / elements, 2),
+                         'shuffles_per_element': per_element('SHFL'), 'barriers_per_element': per_element('BAR'),
+                         'exps_per_element': per_element('MUFU.EX2'), 'mufu_per_element': per_element('MUFU')})
+    return rows
+
+
+# the CPU's fused attention counts as the GPU's; its FLOPs by the same formulas
+FLOP_FORMULAS = {**flop_registry,
+                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+                     flop_registry[torch.ops.aten._scaled_dot_product_flash_attention],
+                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+                     flop_registry[torch.ops.aten._scaled_dot_product_flash_attention_backward]}
+# NVIDIA's datasheet: HBM3 bytes/s, dense bf16 FLOP/s, SMs, boost clock; each SM issues 4 warp
+# instructions a clock (one per scheduler), and its special-function units (MUFU: exp2, rcp, ...) take
+# 16 threads' operations a clock (CUDA C++ Programming Guide, throughput for compute capability 9.0)
+H100 = dict(name='H100 SXM', bandwidth=3.35e12, bf16=989e12, sms=132, clock=1.98e9, issue=4, sfu=16)
+FREE = {'empty', 'empty_like', 'new_empty', 'empty_strided', 'detach', 'lift_fresh', '_unsafe_view'}  # allocate or relabel
+
+
+def kernel_elements(func, args, out):
+    """The Triton kernel an operator of gpu_kernels launches (its name in launches()) and the state
+    elements x steps it computes; None for other operators."""
+    name = func.overloadpacket.__name__
+    if name.startswith('triton_scan'):
+        kind, direction = args[0], 'backward' if name.endswith('backward') else 'forward'
+        elements = (args[2] if direction == 'backward' else out).numel()  # h
+        return f"{'' if kind == 'plain' else kind + '_'}scan_{direction}", elements
+    if name.startswith('triton_causal_conv'):
+        prefix = 'silu_conv' if args[3] else 'conv'
+        return f"{prefix}_{'backward' if name.endswith('backward') else 'forward'}", args[0].numel()
+    if name.startswith('triton_selective_scan'):
+        return (f"selective_{'backward' if name.endswith('backward') else 'forward'}",
+                args[0].numel() * args[2].shape[1])  # x x d_state
+    return None
+
+
+class Traffic(TorchDispatchMode):
+    """Per op, the bytes of its tensor arguments and results (each read or written once; views move
+    nothing) and its FLOPs (torch.utils.flop_counter's formulas: matmuls and attention), summed with
+    the roofline time each implies on a GPU: max(bytes / bandwidth, FLOPs / peak), and for a Triton
+    kernel also its instructions at the GPU's issue rate and its MUFU operations at its special-function
+    units' rate (`kernels`: name -> static_rows' row, per element, from the kernel's SASS)."""
+
+    def __init__(self, gpu, kernels=None):
+        super().__init__()
+        self.gpu, self.kernels = gpu, kernels or {}
+        self.bytes, self.flops, self.seconds, self.issue_seconds = 0, 0, 0.0, 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func.is_view or func.namespace == 'prim' or func.overloadpacket.__name__ in FREE:
+            return out
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        moved = sum(t.numel() * t.element_size() for t in tensors)
+        formula = FLOP_FORMULAS.get(func.overloadpacket)
+        flops = formula(*args, **kwargs, out_val=out) if formula else 0
+        kernel = kernel_elements(func, args, out) if func.namespace == 'minrnn' else None
+        issue = 0.0
+        if kernel and kernel[0] in self.kernels:
+            row, elements = self.kernels[kernel[0]], kernel[1]
+            issue = elements * max(row['instructions_per_element'] / (32 * self.gpu['issue']),
+                                   row['mufu_per_element'] / self.gpu['sfu']) / (self.gpu['sms'] * self.gpu['clock'])
+        self.bytes, self.flops, self.issue_seconds = self.bytes + moved, self.flops + flops, self.issue_seconds + issue
+        self.seconds += max(moved / self.gpu['bandwidth'], flops / self.gpu['bf16'], issue)
+        return out
+
+
+@contextlib.contextmanager
+def quiet(logger):
+    """The logger's warnings hidden: without a GPU, torch warns that it cannot read which tensors a Triton
+    kernel writes (it assumes all), which changes no shape and no count."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def roofline_rows(gpu=H100, kernels=None):
+    """One training iteration's forward and backward of each of the paper's blocks at its paper-scale
+    config, as a GPU runs it: bfloat16 autocast, the recurrent blocks' scans on the 'triton' kernels,
+    attention as one fused op. Counted on fake tensors (shapes only), with dropout 0 (a CPU splits it
+    into ops that a GPU fuses) and without the optimizer's step. kernels: kernel name -> its static_rows
+    row, whose instructions and MUFU operations per element bound the kernels' time too."""
+    rows = []
+    for block, spec in BLOCKS.items():
+        if spec.paper is None:
+            continue
+        config, batch = paper_model_config(block)
+        config.dropout, config.scan_backend = 0.0, 'triton' if spec.recurrent else config.scan_backend
+        with FakeTensorMode(), quiet('torch._higher_order_ops.triton_kernel_wrap'):  # see below
+            model = CharLM(config)
+            idx = torch.zeros(batch, config.block_size, dtype=torch.long)
+            traffic = Traffic(gpu, kernels)
+            with traffic, torch.autocast('cpu', dtype=torch.bfloat16):
+                model(idx, idx)[1].backward()
+        rows.append({'block': block, 'gpu': gpu['name'], 'batch': batch, 'T': config.block_size,
+                     'gbytes': round(traffic.bytes / 1e9, 2), 'tflops': round(traffic.flops / 1e12, 3),
+                     'kernel_issue_ms': round(1000 * traffic.issue_seconds, 2),
+                     'roofline_ms': round(1000 * traffic.seconds, 2)})
+    base = rows[0]['roofline_ms']  # the registry lists the Transformer first
+    for row in rows:
+        row['vs_transformer'] = round(row['roofline_ms'] / base, 2)
+    return rows
+
+
+def report(out):
+    """kernels.csv, roofline.csv, report.md and the SASS into out; printed in short too."""
+    kernels = static_rows(out)
+    roofline = roofline_rows(H100, {r['kernel']: r for r in kernels if r['gpu'].startswith('H100')})
+    tables.write_csv(os.path.join(out, 'kernels.csv'), kernels)
+    tables.write_csv(os.path.join(out, 'roofline.csv'), roofline)
+    kernel_columns = ['kernel', 'gpu', 'registers', 'spilled_bytes', 'occupancy', 'instructions_per_element',
+                      'shuffles_per_element', 'barriers_per_element', 'exps_per_element', 'mufu_per_element']
+    roofline_columns = ['block', 'gpu', 'batch', 'T', 'gbytes', 'tflops', 'kernel_issue_ms', 'roofline_ms',
+                        'vs_transformer']
+    with open(os.path.join(out, 'report.md'), 'w') as f:
+        f.write(f'# What the GPU path costs, counted without a GPU (`python bench.py --static`)\n\n'
+                f'Counts from compiled code and from tensor shapes, not measurements on a GPU; triton '
+                f'{triton_version()}, torch {torch.__version__.split("+")[0]}.\n\n'
+                '## The Triton kernels\n\nEach compiled for the GPU named as a paper-scale launch specialises '
+                'it (bfloat16 activations, float32 states, pointers and sizes multiples of 16); registers, '
+                'spills and occupancy from ptxas; the rest from the SASS (in sass/) of the kernel\'s main loop '
+                '(the selective kernels\' loops over states, two states a pass, counted 8 times with the work around '
+                'them), per state element (channel x state) and time step. MUFU: the special-function unit\'s '
+                'operations (exp2, reciprocal, ...).\n\n')
+        f.write(tables.markdown_table(kernel_columns, [[str(r[c]) for c in kernel_columns] for r in kernels]))
+        f.write('\n## One training iteration at the paper\'s scale\n\nForward and backward of each paper-scale '
+                'model (batch 64, T 256) as eager PyTorch runs it on a GPU, op by op: bfloat16 autocast, the '
+                'recurrent blocks on the \'triton\' kernels, attention one fused op; dropout 0 and no '
+                'optimizer step. Bytes: every op\'s tensor arguments read and results written once (views '
+                'free; the operators\' own small tensors, under 1 MB a layer, not counted); FLOPs: matmuls and '
+                'attention (torch.utils.flop_counter); a Triton kernel\'s issue time: its state elements x '
+                'steps times its instructions per element above at 4 warp instructions per clock per SM, or '
+                'times its MUFU operations at 16 a clock per SM where that is longer (132 SMs, 1.98 GHz), a '
+                'lower bound on its time; roofline time: the sum over ops of the largest of bytes / 3.35 TB/s, '
+                'FLOPs / 989 TFLOP/s and the issue time, from an H100 SXM\'s datasheet figures.\n\n')
+        f.write(tables.markdown_table(roofline_columns, [[str(r[c]) for c in roofline_columns] for r in roofline]))
+    for r in kernels:
+        print(f"  {r['kernel']:20s} {r['gpu']:14s} {r['registers']:4d} registers, {r['spilled_bytes']} bytes spilled, "
+              f"occupancy {r['occupancy']:.0%}, per element: {r['instructions_per_element']} instructions, "
+              f"{r['shuffles_per_element']} shuffles, {r['exps_per_element']} exps")
+    for r in roofline:
+        print(f"  {tables.display(r['block']):12s} {r['gbytes']:7.2f} GB {r['tflops']:6.3f} TFLOP "
+              f"{r['kernel_issue_ms']:6.2f} ms of kernel issue, roofline "
+              f"{r['roofline_ms']:6.2f} ms on an {r['gpu']}, {r['vs_transformer']:.2f}x the Transformer's")
+    print(f'wrote {out}/')
+    return out
+
+
+def triton_version():
+    import triton
+    return triton.__version__
