@@ -34,12 +34,12 @@ def parse_args(argv=None):
     parser.add_argument('--checkpoint', default='best', choices=['best', 'latest'],
                         help='best.pt (lowest val loss) or ckpt.pt (latest)')
     parser.add_argument('--start', default='\n', help='prompt text, or FILE:path to read it from a file')
-    parser.add_argument('--num_samples', type=int, default=1)
-    parser.add_argument('--max_new_tokens', type=int, default=500)
+    parser.add_argument('--num_samples', type=int, default=1, help='texts to generate, one after another')
+    parser.add_argument('--max_new_tokens', type=int, default=500, help='characters each text adds to the prompt')
     parser.add_argument('--temperature', type=float, default=0.8,
                         help='finite and > 0; lower is more conservative (--top_k=1 for greedy decoding)')
     parser.add_argument('--top_k', type=int, default=200, help='keep the k likeliest characters (>= 1)')
-    parser.add_argument('--seed', type=int, default=1337)
+    parser.add_argument('--seed', type=int, default=1337, help='the same seed gives the same text')
     parser.add_argument('--device', default='auto', help=devices.CHOICES)
     args = parser.parse_args(argv)
     if args.run is not None:
@@ -84,12 +84,12 @@ def sample(args, write=sys.stdout.write):
     hint = (f"use it with --checkpoint={'latest' if name == 'best.pt' else 'best'}" if os.path.exists(other) else
             f'train a model into {args.out_dir} first (python train.py CONFIG --out_dir={args.out_dir})')
     ckpt = load_checkpoint(os.path.join(args.out_dir, name), hint=hint)
-    print(f"sampling {os.path.join(args.out_dir, name)}: step {ckpt['step']}; the run's best val loss by then "
-          f"{ckpt['best_val_loss']:.4f}, at step {ckpt.get('best_val_step')}", file=sys.stderr, flush=True)
     stoi, itos = ckpt['vocab']['stoi'], ckpt['vocab']['itos']
     ids = encode_prompt(args.start, stoi)
     prompt, prompt_text = torch.tensor([ids], device=device), ''.join(itos[i] for i in ids)
     model = model_from_checkpoint(ckpt).to(device).eval()
+    print(f"sampling {os.path.join(args.out_dir, name)}: step {ckpt['step']}; the run's best val loss by then "
+          f"{ckpt['best_val_loss']:.4f}, at step {ckpt.get('best_val_step')}", file=sys.stderr, flush=True)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     texts = []
     for k in range(args.num_samples):

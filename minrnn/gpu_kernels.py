@@ -32,6 +32,7 @@ import os
 from typing import NamedTuple, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 try:
@@ -467,7 +468,7 @@ if triton is not None:
         sequence being dL/d(last state), which g_ptr holds on entry. Per channel, state and step:
           dL/dlog a = g u  (= g a h_{t-1}; not g (h_t - b_t), which cancels where a -> 0),
           dx = sum_n g delta B + dy D,   ddelta = sum_n (g x B + dlog_a A),   dA = sum_t dlog_a delta,
-          dB = sum_e g delta x,   dC = sum_e dy h,   dD = sum_t dy x,   dh0 = a_1 g_1 (left in g_ptr),
+          dB = sum_e g delta x,   dC = sum_e dy h,   dD = sum_t dy x,   g_1 (left in g_ptr; dh0 = a_1 g_1),
         and through the softplus d(pre-activation) = ddelta sigmoid = ddelta (1 - e^-delta). With the
         gate (HAS_Z), dy = d(out) SiLU(z) and dz = d(out) y SiLU'(z), y summed over the states as they
         are recomputed. dB and dC are partial sums per warp (_warp_sums), (batch, E / 32, N, T),
@@ -535,10 +536,6 @@ if triton is not None:
             grad_bias += tl.sum(tl.where(inside, grad_delta, 0.0), axis=1)
         tl.store(grad_D_ptr + batch * E + e, grad_D, mask=e < E)
         tl.store(grad_bias_ptr + batch * E + e, grad_bias, mask=e < E)
-        delta_first = _load_delta(delta_ptr, bias, e, e < E, SOFTPLUS)
-        for state in range(N):
-            a_first = tl.exp2(delta_first * tl.load(A_ptr + state * E_padded + e))
-            tl.store(g_ptr + state * E_padded + e, a_first * tl.load(g_ptr + state * E_padded + e))
 
 
     # ------------------------------------------------------------------- causal depthwise conv
@@ -826,7 +823,11 @@ if triton is not None:
                     SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
                     CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E,
                     num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
-        return (grad_x, grad_delta, grad_A_parts, grad_B_parts, grad_C_parts, grad_D_parts, g, grad_bias_parts,
+        # dL/dh0 = a_1 g_1, a small (batch, N, E) product after the kernel, whose registers it would take
+        delta_first = delta[:, 0].float() if delta_bias is None else F.softplus(delta[:, 0].float() + bias)
+        delta_first = F.pad(delta_first, (0, A2.shape[1] - E))
+        grad_h0 = torch.exp2(delta_first[:, None, :] * A2) * g
+        return (grad_x, grad_delta, grad_A_parts, grad_B_parts, grad_C_parts, grad_D_parts, grad_h0, grad_bias_parts,
                 grad_z)
 
     def _selective_setup(ctx, inputs, output):

@@ -4,6 +4,7 @@ import json
 import torch
 
 import bench
+from minrnn import static_cost
 from minrnn.blocks import BLOCKS
 from conftest import run_script
 from minrnn.scan import resolve_backend
@@ -54,7 +55,7 @@ def test_traffic_counts_bytes_and_flops_of_each_op():
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():
         a, b = torch.empty(64, 128, dtype=torch.bfloat16), torch.empty(128, 32, dtype=torch.bfloat16)
-        traffic = bench.Traffic(bench.H100)
+        traffic = static_cost.Traffic(static_cost.H100)
         with traffic:
             (a @ b).t()
     assert traffic.bytes == 28_672 and traffic.flops == 524_288

@@ -105,7 +105,7 @@ def test_groups_by_configuration_not_folder_name(tmp_path, capsys):
         ('minGRU', 1), ('minLSTM n_embd=128', 4), ('minLSTM n_embd=256', 1)]
     assert 'warning: the minlstm runs differ in more than their seed: 2 series' in capsys.readouterr().err
     lines = (tmp_path / 'plots' / 'results.md').read_text().splitlines()
-    assert lines[2].startswith('| minGRU | 1 | 1,000 | 4 x 128, context 64, batch ? | 1.800 | 100 |')  # no ± 0.000
+    assert lines[2].startswith('| minGRU | 1 | 1,000 | 4 x 128, context 64, batch ? | 100 (None) | 1.800 | 100 |')  # no ± 0
 
 
 def test_runs_that_differ_beyond_their_seed_are_separate_series(tmp_path, capsys):
