@@ -366,6 +366,20 @@ def plot(train_rows, generate_rows, out, device_name):
         plt.close(fig)
 
 
+def check_memory(args, device):
+    """One line, before any allocation, where the layer comparison's largest input cannot fit: about 30
+    floats of activations and their gradients per element of a (batch, T, width) input (the plain
+    paths chunk what would be more)."""
+    if 'train' not in args.parts:
+        return
+    need = 4 * 30 * args.batch * max(args.lengths) * args.width
+    free = devices.free_memory(device)
+    if free is not None and need > free:
+        raise UsageError(f'the layer comparison at batch {args.batch}, T {max(args.lengths)}, width {args.width} needs '
+                         f'about {need / 2 ** 30:,.0f} GiB, more than the {free / 2 ** 30:,.1f} GiB free on {device}; '
+                         f'lower --batch, --lengths or --width')
+
+
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__)
     parser.add_argument('--parts', nargs='+', default=['train', 'recipe', 'generate'],
@@ -419,6 +433,7 @@ def main(argv=None):
         print(f'redrew the figures of {args.replot}/')
         return args.replot
     device = devices.resolve(args.device)
+    check_memory(args, device)
     name = devices.folder_name(device)
     out = args.out or os.path.join('out', 'bench-quick' if args.quick else os.path.join('bench', name))
     os.makedirs(out, exist_ok=True)

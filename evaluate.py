@@ -36,11 +36,11 @@ from minrnn.scoring import carried_state_loss, full_split_loss, position_losses,
 CONTEXTS = (0.25, 0.5, 1, 2, 4, 8, 16)  # evaluation contexts, in multiples of the training context
 
 
-def evaluate_run(run_dir, series, ckpt, device, bar):
+def evaluate_run(run_dir, series, ckpt, model, device, bar):
     """The rows of context.csv and position.csv for one run."""
-    config = ckpt['config']
+    model = model.to(device).eval()
+    config = {**ckpt['config'], **model.config.asdict()}
     _, val, _ = load_dataset(config['dataset'], config['block_size'])
-    model = checkpoints.model_from_checkpoint(ckpt).to(device).eval()
     block, L, batch = config['block'], config['block_size'], config['batch_size']
     recurrent = BLOCKS[block].recurrent
     who = {'run': os.path.basename(os.path.normpath(run_dir)), 'series': series, 'block': block, 'seed': config['seed'],
@@ -139,9 +139,13 @@ def read_runs(paths):
     for path in paths:
         ckpt = checkpoints.load_checkpoint(os.path.join(path, 'best.pt'), hint=f'{path} has no best.pt: give run folders '
                                                                         f'that finished training')
-        found.append({'path': path, 'real_path': os.path.realpath(path), 'block': ckpt['config']['block'],
-                      'config': ckpt['config'], 'ckpt': ckpt})
-    return [(run['path'], label, run['ckpt']) for label, members in runs.group_series(found)
+        model = checkpoints.model_from_checkpoint(ckpt)  # its model_config checked, before any work
+        if not isinstance(ckpt['config'], dict) or not {'dataset', 'batch_size', 'seed'} <= ckpt['config'].keys():
+            raise UsageError(f'{path}: the checkpoint holds no training configuration to evaluate it by; use a '
+                             f'checkpoint this project wrote')
+        found.append({'path': path, 'real_path': os.path.realpath(path), 'block': model.config.block,
+                      'config': ckpt['config'], 'ckpt': ckpt, 'model': model})
+    return [(run['path'], label, run['ckpt'], run['model']) for label, members in runs.group_series(found)
             for run in members]
 
 
@@ -159,9 +163,9 @@ def main(argv=None):
         raise UsageError('no run to evaluate: give run folders with best.pt')
     rows, positions = [], []
     with tqdm(total=len(found) * (len(CONTEXTS) + 2), desc='evaluate', dynamic_ncols=True) as bar:
-        for path, series, ckpt in found:
+        for path, series, ckpt, model in found:
             bar.set_postfix_str(os.path.basename(os.path.normpath(path)))
-            run_rows, run_positions = evaluate_run(path, series, ckpt, device, bar)
+            run_rows, run_positions = evaluate_run(path, series, ckpt, model, device, bar)
             rows += run_rows
             positions += run_positions
     os.makedirs(args.out, exist_ok=True)

@@ -15,8 +15,10 @@ the gradient (g_t = dL/dh_t + a_{t+1} g_{t+1}) is the same recurrence. For minGR
 kernels read the gate pre-activations and compute a_t, b_t (and, backward, the gates' gradient) in
 registers. The blocks' causal depthwise conv is a kernel of its own, the last 4 inputs in registers.
 
-The selective scan follows mamba_ssm's design: a thread owns a channel and its N states, so the sum
-over states (y = C . h) stays in registers, with no (batch, time, channels, N) tensor anywhere. The
+In the selective scan a thread owns a channel and walks its N states in turn, so the sum over states
+(y = C . h) stays in its registers, with no (batch, time, channels, N) tensor anywhere (mamba_ssm's
+CUDA kernel instead gives a (batch, channel) pair a block whose threads split time, scans each state
+across them and sums dB and dC with atomics; here time is in 4-step tiles inside a thread). The
 forward takes 4-step tiles one state at a time, keeping the states before every SELECTIVE_CHUNK (4)
 steps; the backward recomputes the states from those, 4-step tiles again, two states at a time. It
 reads inputs in any float dtype (bfloat16 under autocast) and computes in float32; it fuses delta's
@@ -318,8 +320,8 @@ if triton is not None:
             tl.store(grad_h0_ptr + batch * D + d, a_first * g, mask=d < D)
 
     # ------------------------------------------------------------------- Mamba's selective scan
-    # After mamba_ssm's design: a thread owns a channel's states, so the sum over states (y = C . h)
-    # stays in registers, and each state walks its steps in registers: (channels, 4 steps) tiles,
+    # A thread owns a channel's states, so the sum over states (y = C . h) stays in registers, and
+    # each state walks its steps in registers: (channels, 4 steps) tiles,
     # channels on the lanes, one state after another. A batch element's base offset is int64 (batch x
     # time x width passes 2^31 at scale); offsets inside one element stay int32.
 
@@ -380,7 +382,9 @@ if triton is not None:
             delta = _load_delta_steps(delta_ptr, bias, t0, e, T, E, SOFTPLUS)  # 0 outside: the state stays
             delta_x = delta * x
             y = x * D
-            for pair in range(0, N, 2):  # N is even (_padded); two states a pass, their loads issued together
+            # N is even (_padded); two states a pass. A state's loads still wait on the stores of the one
+            # before (the SASS serialises them: program order, and pointers that could alias)
+            for pair in range(0, N, 2):
                 for i in tl.static_range(2):
                     state = pair + i
                     A = tl.load(A_ptr + state * E_padded + e)

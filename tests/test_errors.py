@@ -339,6 +339,7 @@ def test_the_kernel_build_is_shared_by_every_checkout_of_the_same_source(tmp_pat
     ('bench.py', ['--quick', '--device', 'cuda'], 'torch sees no CUDA GPU here'),
     ('reproduce_gpu.py', [], '--rehearse runs every part on this CPU'),
     ('bench.py', ['--lengths', '0'], '--lengths must be >= 1'),
+    ('bench.py', ['--batch', '100000', '--width', '100000'], 'lower --batch, --lengths or --width'),
     ('bench.py', ['--lengths', '-5'], '--lengths must be >= 1'),
     ('bench.py', ['--repeats', '0'], '--repeats must be >= 1'),
     ('bench.py', ['--positions', '-5'], '--positions must be >= 1'),
@@ -426,7 +427,8 @@ def test_sample_names_the_checkpoint_that_exists_and_refuses_a_broken_one(tmp_pa
 
 
 def test_the_lock_and_the_scripts_work_without_fcntl(tmp_path, monkeypatch):
-    """Windows has no fcntl: runs.py locks with msvcrt there (a stand-in here records the call)."""
+    """Where fcntl is missing (Windows), runs.py takes its msvcrt branch: a stand-in msvcrt here shows
+    that the branch is taken and asks for a non-blocking lock of one byte. Windows itself is not tested."""
     import importlib
     import types
     calls = []
@@ -517,3 +519,18 @@ def test_ctrl_c_ends_a_long_bench_in_one_line(tmp_path):
         process.kill()
     assert process.returncode == 130 and stderr.strip().splitlines()[-1] == 'interrupted', stderr
     assert 'Traceback' not in stderr and (tmp_path / 'bench' / 'env.json').exists()
+
+
+@pytest.mark.parametrize('damage, fragment', [({'model_config': {'block_size': 0}}, 'block_size'),
+                                              ({'model_config': {'block': 'rwkv'}}, "unknown block 'rwkv'"),
+                                              ({'config': None}, 'no training configuration')])
+def test_evaluate_refuses_a_checkpoint_it_cannot_build_in_one_line(tmp_path, tiny_dataset, damage, fragment):
+    out = tmp_path / 'run'
+    assert run_script('train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--max_iters=2',
+                      '--eval_interval=2').returncode == 0
+    ckpt = checkpoints.load_checkpoint(str(out / 'best.pt'))
+    for key, value in damage.items():
+        ckpt[key] = {**ckpt[key], **value} if isinstance(value, dict) else value
+    torch.save(ckpt, out / 'best.pt')
+    assert_one_error_line(run_script('evaluate.py', str(out), '--out', str(tmp_path / 'context'), '--device=cpu'),
+                          fragment)

@@ -155,7 +155,9 @@ def test_the_compiled_backend_trains_with_device_auto_on_a_cpu(tmp_path, tiny_da
     if not cpu_kernels.available():
         pytest.skip('no C++ compiler here: the compiled backend cannot build')
     train.main([f'--dataset={tiny_dataset}', f'--out_dir={tmp_path}', *TINY, '--block=mingru', '--device=auto',
-                '--scan_backend=compiled', '--max_iters=2', '--eval_interval=2'])
+                '--max_iters=2', '--eval_interval=2'])
+    config = json.loads((tmp_path / 'config.json').read_text())
+    assert config['device_resolved'] == 'cpu' and config['backend_resolved'] == 'compiled'
     assert (tmp_path / 'ckpt.pt').exists()
 
 

@@ -91,10 +91,16 @@ def assert_bfloat16_training_step(model, idx):
 
 
 def test_transformer_generation_past_block_size_slides_the_window():
+    """Past its position table (block_size 24), each token is read from the last 24 before it, as
+    nanoGPT crops: greedy generation equals the argmax of a forward over that window, token by token."""
     model = tiny_model('transformer')
     prompt = torch.randint(0, 11, (1, 20), generator=torch.Generator().manual_seed(4))
-    tokens = list(model.generate(prompt, 30, generator=torch.Generator().manual_seed(5)))
-    assert len(tokens) == 30  # 50 tokens > block_size 24: no error, nanoGPT's cropping
+    tokens = torch.stack(list(model.generate(prompt, 30, top_k=1)), dim=1)
+    sequence = torch.cat([prompt, tokens], dim=1)
+    with torch.no_grad():
+        for i in range(20, 50):
+            window = sequence[:, max(0, i - 24):i]
+            assert torch.equal(model(window)[0][:, -1].argmax(-1), sequence[:, i]), i
 
 
 @pytest.mark.parametrize('block, overrides', VARIANTS, ids=IDS)
@@ -453,7 +459,11 @@ def test_a_subclass_that_changes_the_math_runs_its_own_math(backend):
     torch.manual_seed(0)
     layer = TanhCandidateMinGRU(ModelConfig(block='mingru', n_embd=8, expansion=1.0, scan_backend=backend)).double()
     assert layer.kernels.fused is None and not layer.has_own_log_space
-    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    assert_parallel_path_equals_step_path(layer, torch.randn(2, 9, 8, dtype=torch.float64))
+
+
+def assert_parallel_path_equals_step_path(layer, x):
+    """A mixer's forward over x (batch, T, width) equals its step() taken T times."""
     parallel, _ = layer(x)
     state, steps = None, []
     for t in range(x.shape[1]):

@@ -15,6 +15,7 @@ import sample
 from minrnn import scan, settings
 import train
 from conftest import TINY, read_log
+from test_model import assert_parallel_path_equals_step_path
 import model
 from minrnn.blocks import BLOCKS, BlockSpec, register
 from minrnn.settings import Key
@@ -129,10 +130,4 @@ class TanhCandidateMinRNN(model.MinRNN):
 def test_a_min_rnn_with_its_own_coefficients_equals_its_own_step_path(backend):
     torch.manual_seed(0)
     layer = TanhCandidateMinRNN(model.ModelConfig(block='mingru', n_embd=8, conv_kernel=3, scan_backend=backend)).double()
-    x = torch.randn(2, 11, 8, dtype=torch.float64)
-    parallel, _ = layer(x)
-    state, steps = None, []
-    for t in range(x.shape[1]):
-        y, state = layer.step(x[:, t], state)
-        steps.append(y)
-    torch.testing.assert_close(parallel, torch.stack(steps, dim=1), rtol=1e-9, atol=1e-12)
+    assert_parallel_path_equals_step_path(layer, torch.randn(2, 11, 8, dtype=torch.float64))

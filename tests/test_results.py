@@ -277,3 +277,16 @@ def test_a_plan_of_no_seeds_or_absurdly_many_is_refused_at_once(seeds):
     assert result.returncode == 2 or result.returncode == 1
     assert result.stderr.startswith('error: --seeds') and 'Traceback' not in result.stderr
 
+
+
+def test_drawing_from_logs_imports_no_torch(tmp_path):
+    """plot_curves.py and the modules it reads (runs, report, blocks, settings) never import torch: a
+    figure is drawn from the committed logs alone."""
+    from conftest import ROOT, run_script
+    runs_dir = os.path.join(ROOT, 'results', 'cpu', 'runs')
+    code = ('import sys; sys.path.insert(0, sys.argv[1]); import plot_curves; '
+            'plot_curves.main(sys.argv[2:]); print(sorted(m for m in sys.modules if m.split(".")[0] == "torch"))')
+    result = run_script('-c', code, ROOT, *[os.path.join(runs_dir, name) for name in sorted(os.listdir(runs_dir))[:2]],
+                        '--out', str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == '[]'
