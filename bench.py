@@ -366,6 +366,11 @@ def plot(train_rows, generate_rows, out, device_name):
         plt.close(fig)
 
 
+def output_folder(args, device_name):
+    """--out, else a folder under out/: no default writes into the committed results/."""
+    return args.out or os.path.join('out', 'bench-quick' if args.quick else os.path.join('bench', device_name))
+
+
 def check_memory(args, device):
     """One line, before any allocation, where the layer comparison's largest input cannot fit: about 30
     floats of activations and their gradients per element of a (batch, T, width) input (the plain
@@ -435,7 +440,7 @@ def main(argv=None):
     device = devices.resolve(args.device)
     check_memory(args, device)
     name = devices.folder_name(device)
-    out = args.out or os.path.join('out', 'bench-quick' if args.quick else os.path.join('bench', name))
+    out = output_folder(args, name)
     os.makedirs(out, exist_ok=True)
     auto_backend = resolve_backend('auto', device)
     env = {'command': 'python bench.py ' + ' '.join(sys.argv[1:] if argv is None else argv), **devices.environment(device),

@@ -123,3 +123,12 @@ def interruptible():
     the background may have left SIGINT ignored, and a child would inherit that."""
     import signal
     return {'preexec_fn': lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)}
+
+
+def assert_one_error_line(result, *fragments):
+    """A finished subprocess that failed with exactly one `error:` line on stderr."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

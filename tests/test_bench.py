@@ -60,3 +60,9 @@ def test_traffic_counts_bytes_and_flops_of_each_op():
             (a @ b).t()
     assert traffic.bytes == 28_672 and traffic.flops == 524_288
     assert abs(traffic.seconds / 8.5588e-9 - 1) < 1e-4  # its bytes at the H100's 3.35 TB/s, not its FLOPs
+
+
+def test_no_default_writes_into_the_committed_results():
+    assert bench.output_folder(bench.parse_args([]), 'cpu') == 'out/bench/cpu'
+    assert bench.output_folder(bench.parse_args(['--quick']), 'cpu') == 'out/bench-quick'
+    assert bench.output_folder(bench.parse_args(['--out', 'results/speed/cpu']), 'cpu') == 'results/speed/cpu'

@@ -1,30 +1,19 @@
-"""Every bad input and fault ends in one `error:` line (never a traceback), loses nothing, and runs
-no code from a file it reads. One test per class of failure; the cases are the ones a probe found."""
-import contextlib
+"""Every bad input and damaged file ends in one `error:` line (never a traceback) that names the fix,
+and runs no code from a file it reads. One test per class of input; the cases are the ones a probe
+found. Interrupted work is tests/test_interruptions.py's."""
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
 import train
-from minrnn import checkpoints, runs
-from conftest import DEADLINE, ROOT, TINY, finish, interruptible, read_log, run_script, wait_for, watch
-
-
-def assert_one_error_line(result, *fragments):
-    """A finished subprocess that failed with exactly one `error:` line on stderr."""
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0, result.stdout[-2000:]
-    assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from minrnn import checkpoints, cpu_kernels, runs
+from conftest import DEADLINE, ROOT, TINY, assert_one_error_line, read_log, run_script
 
 
 def train_error(*args):
@@ -76,6 +65,8 @@ class Marker:
     ('--scan_backend=fast', "scan_backend must be one of 'auto'"),
     ('--scan_backend=triton', "scan_backend='triton' runs on a CUDA GPU"),  # --device=cpu (TINY)
 ])
+
+
 def test_every_out_of_range_value_is_one_line_before_training(tmp_path, tiny_dataset, arg, fragment):
     message = train_error(f'--dataset={tiny_dataset}', f'--out_dir={tmp_path / "run"}', arg)
     assert fragment in message
@@ -131,6 +122,8 @@ def broken_copy(tiny_dataset, tmp_path, name, content):
     ('meta.json', b'{"chars": ["a", "a"]}', 'not a list of distinct characters'),
     ('meta.json', b'[1, 2]', 'not a readable vocabulary'),
 ])
+
+
 def test_a_broken_dataset_file_names_the_prepare_command(tmp_path, tiny_dataset, name, content, fragment):
     copy = broken_copy(tiny_dataset, tmp_path, name, content)
     message = train_error(f'--dataset={copy}', f'--out_dir={tmp_path / "out"}')
@@ -162,44 +155,9 @@ def test_a_torch_file_without_the_expected_keys(tmp_path):
     assert_one_error_line(run_script('sample.py', f'--out_dir={tmp_path}'), 'not a checkpoint of this project')
 
 
-def test_disk_full_during_a_save_keeps_the_old_checkpoint_and_no_temporary_file(tmp_path, tiny_dataset):
-    out = tmp_path / 'run'
-    common = [f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--eval_interval=2']
-    assert run_script('train.py', *common, '--max_iters=2').returncode == 0
-    before = (out / 'ckpt.pt').read_bytes()
-    os.symlink('/dev/full', out / 'ckpt.pt.tmp')  # the next write of ckpt.pt lands on a full device
-    result = run_script('train.py', *common, '--max_iters=4', '--init_from=resume')
-    assert_one_error_line(result, 'could not write checkpoint', 'is intact', 'then resume')
-    assert (out / 'ckpt.pt').read_bytes() == before
-    assert checkpoints.load_checkpoint(str(out / 'ckpt.pt'))['step'] == 2
-    assert not [name for name in os.listdir(out) if name.endswith('.tmp')]
-
-
 def test_an_out_dir_that_cannot_be_written(tmp_path, tiny_dataset):
     result = run_script('train.py', f'--dataset={tiny_dataset}', '--out_dir=/proc/minrnn/run', *TINY)
     assert_one_error_line(result, 'cannot write to out_dir /proc/minrnn/run')
-
-
-# ----------------------------------------------------------------------------- two runs, one out_dir
-
-def test_a_second_training_in_a_busy_out_dir_is_refused_and_the_first_loses_nothing(tmp_path, tiny_dataset):
-    out = tmp_path / 'run'
-    command = [sys.executable, 'train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY,
-               '--max_iters=100000', '--eval_interval=100000', '--log_interval=1']
-    first = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: (out / 'log.jsonl').exists() and read_log(str(out), 'train'), 'the first training to step',
-                 first)
-        second = run_script('train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--max_iters=3')
-        assert_one_error_line(second, f'out_dir {out} is in use by another training (process {first.pid})')
-        first.send_signal(signal.SIGTERM)
-        stdout, stderr = finish(first)
-    finally:
-        first.kill()
-    assert first.returncode == 143, stderr  # SIGTERM: saved, then 128 + 15
-    saved = checkpoints.load_checkpoint(str(out / 'ckpt.pt'))
-    assert saved['config']['max_iters'] == 100000 and f"at step {saved['step']}." in stdout
-    assert read_log(str(out), 'meta')[0]['config']['max_iters'] == 100000  # its log, not the second's
 
 
 # ----------------------------------------------------------------------------- scripts
@@ -217,27 +175,13 @@ def test_sample_with_a_binary_prompt_file_or_a_closed_pipe(tmp_path, tiny_datase
     assert len(piped.stdout) == 10 and piped.stderr.startswith('sampling ') and len(piped.stderr.splitlines()) == 1
 
 
-def test_sample_interrupted_while_streaming(tmp_path, tiny_dataset):
-    out = tmp_path / 'run'
-    assert run_script('train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--max_iters=2',
-                      '--eval_interval=2').returncode == 0
-    process = subprocess.Popen([sys.executable, 'sample.py', f'--out_dir={out}', '--max_new_tokens=10000000'],
-                               cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **interruptible())
-    try:
-        assert process.stdout.read(50)  # streaming has begun
-        process.send_signal(signal.SIGINT)
-        _, stderr = finish(process)
-    finally:
-        process.kill()
-    assert process.returncode == 130 and stderr.strip().splitlines()[-1] == 'interrupted', stderr
-    assert 'Traceback' not in stderr
-
-
 @pytest.mark.parametrize('args, fragment', [
     (['--name', '../../escaped'], 'must be a plain folder name'),
     (['--name', ''], 'must be a plain folder name'),
     (['--name', '..'], 'must be a plain folder name'),
 ])
+
+
 def test_prepare_refuses_names_outside_data(tmp_path, args, fragment):
     (tmp_path / 'in.txt').write_text('some text to prepare\n' * 20)
     assert_one_error_line(run_script('data/char/prepare.py', '--input', str(tmp_path / 'in.txt'), *args), fragment)
@@ -284,33 +228,6 @@ def test_plot_curves_with_string_fields_draws_what_is_valid(tmp_path):
 
 # ----------------------------------------------------------------------------- the kernel build
 
-def test_a_killed_first_build_then_a_normal_run_finishes(tmp_path, tiny_dataset):
-    """SIGKILL during the first build of cpu_kernels leaves its lock file behind; the next run must
-    not wait on it. Then Ctrl-C during a build is one line, and a third run builds and trains."""
-    env = {**os.environ, 'TORCH_EXTENSIONS_DIR': str(tmp_path / 'ext')}
-    command = [sys.executable, 'train.py', f'--dataset={tiny_dataset}', f'--out_dir={tmp_path / "run"}', *TINY,
-               '--block=mingru', '--scan_backend=compiled', '--max_iters=2', '--eval_interval=2']
-    locks = lambda: {root for root, _, files in os.walk(tmp_path / 'ext') if 'lock' in files}
-    building = lambda: {f for f in os.listdir(tmp_path / 'ext') if '.building-' in f}
-    for sig in (signal.SIGKILL, signal.SIGINT):
-        earlier, half_built = locks(), building() if os.path.exists(tmp_path / 'ext') else set()
-        process = subprocess.Popen(command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, **interruptible())
-        wait_for(lambda: locks() - earlier, "this run's own build to be under way", process)
-        process.send_signal(sig)
-        _, stderr = finish(process)
-        if sig == signal.SIGINT:  # the build says what it is doing, then the interruption is one line
-            said = [line for line in stderr.strip().splitlines() if not line.startswith('warning:')]
-            assert process.returncode == 130 and said == [
-                'building the C++ CPU kernels (cpu_kernels.cpp): once for this source and torch, about a minute ...',
-                'interrupted before training began: nothing was saved'], stderr
-            assert building() <= half_built  # this build left no half-built folder (the SIGKILLed one's stays)
-    assert locks()  # the killed build's lock is still there
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert checkpoints.load_checkpoint(str(tmp_path / 'run' / 'ckpt.pt'))['step'] == 2
-
-
 def test_the_kernel_build_is_shared_by_every_checkout_of_the_same_source(tmp_path):
     """A second checkout (another path, the same cpu_kernels.cpp) loads the build the first one made."""
     from minrnn import cpu_kernels
@@ -351,6 +268,8 @@ def test_the_kernel_build_is_shared_by_every_checkout_of_the_same_source(tmp_pat
     ('plot_curves.py', ['run', '--at', '-5'], '--at takes steps >= 0'),
     ('train.py', ['--compile'], 'write --compile=True'),
 ])
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CUDA cases need a machine without a GPU')
 def test_every_script_refuses_a_device_or_size_it_cannot_use_in_one_line(script, args, fragment):
     assert_one_error_line(run_script(script, *args), fragment)
@@ -363,6 +282,8 @@ def test_every_script_refuses_a_device_or_size_it_cannot_use_in_one_line(script,
     (['--block=mamba', '--d_state=1000000000000'], 'more than the'),
     (['--block=mamba', '--dt_rank=1000000000000'], 'more than the'),
 ])
+
+
 def test_a_size_that_cannot_fit_stops_before_allocating(tmp_path, tiny_dataset, args, fragment):
     message = train_error(f'--dataset={tiny_dataset}', f'--out_dir={tmp_path / "run"}', *args)
     assert fragment in message and not os.path.exists(tmp_path / 'run' / 'ckpt.pt')
@@ -444,57 +365,6 @@ def test_the_lock_and_the_scripts_work_without_fcntl(tmp_path, monkeypatch):
         importlib.reload(runs)
 
 
-def test_a_signal_during_a_long_evaluation_stops_it_at_once(tmp_path, tiny_dataset):
-    """Step 0's evaluation of a large eval_iters takes minutes: SIGINT ends it within seconds, exit 130."""
-    out = tmp_path / 'run'
-    process = subprocess.Popen([sys.executable, 'train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY,
-                                '--eval_iters=1000000'], cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, **interruptible())
-    try:
-        stdout, _ = watch(process)
-        wait_for(lambda: stdout.has('step 0: evaluating'), 'the evaluation to begin', process)
-        process.send_signal(signal.SIGINT)
-        start = time.time()
-        _, stderr = finish(process, 'the interrupted evaluation to end')
-    finally:
-        process.kill()
-    assert process.returncode == 130 and time.time() - start < 60, stderr
-    assert 'SIGINT: saved' in stdout.text() and checkpoints.load_checkpoint(str(out / 'ckpt.pt'))['step'] == 0
-    assert read_log(str(out))[-1] == {'kind': 'stop', 'step': 0, 'reason': 'SIGINT'}
-
-
-def test_ctrl_c_from_the_first_statement_on_is_one_line_and_status_130():
-    """cli.exit_on_interrupt(), every script's first statement: a Ctrl-C while the imports run (torch's
-    take seconds) ends the process with one line, and a Python caller sees 130, not death by SIGINT."""
-    code = ('from minrnn import cli\ncli.exit_on_interrupt()\nimport os, signal, time\n'
-            'os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(600)')
-    result = run_script('-c', code, **interruptible())
-    assert result.returncode == 130 and result.stderr == 'interrupted\n', result.stderr
-
-
-@pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='reads /proc to see the import under way')
-@pytest.mark.parametrize('script', ['train.py', 'bench.py', 'sample.py', 'evaluate.py', 'reproduce.py'])
-def test_ctrl_c_while_a_script_imports_torch(script):
-    """SIGINT once torch's library is being loaded (seen in the process's memory map), whatever the
-    machine's speed: one line, status 130."""
-    process = subprocess.Popen([sys.executable, script, '--help'], cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, **interruptible())
-    try:
-        def loading_torch():
-            with contextlib.suppress(OSError), open(f'/proc/{process.pid}/maps') as maps:
-                return 'libtorch' in maps.read()
-            return False
-        wait_for(loading_torch, 'torch to be loading', process)
-        process.send_signal(signal.SIGINT)
-        _, stderr = finish(process)
-    finally:
-        process.kill()
-    if process.returncode == 0:
-        pytest.skip('the imports had finished before the signal came (--help printed)')
-    assert process.returncode == 130 and stderr.strip().splitlines()[-1] == 'interrupted', stderr
-    assert 'Traceback' not in stderr
-
-
 def test_without_a_progress_bar_a_line_every_log_interval_and_a_long_run_is_warned_about(tmp_path, tiny_dataset,
                                                                                          capsys):
     train.main([f'--dataset={tiny_dataset}', f'--out_dir={tmp_path / "run"}', *TINY, '--max_iters=10000000',
@@ -504,26 +374,11 @@ def test_without_a_progress_bar_a_line_every_log_interval_and_a_long_run_is_warn
     assert 'steps left take about' in out and 'hours (measured on the first step)' in out
 
 
-def test_ctrl_c_ends_a_long_bench_in_one_line(tmp_path):
-    """bench.py, as every script, ends on Ctrl-C through cli.run_cli: one line, exit 130; what it had
-    written is on disk."""
-    process = subprocess.Popen([sys.executable, 'bench.py', '--parts', 'train', '--out', str(tmp_path / 'bench'),
-                                '--device=cpu'], cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, **interruptible())
-    try:
-        stdout, _ = watch(process)
-        wait_for(lambda: stdout.has('measuring train on'), 'bench.py to begin measuring', process)
-        process.send_signal(signal.SIGINT)
-        _, stderr = finish(process, 'the interrupted bench to end')
-    finally:
-        process.kill()
-    assert process.returncode == 130 and stderr.strip().splitlines()[-1] == 'interrupted', stderr
-    assert 'Traceback' not in stderr and (tmp_path / 'bench' / 'env.json').exists()
-
-
 @pytest.mark.parametrize('damage, fragment', [({'model_config': {'block_size': 0}}, 'block_size'),
                                               ({'model_config': {'block': 'rwkv'}}, "unknown block 'rwkv'"),
                                               ({'config': None}, 'no training configuration')])
+
+
 def test_evaluate_refuses_a_checkpoint_it_cannot_build_in_one_line(tmp_path, tiny_dataset, damage, fragment):
     out = tmp_path / 'run'
     assert run_script('train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--max_iters=2',
@@ -534,3 +389,26 @@ def test_evaluate_refuses_a_checkpoint_it_cannot_build_in_one_line(tmp_path, tin
     torch.save(ckpt, out / 'best.pt')
     assert_one_error_line(run_script('evaluate.py', str(out), '--out', str(tmp_path / 'context'), '--device=cpu'),
                           fragment)
+
+
+def test_dataset_shorter_than_the_context(tmp_path):
+    from minrnn.dataset import write_char_dataset
+    write_char_dataset('abcdefghij' * 3, str(tmp_path / 'short'))
+    with pytest.raises(SystemExit, match=r'train split .* has 27 tokens, fewer than block_size \+ 1 = 33'):
+        train.main([f'--dataset={tmp_path / "short"}', f'--out_dir={tmp_path / "out"}', *TINY])
+
+
+def test_a_compiled_backend_that_cannot_build_is_a_one_line_error(tmp_path, tiny_dataset, monkeypatch):
+    monkeypatch.setattr(cpu_kernels, '_build', {'error': 'RuntimeError: Ninja is required to load C++ extensions'})
+    with pytest.raises(SystemExit, match=r"^error: .*Ninja is required.*pip install ninja.*scan_backend='sequential'"):
+        train.main([f'--dataset={tiny_dataset}', f'--out_dir={tmp_path}', *TINY, '--block=mingru',
+                    '--scan_backend=compiled'])
+
+
+def test_missing_meta_names_the_prepare_command(tmp_path, tiny_dataset):
+    import shutil
+    copy = tmp_path / 'data'
+    shutil.copytree(tiny_dataset, copy)
+    os.remove(copy / 'meta.json')
+    with pytest.raises(SystemExit, match=r'\(meta.json missing in .*\); run: python data/char/prepare.py'):
+        train.main([f'--dataset={copy}', f'--out_dir={tmp_path / "out"}', *TINY])

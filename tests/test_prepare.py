@@ -70,3 +70,25 @@ def test_generic_prepare_for_any_text(tmp_path):
     result = run_script('data/char/prepare.py', '--input', str(text_file), '--out_dir', str(tmp_path / 'mytext'))
     assert result.returncode == 0, result.stderr
     assert read(tmp_path / 'mytext')[0]['vocab_size'] == len(set('To be, or not to be\n'))
+
+
+def test_a_full_disk_leaves_no_temporary_file(tmp_path):
+    """The dataset's files are written whole or not at all: on a full device the write fails in one
+    error line and no .tmp is left beside them."""
+    os.symlink('/dev/full', tmp_path / 'train.bin.tmp')
+    result = run_script('data/char/prepare.py', '--input', __file__, '--out_dir', str(tmp_path))
+    assert result.returncode == 1 and result.stderr.startswith('error: ') and len(result.stderr.splitlines()) == 1
+    assert not [name for name in os.listdir(tmp_path) if name.endswith('.tmp')]
+
+
+def test_a_deeply_nested_meta_json_is_one_error_line(tmp_path):
+    from minrnn.dataset import DatasetError, read_meta
+    (tmp_path / 'meta.json').write_text('[' * 100_000 + ']' * 100_000)
+    with pytest.raises(DatasetError, match='not a readable vocabulary'):
+        read_meta(str(tmp_path / 'meta.json'), 'prepare it again')
+
+
+@pytest.mark.skipif(not os.path.exists(SHAKESPEARE), reason='needs the shared copy of Tiny Shakespeare')
+def test_prepare_says_the_checksum_matched(tmp_path):
+    result = run_script('data/shakespeare_char/prepare.py', '--input', SHAKESPEARE, '--out_dir', str(tmp_path))
+    assert result.returncode == 0 and "sha256 matches Tiny Shakespeare's" in result.stdout

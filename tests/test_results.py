@@ -95,6 +95,26 @@ def test_bad_logs_and_rows_are_skipped_with_a_warning_line(logs, tmp_path, capsy
     assert next(r for r in rows if r['block'] == 'minlstm')['best_val_mean'] == 1.9
 
 
+def test_series_of_unlike_lengths_are_warned_about_and_their_last_step_listed(tmp_path, capsys):
+    """A minGRU run to step 300 beside a Mamba run stopped at step 100 and a GRU with one evaluation:
+    one warning naming each, and the table's last-step column (max_iters)."""
+    paths = [write_run(tmp_path / 'runs', 'mingru', 0, [4.0, 2.0, 1.9, 1.8], max_iters=300),
+             write_run(tmp_path / 'runs', 'mamba', 0, [4.0, 2.0], max_iters=2000),
+             write_run(tmp_path / 'runs', 'gru', 0, [4.0], max_iters=20)]
+    rows = plot_curves.main([*paths, '--out', str(tmp_path / 'plots')])
+    assert [(r['series'], r['last_step'], r['max_iters']) for r in rows] == [
+        ('minGRU', 300, 300), ('Mamba', 100, 2000), ('GRU', 0, 20)]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if 'different steps or on different' in line]
+    assert len(warnings) == 1 and all(name in warnings[0] for name in ('minGRU', 'Mamba', 'GRU'))
+    assert '| 300 (300) |' in (tmp_path / 'plots' / 'results.md').read_text()
+
+
+def test_like_series_are_not_warned_about(tmp_path, capsys):
+    paths = [write_run(tmp_path / 'runs', block, 0, [4.0, 2.0], max_iters=100) for block in ('mingru', 'mamba')]
+    plot_curves.main([*paths, '--out', str(tmp_path / 'plots')])
+    assert 'different steps' not in capsys.readouterr().err
+
+
 def test_groups_by_configuration_not_folder_name(tmp_path, capsys):
     paths = [write_run(tmp_path / 'runs', 'minlstm', seed, [4.0, 2.0], name=name)
              for seed, name in enumerate(('a', 'b', 'try3', 'x_seed9'))]

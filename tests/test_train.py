@@ -10,7 +10,7 @@ import torch
 from minrnn import checkpoints, settings
 import train
 from minrnn.cli import UsageError
-from conftest import DEADLINE, ROOT, TINY, read_log, run_script, wait_for
+from conftest import DEADLINE, ROOT, TINY, finish, read_log, run_script, wait_for, watch
 
 
 def run_train(tmp_path, dataset, *extra, name='run'):
@@ -253,3 +253,53 @@ def test_every_run_records_what_its_numbers_depend_on(tmp_path, tiny_dataset):
     assert environment['cpu_capability'] == torch.backends.cpu.get_cpu_capability() and environment['device_detail']
     assert config['backend_resolved'] in ('compiled', 'sequential') and config['scan_backend'] == 'auto'
     assert read_log(out_dir, 'meta')[0]['config'] == config  # the log's first row carries the same record
+
+
+def test_a_flag_the_block_does_not_read_is_a_warning(tmp_path, tiny_dataset, capsys):
+    run_train(tmp_path, tiny_dataset, '--block=gru', '--n_head=3', '--max_iters=2', '--eval_interval=2')
+    assert "--n_head is not read by block 'gru'" in capsys.readouterr().err
+
+
+def test_the_time_limit_reached_during_an_evaluation_ends_the_run_there(tmp_path, tiny_dataset, monkeypatch):
+    """Where max_seconds runs out while step 4 is evaluated, that evaluation is the last: no second
+    one a step later."""
+    evaluated = []
+    original = train.Training.evaluate
+    monkeypatch.setattr(train.Training, 'evaluate', lambda self, *a: (evaluated.append(self.step), original(self, *a)))
+    monkeypatch.setattr(train.StopRequest, 'requested',
+                        lambda self, world, device: 'max_seconds' if evaluated and evaluated[-1] == 4 else None)
+    out_dir, result = run_train(tmp_path, tiny_dataset, '--max_iters=100', '--eval_interval=4')
+    assert evaluated == [0, 4] and result['step'] == 4
+    assert read_log(out_dir)[-1] == {'kind': 'stop', 'step': 4, 'reason': 'max_seconds'}
+
+
+def test_an_overwrite_killed_before_its_first_checkpoint_leaves_no_old_checkpoint(tmp_path, tiny_dataset):
+    """--overwrite=True removes the earlier run's files first: killed at once, the folder holds the new
+    config.json and no checkpoint of the old model for sample.py to read."""
+    out = tmp_path / 'run'
+    run_train(tmp_path, tiny_dataset, '--max_iters=2', '--eval_interval=2')
+    command = [sys.executable, 'train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--block=mingru',
+               '--overwrite=True', '--eval_iters=1000000']
+    process = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stdout, _ = watch(process)
+        wait_for(lambda: stdout.has('step 0: evaluating'), 'the new run to begin', process)
+        process.send_signal(signal.SIGKILL)
+        finish(process)
+    finally:
+        process.kill()
+    assert not (out / 'ckpt.pt').exists() and not (out / 'best.pt').exists()
+    assert json.loads((out / 'config.json').read_text())['block'] == 'mingru'
+
+
+def test_a_signal_while_torch_compile_compiles_is_a_signal(tmp_path):
+    """torch.compile wraps what is raised inside it (InductorError); the StopNow of a signal under it is
+    still the signal, not an unexpected error."""
+    try:
+        try:
+            raise train.StopNow
+        except train.StopNow as stop:
+            raise RuntimeError('InductorError: StopNow') from stop
+    except RuntimeError as wrapped:
+        assert train.stopped_by_signal(wrapped)
+    assert not train.stopped_by_signal(RuntimeError('another failure'))

@@ -1,6 +1,8 @@
-"""Interruptions, numerical faults, bad input, determinism, distributed failure and a soak."""
+"""Work interrupted loses nothing it saved: signals and Ctrl-C at any moment (imports included), a
+killed run or build, a full disk, a second run in the same folder, a dead distributed peer, steps
+that go non-finite; and what must not change between runs (same seed, same losses; memory in a soak).
+Bad input and damaged files are tests/test_errors.py's."""
 import contextlib
-import errno
 import json
 import os
 import signal
@@ -16,7 +18,8 @@ import model
 import sample
 import train
 from minrnn import checkpoints
-from conftest import ROOT, TINY, finish, interruptible, read_log, wait_for
+from conftest import (DEADLINE, ROOT, TINY, assert_one_error_line, finish, interruptible, read_log, run_script,
+                      wait_for, watch)
 
 SLOW_TINY = [a for a in TINY if not a.startswith('--batch_size')] + ['--batch_size=16']
 
@@ -115,40 +118,6 @@ def test_consecutive_non_finite_steps_stop_the_run_and_keep_the_checkpoint(tmp_p
     assert ckpt['step'] == 5 and all(torch.isfinite(p).all() for p in ckpt['model'].values())
 
 
-def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_dataset, monkeypatch):
-    real_save, saves = torch.save, [0]
-
-    def save(obj, f, *args, **kwargs):
-        saves[0] += 1
-        if saves[0] > 2:  # step 0 wrote best.pt and ckpt.pt; the next write fails half-way
-            f.write(b'partial bytes')
-            raise OSError(errno.ENOSPC, 'No space left on device')
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, 'save', save)
-    with pytest.raises(SystemExit, match=r'could not write checkpoint .*best.pt \(No space left on device\); '
-                                         r'the previous best.pt is intact'):
-        train.main([f'--dataset={tiny_dataset}', f'--out_dir={tmp_path}', *TINY, '--max_iters=20', '--eval_interval=5'])
-    monkeypatch.undo()
-    for name in ('best.pt', 'ckpt.pt'):
-        assert checkpoints.load_checkpoint(str(tmp_path / name))['step'] == 0
-    assert not any(name.endswith('.tmp') for name in os.listdir(tmp_path))
-
-
-def test_dataset_shorter_than_the_context(tmp_path):
-    from minrnn.dataset import write_char_dataset
-    write_char_dataset('abcdefghij' * 3, str(tmp_path / 'short'))
-    with pytest.raises(SystemExit, match=r'train split .* has 27 tokens, fewer than block_size \+ 1 = 33'):
-        train.main([f'--dataset={tmp_path / "short"}', f'--out_dir={tmp_path / "out"}', *TINY])
-
-
-def test_a_compiled_backend_that_cannot_build_is_a_one_line_error(tmp_path, tiny_dataset, monkeypatch):
-    monkeypatch.setattr(cpu_kernels, '_build', {'error': 'RuntimeError: Ninja is required to load C++ extensions'})
-    with pytest.raises(SystemExit, match=r"^error: .*Ninja is required.*pip install ninja.*scan_backend='sequential'"):
-        train.main([f'--dataset={tiny_dataset}', f'--out_dir={tmp_path}', *TINY, '--block=mingru',
-                    '--scan_backend=compiled'])
-
-
 def test_the_compiled_backend_trains_with_device_auto_on_a_cpu(tmp_path, tiny_dataset, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     monkeypatch.setattr(torch.backends.mps, 'is_available', lambda: False)
@@ -159,15 +128,6 @@ def test_the_compiled_backend_trains_with_device_auto_on_a_cpu(tmp_path, tiny_da
     config = json.loads((tmp_path / 'config.json').read_text())
     assert config['device_resolved'] == 'cpu' and config['backend_resolved'] == 'compiled'
     assert (tmp_path / 'ckpt.pt').exists()
-
-
-def test_missing_meta_names_the_prepare_command(tmp_path, tiny_dataset):
-    import shutil
-    copy = tmp_path / 'data'
-    shutil.copytree(tiny_dataset, copy)
-    os.remove(copy / 'meta.json')
-    with pytest.raises(SystemExit, match=r'\(meta.json missing in .*\); run: python data/char/prepare.py'):
-        train.main([f'--dataset={copy}', f'--out_dir={tmp_path / "out"}', *TINY])
 
 
 @pytest.mark.parametrize('block', ['transformer', 'mamba'])
@@ -235,3 +195,147 @@ def test_soak_three_runs_with_sampling_do_not_grow_memory(tmp_path, tiny_dataset
                                              '--num_samples=2']), write=lambda s: None)
         after.append(resident_mb())
     assert after[2] - after[0] < 40, f'resident memory after each cycle (MB): {after}'
+
+
+def test_disk_full_during_a_save_keeps_the_old_checkpoint_and_no_temporary_file(tmp_path, tiny_dataset):
+    out = tmp_path / 'run'
+    common = [f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--eval_interval=2']
+    assert run_script('train.py', *common, '--max_iters=2').returncode == 0
+    before = (out / 'ckpt.pt').read_bytes()
+    os.symlink('/dev/full', out / 'ckpt.pt.tmp')  # the next write of ckpt.pt lands on a full device
+    result = run_script('train.py', *common, '--max_iters=4', '--init_from=resume')
+    assert_one_error_line(result, 'could not write checkpoint', 'is intact', 'then resume')
+    assert (out / 'ckpt.pt').read_bytes() == before
+    assert checkpoints.load_checkpoint(str(out / 'ckpt.pt'))['step'] == 2
+    assert not [name for name in os.listdir(out) if name.endswith('.tmp')]
+
+
+def test_a_second_training_in_a_busy_out_dir_is_refused_and_the_first_loses_nothing(tmp_path, tiny_dataset):
+    out = tmp_path / 'run'
+    command = [sys.executable, 'train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY,
+               '--max_iters=100000', '--eval_interval=100000', '--log_interval=1']
+    first = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: (out / 'log.jsonl').exists() and read_log(str(out), 'train'), 'the first training to step',
+                 first)
+        second = run_script('train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--max_iters=3')
+        assert_one_error_line(second, f'out_dir {out} is in use by another training (process {first.pid})')
+        first.send_signal(signal.SIGTERM)
+        stdout, stderr = finish(first)
+    finally:
+        first.kill()
+    assert first.returncode == 143, stderr  # SIGTERM: saved, then 128 + 15
+    saved = checkpoints.load_checkpoint(str(out / 'ckpt.pt'))
+    assert saved['config']['max_iters'] == 100000 and f"at step {saved['step']}." in stdout
+    assert read_log(str(out), 'meta')[0]['config']['max_iters'] == 100000  # its log, not the second's
+
+
+def test_sample_interrupted_while_streaming(tmp_path, tiny_dataset):
+    out = tmp_path / 'run'
+    assert run_script('train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY, '--max_iters=2',
+                      '--eval_interval=2').returncode == 0
+    process = subprocess.Popen([sys.executable, 'sample.py', f'--out_dir={out}', '--max_new_tokens=10000000'],
+                               cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **interruptible())
+    try:
+        assert process.stdout.read(50)  # streaming has begun
+        process.send_signal(signal.SIGINT)
+        _, stderr = finish(process)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and stderr.strip().splitlines()[-1] == 'interrupted', stderr
+    assert 'Traceback' not in stderr
+
+
+def test_a_killed_first_build_then_a_normal_run_finishes(tmp_path, tiny_dataset):
+    """SIGKILL during the first build of cpu_kernels leaves its lock file behind; the next run must
+    not wait on it. Then Ctrl-C during a build is one line, and a third run builds and trains."""
+    env = {**os.environ, 'TORCH_EXTENSIONS_DIR': str(tmp_path / 'ext')}
+    command = [sys.executable, 'train.py', f'--dataset={tiny_dataset}', f'--out_dir={tmp_path / "run"}', *TINY,
+               '--block=mingru', '--scan_backend=compiled', '--max_iters=2', '--eval_interval=2']
+    locks = lambda: {root for root, _, files in os.walk(tmp_path / 'ext') if 'lock' in files}
+    building = lambda: {f for f in os.listdir(tmp_path / 'ext') if '.building-' in f}
+    for sig in (signal.SIGKILL, signal.SIGINT):
+        earlier, half_built = locks(), building() if os.path.exists(tmp_path / 'ext') else set()
+        process = subprocess.Popen(command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, **interruptible())
+        wait_for(lambda: locks() - earlier, "this run's own build to be under way", process)
+        process.send_signal(sig)
+        _, stderr = finish(process)
+        if sig == signal.SIGINT:  # the build says what it is doing, then the interruption is one line
+            said = [line for line in stderr.strip().splitlines() if not line.startswith('warning:')]
+            assert process.returncode == 130 and said == [
+                'building the C++ CPU kernels (cpu_kernels.cpp): once for this source and torch, about a minute ...',
+                'interrupted before training began: nothing was saved'], stderr
+            assert building() <= half_built  # this build left no half-built folder (the SIGKILLed one's stays)
+    assert locks()  # the killed build's lock is still there
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert checkpoints.load_checkpoint(str(tmp_path / 'run' / 'ckpt.pt'))['step'] == 2
+
+
+def test_a_signal_during_a_long_evaluation_stops_it_at_once(tmp_path, tiny_dataset):
+    """Step 0's evaluation of a large eval_iters takes minutes: SIGINT ends it within seconds, exit 130."""
+    out = tmp_path / 'run'
+    process = subprocess.Popen([sys.executable, 'train.py', f'--dataset={tiny_dataset}', f'--out_dir={out}', *TINY,
+                                '--eval_iters=1000000'], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, **interruptible())
+    try:
+        stdout, _ = watch(process)
+        wait_for(lambda: stdout.has('step 0: evaluating'), 'the evaluation to begin', process)
+        process.send_signal(signal.SIGINT)
+        start = time.time()
+        _, stderr = finish(process, 'the interrupted evaluation to end')
+    finally:
+        process.kill()
+    assert process.returncode == 130 and time.time() - start < 60, stderr
+    assert 'SIGINT: saved' in stdout.text() and checkpoints.load_checkpoint(str(out / 'ckpt.pt'))['step'] == 0
+    assert read_log(str(out))[-1] == {'kind': 'stop', 'step': 0, 'reason': 'SIGINT'}
+
+
+def test_ctrl_c_from_the_first_statement_on_is_one_line_and_status_130():
+    """cli.exit_on_interrupt(), every script's first statement: a Ctrl-C while the imports run (torch's
+    take seconds) ends the process with one line, and a Python caller sees 130, not death by SIGINT."""
+    code = ('from minrnn import cli\ncli.exit_on_interrupt()\nimport os, signal, time\n'
+            'os.kill(os.getpid(), signal.SIGINT)\ntime.sleep(600)')
+    result = run_script('-c', code, **interruptible())
+    assert result.returncode == 130 and result.stderr == 'interrupted\n', result.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='reads /proc to see the import under way')
+@pytest.mark.parametrize('script', ['train.py', 'bench.py', 'sample.py', 'evaluate.py', 'reproduce.py'])
+def test_ctrl_c_while_a_script_imports_torch(script):
+    """SIGINT once torch's library is being loaded (seen in the process's memory map), whatever the
+    machine's speed: one line, status 130."""
+    process = subprocess.Popen([sys.executable, script, '--help'], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, **interruptible())
+    try:
+        def loading_torch():
+            with contextlib.suppress(OSError), open(f'/proc/{process.pid}/maps') as maps:
+                return 'libtorch' in maps.read()
+            return False
+        wait_for(loading_torch, 'torch to be loading', process)
+        process.send_signal(signal.SIGINT)
+        _, stderr = finish(process)
+    finally:
+        process.kill()
+    if process.returncode == 0:
+        pytest.skip('the imports had finished before the signal came (--help printed)')
+    assert process.returncode == 130 and stderr.strip().splitlines()[-1] == 'interrupted', stderr
+    assert 'Traceback' not in stderr
+
+
+def test_ctrl_c_ends_a_long_bench_in_one_line(tmp_path):
+    """bench.py, as every script, ends on Ctrl-C through cli.run_cli: one line, exit 130; what it had
+    written is on disk."""
+    process = subprocess.Popen([sys.executable, 'bench.py', '--parts', 'train', '--out', str(tmp_path / 'bench'),
+                                '--device=cpu'], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, **interruptible())
+    try:
+        stdout, _ = watch(process)
+        wait_for(lambda: stdout.has('measuring train on'), 'bench.py to begin measuring', process)
+        process.send_signal(signal.SIGINT)
+        _, stderr = finish(process, 'the interrupted bench to end')
+    finally:
+        process.kill()
+    assert process.returncode == 130 and stderr.strip().splitlines()[-1] == 'interrupted', stderr
+    assert 'Traceback' not in stderr and (tmp_path / 'bench' / 'env.json').exists()
