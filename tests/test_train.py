@@ -303,3 +303,28 @@ def test_a_signal_while_torch_compile_compiles_is_a_signal(tmp_path):
     except RuntimeError as wrapped:
         assert train.stopped_by_signal(wrapped)
     assert not train.stopped_by_signal(RuntimeError('another failure'))
+
+
+def test_a_paper_scale_config_on_a_cpu_is_said_to_take_hours_before_it_starts():
+    from minrnn import devices
+    from minrnn.blocks import BLOCKS
+    config = settings.configure([BLOCKS['mingru'].configs['paper']])
+    warning = devices.long_run_warning(config, 10_700_000, 111_540, 'cpu', BLOCKS['mingru'].configs['cpu'])
+    assert warning is not None and 'hours' in warning and 'config/shakespeare_char_mingru_cpu.py' in warning
+    cpu = settings.configure([BLOCKS['mingru'].configs['cpu']])
+    assert devices.long_run_warning(cpu, 800_000, 111_540, 'cpu') is None  # the CPU recipe: minutes
+
+
+def test_wandb_log_logs_every_evaluation_where_wandb_is_installed(tmp_path, tiny_dataset, monkeypatch, capsys):
+    import types
+    logged = []
+    fake = types.SimpleNamespace(init=lambda **kw: logged.append(('init', kw['project'], kw['name'])),
+                                 log=lambda row: logged.append(('log', row['iter'], round(row['val/loss'], 6))))
+    monkeypatch.setitem(sys.modules, 'wandb', fake)
+    out_dir, _ = run_train(tmp_path, tiny_dataset, '--max_iters=4', '--eval_interval=2', '--wandb_log=True',
+                           '--wandb_project=p', '--wandb_run_name=r')
+    vals = [round(r['val_loss'], 6) for r in read_log(out_dir, 'eval')]
+    assert logged == [('init', 'p', 'r')] + [('log', step, val) for step, val in zip((0, 2, 4), vals)]
+    monkeypatch.setitem(sys.modules, 'wandb', None)  # not installed: a note, and the run goes on
+    run_train(tmp_path, tiny_dataset, '--max_iters=2', '--eval_interval=2', '--wandb_log=True', name='without')
+    assert 'wandb package is not installed' in capsys.readouterr().out
