@@ -65,8 +65,6 @@ class Marker:
     ('--scan_backend=fast', "scan_backend must be one of 'auto'"),
     ('--scan_backend=triton', "scan_backend='triton' runs on a CUDA GPU"),  # --device=cpu (TINY)
 ])
-
-
 def test_every_out_of_range_value_is_one_line_before_training(tmp_path, tiny_dataset, arg, fragment):
     message = train_error(f'--dataset={tiny_dataset}', f'--out_dir={tmp_path / "run"}', arg)
     assert fragment in message
@@ -122,8 +120,6 @@ def broken_copy(tiny_dataset, tmp_path, name, content):
     ('meta.json', b'{"chars": ["a", "a"]}', 'not a list of distinct characters'),
     ('meta.json', b'[1, 2]', 'not a readable vocabulary'),
 ])
-
-
 def test_a_broken_dataset_file_names_the_prepare_command(tmp_path, tiny_dataset, name, content, fragment):
     copy = broken_copy(tiny_dataset, tmp_path, name, content)
     message = train_error(f'--dataset={copy}', f'--out_dir={tmp_path / "out"}')
@@ -180,8 +176,6 @@ def test_sample_with_a_binary_prompt_file_or_a_closed_pipe(tmp_path, tiny_datase
     (['--name', ''], 'must be a plain folder name'),
     (['--name', '..'], 'must be a plain folder name'),
 ])
-
-
 def test_prepare_refuses_names_outside_data(tmp_path, args, fragment):
     (tmp_path / 'in.txt').write_text('some text to prepare\n' * 20)
     assert_one_error_line(run_script('data/char/prepare.py', '--input', str(tmp_path / 'in.txt'), *args), fragment)
@@ -282,8 +276,6 @@ def test_every_script_refuses_a_device_or_size_it_cannot_use_in_one_line(script,
     (['--block=mamba', '--d_state=1000000000000'], 'more than the'),
     (['--block=mamba', '--dt_rank=1000000000000'], 'more than the'),
 ])
-
-
 def test_a_size_that_cannot_fit_stops_before_allocating(tmp_path, tiny_dataset, args, fragment):
     message = train_error(f'--dataset={tiny_dataset}', f'--out_dir={tmp_path / "run"}', *args)
     assert fragment in message and not os.path.exists(tmp_path / 'run' / 'ckpt.pt')
