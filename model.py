@@ -67,7 +67,6 @@ class ModelConfig:
         return 'ModelConfig(' + ', '.join(f'{k}={v!r}' for k, v in vars(self).items()) + ')'
 
 
-
 # ----------------------------------------------------------------------------- shared parts
 
 NORMS = {'layernorm': lambda c: nn.LayerNorm(c.n_embd, bias=c.bias),

@@ -246,6 +246,7 @@ def test_sample_interrupted_while_streaming(tmp_path, tiny_dataset):
     assert 'Traceback' not in stderr
 
 
+@pytest.mark.slow  # three builds of the C++ kernels: 45 s on 2 cores
 def test_a_killed_first_build_then_a_normal_run_finishes(tmp_path, tiny_dataset):
     """SIGKILL during the first build of cpu_kernels leaves its lock file behind; the next run must
     not wait on it. Then Ctrl-C during a build is one line, and a third run builds and trains."""

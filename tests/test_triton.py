@@ -346,10 +346,11 @@ def test_the_triton_backend_says_where_it_runs():
         gpu_kernels.linear_scan(torch.ones(1, 2, 3), torch.ones(1, 2, 3))
 
 
-@pytest.mark.parametrize('capability', [75, 90])  # a T4, the paper's GPU; an H100 / H200
+@pytest.mark.parametrize('capability', [75])  # a T4, the paper's GPU (sm_90 and sm_80: the bench --static test)
 def test_the_kernels_compile_for_gpus_without_spilling_registers(capability):
     """Triton's compiler and the ptxas it bundles, run ahead of time for a GPU that need not be here:
-    every construct of the kernels lowers to PTX and assembles, and every kernel fits in registers."""
+    every construct of the kernels lowers to PTX and assembles, and every kernel fits in registers.
+    An H100's and an A100's compile is test_bench_static_...'s, which holds them to no spills too."""
     try:
         from triton.backends.nvidia.compiler import get_ptxas  # noqa: F401
     except (ImportError, AttributeError) as e:
