@@ -3,7 +3,8 @@
 //   scan_forward / scan_backward            scan.SequentialScan
 //   mingru_forward / mingru_backward        model.MinGRUCoefficients
 //   minlstm_forward / minlstm_backward      model.MinLSTMCoefficients
-//   selective_scan_forward / _backward      model.Mamba.scan_channels (fused: no (B, T, E, N) tensor)
+//   selective_scan_forward / _backward      model.Mamba's softplus, scan_channels and gate (fused: no
+//                                           (B, T, E, N) tensor)
 // Why: on a CPU those functions are a chain of PyTorch calls, each one a pass over memory (and, for
 // the scan, two calls per time step). Here each is one pass, and the coefficient backwards recompute
 // the gates from their pre-activations instead of saving them. All tensors are contiguous (B, T, C)
@@ -252,18 +253,21 @@ torch::Tensor minlstm_backward(torch::Tensor gates, torch::Tensor grad_a, torch:
 }
 
 // Mamba's selective scan, fused: per batch element and channel e, with N states,
-//   h_t[e, n] = exp(delta_t[e] A[e, n]) h_{t-1}[e, n] + delta_t[e] B_t[n] x_t[e],   h_0 = h0 or zero
-//   y_t[e]    = sum_n C_t[n] h_t[e, n] + D[e] x_t[e]
-// (model.Mamba.scan_channels), without the (B, T, E, N) coefficients or states in memory: the states
-// live in a small buffer per task, and forward keeps only every K-th one (the state before each
-// chunk of K steps) for backward, which recomputes each chunk's states from it. Inputs are contiguous:
-// x, delta (B, T, E); A (E, N); Bm, Cm (B, T, N); D (E); h0 (B, E, N). Returns y, the last state
-// (B, E, N) and the chunk states. Threads split the batch, so that the gradients of B_t and C_t, sums
-// over channels, need no locks. Channels lie on the vector lanes: the states and A are kept as (N, E'),
-// E' = E rounded up to whole vectors, the padding zero (there a = exp(0) = 1 and b = 0, so it stays 0).
-constexpr int64_t kChunk = 32;  // a state saved per 32 steps: 1/32 of the states in memory
+//   delta_t[e] = softplus(pre_t[e] + bias[e])    where a bias is given (else delta is given as it is)
+//   h_t[e, n]  = exp(delta_t[e] A[e, n]) h_{t-1}[e, n] + delta_t[e] B_t[n] x_t[e],   h_0 = h0 or zero
+//   y_t[e]     = sum_n C_t[n] h_t[e, n] + D[e] x_t[e],   times SiLU(z_t[e]) where z is given
+// (model.Mamba: selective_inputs, scan_channels, SiLUGate), without the (B, T, E, N) coefficients or
+// states in memory: the states live in a small buffer per task, and forward keeps only every K-th one
+// (the state before each chunk of K steps) for backward, which recomputes each chunk's states from it.
+// Inputs are contiguous: x, delta, z (B, T, E); A (E, N); Bm, Cm (B, T, N); D, bias (E); h0 (B, E, N).
+// Threads split the batch, so that the gradients of B_t and C_t, sums over channels, need no locks.
+// Channels lie on the vector lanes: the states and A are kept as (N, E'), E' = E rounded up to whole
+// vectors and one more, the padding zero (there a = exp(0) = 1 and b = 0, so it stays 0). The extra
+// vector keeps the rows of a power-of-two E from lying 4 KiB apart, where a load of one state would
+// wait on the store of another that merely shares its address's low 12 bits (4K aliasing).
+constexpr int64_t kChunk = 16;  // a state saved per 16 steps; a chunk's states and a_t fit in L2
 
-int64_t padded(int64_t E, int64_t lanes) { return (E + lanes - 1) / lanes * lanes; }
+int64_t padded(int64_t E, int64_t lanes) { return (E + lanes - 1) / lanes * lanes + lanes; }
 
 // (E, N) -> (N, E'), zero-padded; from zero where source is null.
 template <typename T>
@@ -281,148 +285,245 @@ void from_lanes(const T* lanes, int64_t E, int64_t N, int64_t E_padded, T* targe
     for (int64_t n = 0; n < N; ++n) target[e * N + n] = lanes[n * E_padded + e];
 }
 
-// One step of the recurrence for one vector of channels at e: prev -> now, both (N, E'); returns
-// y_t's sum over n when C_t is given.
+// The elementwise parts around the scan, a row of E channels (one time step) at a time, each in a loop
+// of its own: their exp and log1p are calls into Sleef, which would make the compiler keep the state
+// loop's accumulators in memory if they sat in that loop.
+
+// delta = softplus(pre + bias), threshold 20 as F.softplus.
 template <typename T>
-inline Vec<T> selective_step(const T* A_lanes, int64_t N, int64_t E_padded, int64_t e, Vec<T> d, Vec<T> du,
-                             const T* B_t, const T* C_t, const T* prev, T* now) {
-  Vec<T> out(0);
-  for (int64_t n = 0; n < N; ++n) {
-    const int64_t k = n * E_padded + e;
-    const Vec<T> h = (d * Vec<T>::loadu(A_lanes + k)).exp() * Vec<T>::loadu(prev + k) + du * Vec<T>(B_t[n]);
-    h.store(now + k);
-    if (C_t) out = out + Vec<T>(C_t[n]) * h;
-  }
-  return out;
+void softplus_row(const T* pre, const T* bias, int64_t E, T* delta) {
+  for_vectors<T>(E, [&](int64_t e, int64_t count) {
+    const Vec<T> v = load(pre + e, count) + load(bias + e, count);
+    Vec<T>::blendv(v.exp().log1p(), v, v > Vec<T>(20)).store(delta + e, count);
+  });
 }
+
+// dL/dpre = dL/ddelta sigmoid(pre + bias) = dL/ddelta (1 - exp(-delta)), in place; dL/dbias += dL/dpre.
+template <typename T>
+void softplus_backward_row(T* grad, const T* delta, int64_t E, T* grad_bias) {
+  for_vectors<T>(E, [&](int64_t e, int64_t count) {
+    const Vec<T> g = load(grad + e, count) * load(delta + e, count).neg().expm1().neg();
+    g.store(grad + e, count);
+    (load(grad_bias + e, count) + g).store(grad_bias + e, count);
+  });
+}
+
+// y SiLU(z), in place.
+template <typename T>
+void gate_row(T* y, const T* z, int64_t E) {
+  for_vectors<T>(E, [&](int64_t e, int64_t count) {
+    const Vec<T> zz = load(z + e, count);
+    (load(y + e, count) * zz * sigmoid(zz)).store(y + e, count);
+  });
+}
+
+// From dL/dout of out = y SiLU(z): dL/dz = dL/dout y SiLU'(z), SiLU'(z) = s (1 + z (1 - s)) with
+// s = sigmoid(z), and dL/dy = dL/dout SiLU(z), written over y.
+template <typename T>
+void gate_backward_row(T* y, const T* z, const T* grad_out, int64_t E, T* grad_z) {
+  for_vectors<T>(E, [&](int64_t e, int64_t count) {
+    const Vec<T> zz = load(z + e, count), sz = sigmoid(zz), g = load(grad_out + e, count);
+    (g * load(y + e, count) * sz * (Vec<T>(1) + zz * (Vec<T>(1) - sz))).store(grad_z + e, count);
+    (g * zz * sz).store(y + e, count);
+  });
+}
+
+// a = exp(delta A): ATen's inlined exp_u20 (float32: within 20 ulp, the exp its softmax uses; float64:
+// the exact exp), not a call that spills every live vector register around it.
+template <typename T>
+inline Vec<T> decay(Vec<T> d, Vec<T> A) { return (d * A).exp_u20(); }
+
+// One step forward through the N states of one vector of channels; every pointer is offset to the
+// vector, states n apart by stride (E'). h goes from h_{t-1} (prev) to h_t (now; may be prev); a_t is
+// stored where a_out is given. Adds sum_n C_t[n] h_t[n] to out.
+template <typename T>
+inline void states_forward(const T* A, const T* prev, T* now, T* a_out, const T* B_t, const T* C_t, int64_t N,
+                           int64_t stride, const Vec<T>& d, const Vec<T>& du, Vec<T>& out) {
+  for (int64_t n = 0, k = 0; n < N; ++n, k += stride) {
+    const Vec<T> a = decay(d, Vec<T>::loadu(A + k));
+    const Vec<T> h = at::vec::fmadd(a, Vec<T>::loadu(prev + k), du * Vec<T>(B_t[n]));
+    h.store(now + k);
+    if (a_out) a.store(a_out + k);
+    out = at::vec::fmadd(Vec<T>(C_t[n]), h, out);
+  }
+}
+
+// One step back through the N states of one vector of channels (pointers offset as above): g =
+// a_{t+1} g_{t+1} + C_t dL/dy_t in place of the first, then a_t g; dL/dA, and dL/dB_t, dL/dC_t before
+// their sum over lanes (sum_B, sum_C: a vector per state), accumulated; adds sum_n g B_t[n] and
+// sum_n g A a_t h_{t-1} to gB and gdA.
+template <typename T>
+inline void states_backward(const T* A, const T* a_t, const T* prev, const T* now, T* g_next, T* gA, T* sum_B,
+                            T* sum_C, const T* B_t, const T* C_t, int64_t N, int64_t stride, const Vec<T>& d,
+                            const Vec<T>& du, const Vec<T>& gy, Vec<T>& gB, Vec<T>& gdA) {
+  constexpr int64_t lanes = Vec<T>::size();
+  for (int64_t n = 0, k = 0; n < N; ++n, k += stride) {
+    const Vec<T> a = Vec<T>::loadu(a_t + k), g = at::vec::fmadd(Vec<T>(C_t[n]), gy, Vec<T>::loadu(g_next + k));
+    const Vec<T> g_a_h = g * a * Vec<T>::loadu(prev + k);  // dL/d(delta A)
+    at::vec::fmadd(Vec<T>::loadu(now + k), gy, Vec<T>::loadu(sum_C + n * lanes)).store(sum_C + n * lanes);
+    at::vec::fmadd(g, du, Vec<T>::loadu(sum_B + n * lanes)).store(sum_B + n * lanes);
+    at::vec::fmadd(g_a_h, d, Vec<T>::loadu(gA + k)).store(gA + k);
+    gB = at::vec::fmadd(g, Vec<T>(B_t[n]), gB);
+    gdA = at::vec::fmadd(g_a_h, Vec<T>::loadu(A + k), gdA);
+    (a * g).store(g_next + k);
+  }
+}
+
+// The selective scan's pointers, one struct for forward and backward; optional ones are null.
+template <typename T>
+struct Selective {
+  const T *x, *delta, *Bm, *Cm, *D, *bias, *z;
+  int64_t T_, E, N, Ep;
+  Selective(torch::Tensor& x_, torch::Tensor& delta_, torch::Tensor& Bm_, torch::Tensor& Cm_, torch::Tensor& D_,
+            const c10::optional<torch::Tensor>& bias_, const c10::optional<torch::Tensor>& z_, int64_t N_)
+      : x(x_.data_ptr<T>()), delta(delta_.data_ptr<T>()), Bm(Bm_.data_ptr<T>()), Cm(Cm_.data_ptr<T>()),
+        D(D_.data_ptr<T>()), bias(bias_.has_value() ? bias_->data_ptr<T>() : nullptr),
+        z(z_.has_value() ? z_->data_ptr<T>() : nullptr), T_(x_.size(1)), E(x_.size(2)), N(N_),
+        Ep(padded(E, Vec<T>::size())) {}
+};
 
 std::vector<torch::Tensor> selective_scan_forward(torch::Tensor x, torch::Tensor delta, torch::Tensor A,
                                                   torch::Tensor Bm, torch::Tensor Cm, torch::Tensor D,
-                                                  c10::optional<torch::Tensor> h0) {
+                                                  c10::optional<torch::Tensor> h0, c10::optional<torch::Tensor> bias,
+                                                  c10::optional<torch::Tensor> z) {
   const int64_t batch = x.size(0), T = x.size(1), E = x.size(2), N = A.size(1);
   const int64_t chunks = (T + kChunk - 1) / kChunk;
   auto y = torch::empty_like(x);
   auto last = torch::empty({batch, E, N}, x.options());
   torch::Tensor saved;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "selective_scan_forward", [&] {
-    const int64_t Ep = padded(E, Vec<scalar_t>::size());
+    using V = Vec<scalar_t>;
+    const Selective<scalar_t> s(x, delta, Bm, Cm, D, bias, z, N);
+    const int64_t Ep = s.Ep;
     saved = torch::empty({batch, chunks, N, Ep}, x.options());
-    const scalar_t *px = x.data_ptr<scalar_t>(), *pd = delta.data_ptr<scalar_t>();
-    const scalar_t *pB = Bm.data_ptr<scalar_t>(), *pC = Cm.data_ptr<scalar_t>(), *pD = D.data_ptr<scalar_t>();
     const scalar_t* p0 = h0.has_value() ? h0->data_ptr<scalar_t>() : nullptr;
     scalar_t *py = y.data_ptr<scalar_t>(), *plast = last.data_ptr<scalar_t>(), *psaved = saved.data_ptr<scalar_t>();
     std::vector<scalar_t> A_lanes(N * Ep);
     to_lanes(A.data_ptr<scalar_t>(), E, N, Ep, A_lanes.data());
+    const scalar_t* Al = A_lanes.data();
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> h(N * Ep);  // the running state, updated in place
+      std::vector<scalar_t> state(N * Ep), deltas(Ep);  // h, updated in place; delta_t where softplus makes it
+      scalar_t* h = state.data();
       for (int64_t i = begin; i < end; ++i) {
-        to_lanes(p0 ? p0 + i * E * N : nullptr, E, N, Ep, h.data());
+        to_lanes(p0 ? p0 + i * E * N : nullptr, E, N, Ep, h);
         for (int64_t t = 0; t < T; ++t) {
-          if (t % kChunk == 0) std::memcpy(psaved + (i * chunks + t / kChunk) * N * Ep, h.data(), N * Ep * sizeof(scalar_t));
+          if (t % kChunk == 0) std::memcpy(psaved + (i * chunks + t / kChunk) * N * Ep, h, N * Ep * sizeof(scalar_t));
           const int64_t row = i * T + t;
+          const scalar_t *Bt = s.Bm + row * N, *Ct = s.Cm + row * N, *d_t = s.delta + row * E;
+          if (s.bias) {
+            softplus_row(d_t, s.bias, E, deltas.data());
+            d_t = deltas.data();
+          }
           for_vectors<scalar_t>(E, [&](int64_t e, int64_t count) {
-            const Vec<scalar_t> d = load(pd + row * E + e, count), u = load(px + row * E + e, count);
-            const Vec<scalar_t> sum = selective_step(A_lanes.data(), N, Ep, e, d, d * u, pB + row * N, pC + row * N,
-                                                     h.data(), h.data());
-            (sum + load(pD + e, count) * u).store(py + row * E + e, count);
+            const V d = load(d_t + e, count), u = load(s.x + row * E + e, count), du = d * u;
+            V out = load(s.D + e, count) * u;
+            states_forward(Al + e, h + e, h + e, static_cast<scalar_t*>(nullptr), Bt, Ct, N, Ep, d, du, out);
+            out.store(py + row * E + e, count);
           });
+          if (s.z) gate_row(py + row * E, s.z + row * E, E);
         }
-        from_lanes(h.data(), E, N, Ep, plast + i * E * N);
+        from_lanes(h, E, N, Ep, plast + i * E * N);
       }
     });
   });
   return {y, last, saved};
 }
 
-// Backward, chunk by chunk from the end, each chunk's states recomputed from the saved one. With
-// g_t = dL/dh_t (total) = C_t dL/dy_t + a_{t+1} g_{t+1}, a_t = exp(delta_t A), u = x:
-//   dL/dx_t = D dL/dy_t + sum_n g_t delta_t B_t,   dL/ddelta_t = sum_n g_t (A a_t h_{t-1} + B_t u_t),
+// Backward, chunk by chunk from the end. A first pass over the chunk recomputes its states h_t and
+// a_t = exp(delta_t A) from the saved state (and, where z is given, y_t and from it dL/dz_t and
+// dL/dy_t); a second pass runs back through the chunk with g_t = dL/dh_t (total) = C_t dL/dy_t +
+// a_{t+1} g_{t+1}, u = x:
+//   dL/dx_t = D dL/dy_t + delta_t sum_n g_t B_t,   dL/ddelta_t = sum_n g_t A a_t h_{t-1} + u_t sum_n g_t B_t,
 //   dL/dA = sum_t g_t delta_t a_t h_{t-1},   dL/dB_t = sum_e g_t delta_t u_t,   dL/dC_t = sum_e h_t dL/dy_t,
-//   dL/dD = sum_t u_t dL/dy_t,   dL/dh0 = a_1 g_1.
-// dA and dD come back per batch element (B, E, N) and (B, E), summed over the batch by the caller.
+//   dL/dD = sum_t u_t dL/dy_t,   dL/dh0 = a_1 g_1,   and with a bias dL/dpre = dL/ddelta sigmoid(pre + bias)
+//   = dL/ddelta (1 - exp(-delta)), dL/dbias = sum_t dL/dpre;  with z, dL/dy = dL/dout SiLU(z) and
+//   dL/dz = dL/dout y SiLU'(z), SiLU'(z) = s (1 + z (1 - s)), s = sigmoid(z).
+// dA, dD and dbias come back per batch element and are summed over it here.
 // grad_last: dL/d(the last state), where a later chunk of the sequence read it (absent: zero).
 std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tensor delta, torch::Tensor A,
                                                    torch::Tensor Bm, torch::Tensor Cm, torch::Tensor D,
-                                                   torch::Tensor saved, torch::Tensor grad_y,
+                                                   c10::optional<torch::Tensor> bias, c10::optional<torch::Tensor> z,
+                                                   torch::Tensor saved, torch::Tensor grad_out,
                                                    c10::optional<torch::Tensor> grad_last) {
   const int64_t batch = x.size(0), T = x.size(1), E = x.size(2), N = A.size(1), chunks = saved.size(1);
-  const int64_t Ep = saved.size(3);
   auto gx = torch::empty_like(x), gdelta = torch::empty_like(delta);
   auto gB = torch::empty_like(Bm), gC = torch::empty_like(Cm);
   auto gA = torch::empty({batch, E, N}, x.options()), gD = torch::zeros({batch, E}, x.options());
+  auto gbias = torch::zeros({batch, E}, x.options());
+  auto gz = z.has_value() ? torch::empty_like(x) : torch::empty({0}, x.options());  // empty: no z
   auto gh0 = torch::empty({batch, E, N}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "selective_scan_backward", [&] {
     using V = Vec<scalar_t>;
     const int64_t lanes = V::size();
-    const scalar_t *px = x.data_ptr<scalar_t>(), *pd = delta.data_ptr<scalar_t>();
-    const scalar_t *pB = Bm.data_ptr<scalar_t>(), *pC = Cm.data_ptr<scalar_t>(), *pD = D.data_ptr<scalar_t>();
-    const scalar_t *psaved = saved.data_ptr<scalar_t>(), *pgy = grad_y.data_ptr<scalar_t>();
+    const Selective<scalar_t> s(x, delta, Bm, Cm, D, bias, z, N);
+    const int64_t Ep = s.Ep, NE = N * Ep;
+    const scalar_t *psaved = saved.data_ptr<scalar_t>(), *pgo = grad_out.data_ptr<scalar_t>();
     scalar_t *pgx = gx.data_ptr<scalar_t>(), *pgd = gdelta.data_ptr<scalar_t>(), *pgB = gB.data_ptr<scalar_t>();
     scalar_t *pgC = gC.data_ptr<scalar_t>(), *pgA = gA.data_ptr<scalar_t>(), *pgD = gD.data_ptr<scalar_t>();
+    scalar_t *pgbias = gbias.data_ptr<scalar_t>(), *pgz = s.z ? gz.data_ptr<scalar_t>() : nullptr;
     scalar_t* pgh0 = gh0.data_ptr<scalar_t>();
     const scalar_t* pgl = grad_last.has_value() ? grad_last->data_ptr<scalar_t>() : nullptr;
-    std::vector<scalar_t> A_lanes(N * Ep);
+    std::vector<scalar_t> A_lanes(NE);
     to_lanes(A.data_ptr<scalar_t>(), E, N, Ep, A_lanes.data());
     const scalar_t* Al = A_lanes.data();
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> states((kChunk + 1) * N * Ep);  // h_{t-1} for the chunk's steps, then h_t
-      std::vector<scalar_t> carried(N * Ep), gA_lanes(N * Ep);  // a_{t+1} g_{t+1}, carried backwards; dL/dA
+      std::vector<scalar_t> states((kChunk + 1) * NE), decays(kChunk * NE);  // h_{t0-1 ..}, a_t of the chunk
+      std::vector<scalar_t> deltas(kChunk * Ep), grads_y(kChunk * Ep);      // delta_t, dL/dy_t of the chunk
+      std::vector<scalar_t> carried(NE), gA_lanes(NE);  // a_{t+1} g_{t+1}, carried backwards; dL/dA
       std::vector<scalar_t> sum_B(N * lanes), sum_C(N * lanes);  // dL/dB_t, dL/dC_t before the sum over lanes
+      scalar_t *g_next = carried.data(), *gA_i = gA_lanes.data();
       for (int64_t i = begin; i < end; ++i) {
-        to_lanes(pgl ? pgl + i * E * N : nullptr, E, N, Ep, carried.data());  // g after the last step
+        to_lanes(pgl ? pgl + i * E * N : nullptr, E, N, Ep, g_next);  // g after the last step
         std::fill(gA_lanes.begin(), gA_lanes.end(), scalar_t(0));
-        scalar_t* gD_i = pgD + i * E;
+        scalar_t *gD_i = pgD + i * E, *gbias_i = pgbias + i * E;
         for (int64_t c = chunks - 1; c >= 0; --c) {
           const int64_t t0 = c * kChunk, t1 = std::min(T, t0 + kChunk);
-          std::memcpy(states.data(), psaved + (i * chunks + c) * N * Ep, N * Ep * sizeof(scalar_t));
-          for (int64_t t = t0; t < t1; ++t) {  // states[s] = h_{t0 + s - 1}: recompute the chunk
-            const int64_t row = i * T + t;
-            const scalar_t* prev = states.data() + (t - t0) * N * Ep;
+          std::memcpy(states.data(), psaved + (i * chunks + c) * NE, NE * sizeof(scalar_t));
+          for (int64_t t = t0; t < t1; ++t) {  // states[s] = h_{t0 + s - 1}, decays[s] = a_{t0 + s}
+            const int64_t row = i * T + t, s_ = t - t0;
+            const scalar_t *prev = states.data() + s_ * NE, *Bt = s.Bm + row * N, *Ct = s.Cm + row * N;
+            scalar_t *now = states.data() + (s_ + 1) * NE, *a_t = decays.data() + s_ * NE;
+            scalar_t *d_t = deltas.data() + s_ * Ep, *y_t = grads_y.data() + s_ * Ep;
+            if (s.bias) softplus_row(s.delta + row * E, s.bias, E, d_t);
+            else std::copy(s.delta + row * E, s.delta + (row + 1) * E, d_t);
             for_vectors<scalar_t>(E, [&](int64_t e, int64_t count) {
-              const V d = load(pd + row * E + e, count);
-              selective_step<scalar_t>(Al, N, Ep, e, d, d * load(px + row * E + e, count), pB + row * N, nullptr,
-                                       prev, states.data() + (t - t0 + 1) * N * Ep);
+              const V d = V::loadu(d_t + e), u = load(s.x + row * E + e, count), du = d * u;
+              V y = load(s.D + e, count) * u;
+              states_forward(Al + e, prev + e, now + e, a_t + e, Bt, Ct, N, Ep, d, du, y);
+              y.store(y_t + e);
             });
+            if (s.z) gate_backward_row(y_t, s.z + row * E, pgo + row * E, E, pgz + row * E);  // y_t -> dL/dy_t
+            else std::copy(pgo + row * E, pgo + (row + 1) * E, y_t);
           }
           for (int64_t t = t1 - 1; t >= t0; --t) {
-            const int64_t row = i * T + t;
-            const scalar_t* prev = states.data() + (t - t0) * N * Ep;
-            const scalar_t* now = prev + N * Ep;
-            const scalar_t *Bt = pB + row * N, *Ct = pC + row * N;
+            const int64_t row = i * T + t, s_ = t - t0;
+            const scalar_t *prev = states.data() + s_ * NE, *now = prev + NE, *a_t = decays.data() + s_ * NE;
+            const scalar_t *Bt = s.Bm + row * N, *Ct = s.Cm + row * N;
             std::fill(sum_B.begin(), sum_B.end(), scalar_t(0));
             std::fill(sum_C.begin(), sum_C.end(), scalar_t(0));
             for_vectors<scalar_t>(E, [&](int64_t e, int64_t count) {
-              const V d = load(pd + row * E + e, count), u = load(px + row * E + e, count);
-              const V gy = load(pgy + row * E + e, count), du = d * u;
-              V dx(0), dd(0);
-              for (int64_t n = 0; n < N; ++n) {
-                const int64_t k = n * Ep + e;
-                const V A_n = V::loadu(Al + k), a = (d * A_n).exp(), h_prev = V::loadu(prev + k);
-                const V g = V::loadu(carried.data() + k) + V(Ct[n]) * gy;  // g_t
-                const V g_a_h = g * a * h_prev;                          // dL/d(delta A)
-                (V::loadu(sum_C.data() + n * lanes) + V::loadu(now + k) * gy).store(sum_C.data() + n * lanes);
-                (V::loadu(sum_B.data() + n * lanes) + g * du).store(sum_B.data() + n * lanes);
-                (V::loadu(gA_lanes.data() + k) + g_a_h * d).store(gA_lanes.data() + k);
-                dx = dx + g * V(Bt[n]);
-                dd = dd + g_a_h * A_n + g * V(Bt[n]) * u;
-                (a * g).store(carried.data() + k);
-              }
-              (dx * d + load(pD + e, count) * gy).store(pgx + row * E + e, count);
-              dd.store(pgd + row * E + e, count);
-              (load(gD_i + e, count) + u * gy).store(gD_i + e, count);
+              const V d = V::loadu(deltas.data() + s_ * Ep + e), gy = V::loadu(grads_y.data() + s_ * Ep + e);
+              const V u = load(s.x + row * E + e, count), du = d * u;
+              V gB_sum(0), gdA_sum(0);
+              states_backward(Al + e, a_t + e, prev + e, now + e, g_next + e, gA_i + e, sum_B.data(), sum_C.data(), Bt, Ct,
+                              N, Ep, d, du, gy, gB_sum, gdA_sum);
+              at::vec::fmadd(gB_sum, d, load(s.D + e, count) * gy).store(pgx + row * E + e, count);
+              at::vec::fmadd(gB_sum, u, gdA_sum).store(pgd + row * E + e, count);
+              at::vec::fmadd(u, gy, load(gD_i + e, count)).store(gD_i + e, count);
             });
+            if (s.bias) softplus_backward_row(pgd + row * E, deltas.data() + s_ * Ep, E, gbias_i);
             for (int64_t n = 0; n < N; ++n) {  // padded lanes hold zeros
               pgB[row * N + n] = std::accumulate(sum_B.begin() + n * lanes, sum_B.begin() + (n + 1) * lanes, scalar_t(0));
               pgC[row * N + n] = std::accumulate(sum_C.begin() + n * lanes, sum_C.begin() + (n + 1) * lanes, scalar_t(0));
             }
           }
         }
-        from_lanes(carried.data(), E, N, Ep, pgh0 + i * E * N);
-        from_lanes(gA_lanes.data(), E, N, Ep, pgA + i * E * N);
+        from_lanes(g_next, E, N, Ep, pgh0 + i * E * N);
+        from_lanes(gA_i, E, N, Ep, pgA + i * E * N);
       }
     });
   });
-  return {gx, gdelta, gA.sum(0), gB, gC, gD.sum(0), gh0};
+  return {gx, gdelta, gA.sum(0), gB, gC, gD.sum(0), gh0, gbias.sum(0), gz};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

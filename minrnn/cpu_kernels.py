@@ -7,7 +7,8 @@ tests/test_model.py):
 
     scan(a, b, h0)        = scan.SequentialScan             h_t = a_t h_{t-1} + b_t
     coefficients(kind, .) = model.MinGRUCoefficients, model.MinLSTMCoefficients
-    selective_scan(...)   = model.Mamba.scan_channels       Mamba's selective scan, fused
+    selective_scan(...)   = model.Mamba.scan_channels       Mamba's selective scan, fused with delta's
+                                                            softplus and the output gate
 
 Each is a torch.library custom operator (minrnn::...) with its derivative registered, so
 torch.compile traces through it.
@@ -259,7 +260,7 @@ def coefficients(kind, gates):
     return gate_coefficients(kind, gates)
 
 
-CHUNK = 32  # the fused selective scan keeps the state of every CHUNK-th step (kChunk in cpu_kernels.cpp)
+CHUNK = 16  # the fused selective scan keeps the state of every CHUNK-th step (kChunk in cpu_kernels.cpp)
 
 
 def _lanes(dtype):
@@ -269,62 +270,65 @@ def _lanes(dtype):
 
 
 @torch.library.custom_op('minrnn::selective_scan', mutates_args=())
-def selective_scan_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
-                      h0: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-    """Mamba's selective scan fused: model.Mamba.scan_channels's function over all channels,
-    h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t and y_t = C_t . h_t + D x_t, with no (batch, time,
-    channels, d_state) tensor in memory. Returns y, the last state, and the state of every CHUNK-th
-    step (what the backward recomputes from)."""
-    _check(x, delta, A, B, C, D, h0)
-    inputs = [t.contiguous() for t in (x, delta, A, B, C, D)]
-    y, last, saved = load().selective_scan_forward(*inputs, _contiguous(h0))
+def selective_scan_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h0: Optional[Tensor],
+                      delta_bias: Optional[Tensor], z: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """Mamba's selective scan fused: h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t and y_t = C_t . h_t
+    + D x_t (model.Mamba.scan_channels over all channels), with no (batch, time, channels, d_state)
+    tensor in memory; given delta_bias, delta = softplus(delta + delta_bias); given z, y SiLU(z).
+    Returns y, the last state, and the state of every CHUNK-th step (what the backward recomputes from)."""
+    _check(x, delta, A, B, C, D, h0, delta_bias, z)
+    inputs = [_contiguous(t) for t in (x, delta, A, B, C, D, h0, delta_bias, z)]
+    y, last, saved = load().selective_scan_forward(*inputs)
     return y, last, saved
 
 
 @selective_scan_op.register_fake
-def _(x, delta, A, B, C, D, h0):
+def _(x, delta, A, B, C, D, h0, delta_bias, z):
     batch, T, E = x.shape
     lanes = _lanes(x.dtype)
-    saved = x.new_empty(batch, -(-T // CHUNK), A.shape[1], -(-E // lanes) * lanes)
+    saved = x.new_empty(batch, -(-T // CHUNK), A.shape[1], (-(-E // lanes) + 1) * lanes)  # padded() in the C++
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(batch, E, A.shape[1]), saved
 
 
 @torch.library.custom_op('minrnn::selective_scan_backward', mutates_args=())
-def selective_scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, saved: Tensor,
-                            grad_y: Tensor, grad_last: Optional[Tensor]
-                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """dL/d of x, delta, A, B, C, D and h0, each chunk recomputed from its saved state; grad_last is
-    dL/d(last state) where a later chunk read it (None: zero)."""
-    inputs = [t.contiguous() for t in (x, delta, A, B, C, D)]
-    return tuple(load().selective_scan_backward(*inputs, saved, grad_y.contiguous(),
-                                                _contiguous(grad_last)))
+def selective_scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+                            delta_bias: Optional[Tensor], z: Optional[Tensor], saved: Tensor, grad_y: Tensor,
+                            grad_last: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                                  Tensor, Tensor, Tensor]:
+    """dL/d of x, delta, A, B, C, D, h0, delta_bias (zero without one) and z (empty without one), each
+    chunk recomputed from its saved state; grad_last is dL/d(last state) where a later chunk read it
+    (None: zero)."""
+    inputs = [_contiguous(t) for t in (x, delta, A, B, C, D, delta_bias, z, saved, grad_y, grad_last)]
+    return tuple(load().selective_scan_backward(*inputs))
 
 
 @selective_scan_backward.register_fake
-def _(x, delta, A, B, C, D, saved, grad_y, grad_last):
+def _(x, delta, A, B, C, D, delta_bias, z, saved, grad_y, grad_last):
     batch, _, E = x.shape
     return (*(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, delta, A, B, C, D)),
-            x.new_empty(batch, E, A.shape[1]))
+            x.new_empty(batch, E, A.shape[1]), D.new_empty(E), x.new_empty(x.shape if z is not None else 0))
 
 
 def _selective_setup(ctx, inputs, output):
-    x, delta, A, B, C, D, h0 = inputs
-    ctx.save_for_backward(x, delta, A, B, C, D, output[2])
-    ctx.has_h0 = h0 is not None
+    x, delta, A, B, C, D, h0, delta_bias, z = inputs
+    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, z, output[2])
+    ctx.has = [t is not None for t in (h0, delta_bias, z)]
     ctx.mark_non_differentiable(output[2])
 
 
 def _selective_derivative(ctx, grad_y, grad_last, grad_saved):
-    *grads, grad_h0 = selective_scan_backward(*ctx.saved_tensors, grad_y, grad_last)
-    return (*grads, grad_h0 if ctx.has_h0 else None)
+    *grads, grad_h0, grad_bias, grad_z = selective_scan_backward(*ctx.saved_tensors, grad_y, grad_last)
+    return (*grads, *(grad if given else None for grad, given in zip((grad_h0, grad_bias, grad_z), ctx.has)))
 
 
 selective_scan_op.register_autograd(_selective_derivative, setup_context=_selective_setup)
 
 
-def selective_scan(x, delta, A, B, C, D, h0=None):
+def selective_scan(x, delta, A, B, C, D, h0=None, delta_bias=None, z=None):
     """y (batch, time, channels) and the last state (batch, channels, d_state) of Mamba's selective
-    scan, fused; x, delta (batch, time, channels), A (channels, d_state), B, C (batch, time, d_state).
-    Both are differentiable, the last state too: a later chunk that reads it passes its gradient back."""
-    y, last, _ = selective_scan_op(x, delta, A, B, C, D, h0)
+    scan, fused; x, delta, z (batch, time, channels), A (channels, d_state), B, C (batch, time, d_state),
+    D, delta_bias (channels). With delta_bias, delta is its pre-activation: softplus(delta + delta_bias)
+    is fused in; with z, Mamba's output gate: y SiLU(z) is returned (as gpu_kernels.selective_scan).
+    Both outputs are differentiable: a later chunk that reads the last state passes its gradient back."""
+    y, last, _ = selective_scan_op(x, delta, A, B, C, D, h0, delta_bias, z)
     return y, last

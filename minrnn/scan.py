@@ -143,24 +143,27 @@ def gated_scan(kernels, gates, coefficients, log_coefficients, h0=None):
 def selective_scan(kernels, x, delta, A, B, C, D, h0, plain, z=None, gate=None, delta_bias=None):
     """Mamba's selective scan, y and the last state: fused in C++ or Triton, which never build the
     (batch, T, E, N) coefficients; otherwise plain(x, delta, B, C, h0), the block's own scan on
-    linear_scan. Given z, y is gated: y * SiLU(z), fused into the Triton kernels, gate(y, z) after the
-    others. delta_bias: where fuses_softplus(), delta is its pre-activation and
-    delta = softplus(delta + delta_bias). Triton reads half-precision x, delta, B, C, z as they are
-    (y in x's dtype); the others get them widened."""
+    linear_scan. Given z, y is gated: y * SiLU(z), fused into the kernels, gate(y, z) after the plain
+    path. delta_bias: where fuses_softplus(), delta is its pre-activation and delta = softplus(delta +
+    delta_bias). Triton reads half-precision x, delta, B, C, z as they are (y in x's dtype); the others
+    get them widened."""
     fused = kernels.fused_on(x.device)
     if fused == 'triton':
         return load_gpu_kernels().selective_scan(x, delta, A, B, C, D, h0, delta_bias=delta_bias, z=z)
-    if delta_bias is not None:
-        raise ValueError("only the Triton kernel takes delta's pre-activation and bias; pass delta itself")
     x, delta, B, C = (widen(t) for t in (x, delta, B, C))
-    y, last = cpu_kernels.selective_scan(x, delta, A, B, C, D, h0) if fused == 'compiled' else plain(x, delta, B, C, h0)
-    return (y, last) if z is None else (gate(y, widen(z)), last)
+    z = None if z is None else widen(z)
+    if fused == 'compiled':
+        return cpu_kernels.selective_scan(x, delta, A, B, C, D, h0, delta_bias=delta_bias, z=z)
+    if delta_bias is not None:
+        raise ValueError("only the fused kernels take delta's pre-activation and bias; pass delta itself")
+    y, last = plain(x, delta, B, C, h0)
+    return (y, last) if z is None else (gate(y, z), last)
 
 
 def fuses_softplus(kernels, device):
     """Whether selective_scan's kernel on device takes delta's pre-activation and bias and applies the
-    softplus itself (Triton's): then the block hands it those (delta_bias=) instead of delta."""
-    return kernels.fused_on(device) == 'triton'
+    softplus itself (the fused ones): then the block hands it those (delta_bias=) instead of delta."""
+    return kernels.fused_on(device) in ('triton', 'compiled')
 
 
 def causal_conv(kernels, x, weight, bias, silu, plain):

@@ -183,12 +183,23 @@ def test_compiled_gated_scan(rng):
 @needs_compiled
 @pytest.mark.parametrize('rng', cases('cpu-selective', 10))
 def test_compiled_selective_scan(rng):
+    """With and without the fused softplus of delta's pre-activation and bias and the gate SiLU(z)."""
     T, E, N, shapes = selective_shapes(rng)
+    fused = rng.random() < 0.7
+    if fused:
+        shapes.update(z=((2, T, E), identity), bias=((1, E), identity))
     inputs, dtype = generate(rng, shapes, (torch.float32, torch.float64), optional=('h0',))
+    plain = plain_selective(E, N)
 
-    def kernel(x, delta, A_log, B, C, D, h0):
-        return cpu_kernels.selective_scan(x, delta, -A_log.exp(), B, C, D[0], states(h0, N))
-    assert_kernel_equals_plain(kernel, plain_selective(E, N), inputs, dtype, describe(inputs, dtype, T))
+    def kernel(x, delta, A_log, B, C, D, h0, z=None, bias=None):
+        return cpu_kernels.selective_scan(x, delta, -A_log.exp(), B, C, D[0], states(h0, N),
+                                          delta_bias=None if bias is None else bias[0], z=z)
+
+    def reference(x, delta, A_log, B, C, D, h0, z=None, bias=None):
+        if not fused:
+            return plain(x, delta, A_log, B, C, D, h0)
+        return plain(x, F.softplus(delta + bias[0]), A_log, B, C, D, h0, z=z)
+    assert_kernel_equals_plain(kernel, reference, inputs, dtype, f'fused={fused} ' + describe(inputs, dtype, T))
 
 
 # ----------------------------------------------------------------------------- Triton
