@@ -81,7 +81,7 @@ register(BlockSpec('mamba', 'Mamba', 'tab:red', recurrent=True, paper=(1.575, 40
                                      'chunks with recomputation in backward (bounds activation memory)', **at_least(1)),
 }))
 # The full GRU and LSTM, not in the paper's table: black and cyan, which stand apart from each other
-# and from the paper's four (purple and brown, their colours once, were hard to tell apart).
+# and from the paper's four.
 register(BlockSpec('gru', 'GRU', 'black', {'expansion': EXPANSION, 'conv_kernel': CONV_KERNEL}, recurrent=True,
                    paper=None, configs=configs_of('gru')))
 register(BlockSpec('lstm', 'LSTM', 'tab:cyan', {'expansion': EXPANSION, 'conv_kernel': CONV_KERNEL}, recurrent=True,

@@ -5,6 +5,7 @@
 //   minlstm_forward / minlstm_backward      model.MinLSTMCoefficients
 //   selective_scan_forward / _backward      model.Mamba's softplus, scan_channels and gate (fused: no
 //                                           (B, T, E, N) tensor)
+//   causal_conv_forward / _backward         model.ShiftedSum (and the SiLU after it)
 // Why: on a CPU those functions are a chain of PyTorch calls, each one a pass over memory (and, for
 // the scan, two calls per time step). Here each is one pass, and the coefficient backwards recompute
 // the gates from their pre-activations instead of saving them. All tensors are contiguous (B, T, C)
@@ -526,6 +527,82 @@ std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tenso
   return {gx, gdelta, gA.sum(0), gB, gC, gD.sum(0), gh0, gbias.sum(0), gz};
 }
 
+// The causal depthwise conv (model.CausalDepthwiseConv, ShiftedSum): per channel c,
+//   y_t[c] = bias[c] + sum_{s=0..K-1} weight[K-1-s, c] x_{t-s}[c]   (x before the first step is zero)
+// and SiLU(y_t) where silu. x (B, T, C), weight (K, C), bias (C), contiguous.
+template <typename T>
+inline Vec<T> conv_at(const T* x_t, const T* weight, const T* bias, int64_t K, int64_t t, int64_t C, int64_t c,
+                      int64_t count) {
+  Vec<T> y = load(bias + c, count);
+  for (int64_t s = 0; s < K && s <= t; ++s)
+    y = at::vec::fmadd(load(weight + (K - 1 - s) * C + c, count), load(x_t - s * C + c, count), y);
+  return y;
+}
+
+torch::Tensor causal_conv_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, bool silu) {
+  const int64_t T = x.size(1), C = x.size(2), K = weight.size(0);
+  auto y = torch::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv_forward", [&] {
+    const scalar_t *px = x.data_ptr<scalar_t>(), *pw = weight.data_ptr<scalar_t>(), *pb = bias.data_ptr<scalar_t>();
+    scalar_t* py = y.data_ptr<scalar_t>();
+    for_rows(x.size(0) * T, [&](int64_t row) {
+      for_vectors<scalar_t>(C, [&](int64_t c, int64_t count) {
+        Vec<scalar_t> out = conv_at(px + row * C, pw, pb, K, row % T, C, c, count);
+        if (silu) out = out * sigmoid(out);
+        out.store(py + row * C + c, count);
+      });
+    });
+  });
+  return y;
+}
+
+// With g_t = dL/dy_t (times SiLU'(y_t) = s (1 + y_t (1 - s)), s = sigmoid(y_t), where silu, y_t
+// recomputed):  dL/dx_t = sum_s weight[K-1-s] g_{t+s},  dL/dweight[K-1-s] = sum_{b,t} g_t x_{t-s},
+// dL/dbias = sum_{b,t} g_t. Threads split the batch; the weight's and bias's sums come back per batch
+// element and are summed here. Returns (dL/dx, dL/dweight, dL/dbias).
+std::vector<torch::Tensor> causal_conv_backward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, bool silu,
+                                                torch::Tensor grad_y) {
+  const int64_t batch = x.size(0), T = x.size(1), C = x.size(2), K = weight.size(0);
+  auto gx = torch::empty_like(x);
+  auto gw = torch::zeros({batch, K, C}, x.options()), gb = torch::zeros({batch, C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv_backward", [&] {
+    using V = Vec<scalar_t>;
+    const scalar_t *px = x.data_ptr<scalar_t>(), *pw = weight.data_ptr<scalar_t>(), *pb = bias.data_ptr<scalar_t>();
+    const scalar_t* pgy = grad_y.data_ptr<scalar_t>();
+    scalar_t *pgx = gx.data_ptr<scalar_t>(), *pgw = gw.data_ptr<scalar_t>(), *pgb = gb.data_ptr<scalar_t>();
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> g(T * C);  // dL/d(the conv's sum), for one batch element
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t* x_i = px + i * T * C;
+        for (int64_t t = 0; t < T; ++t)
+          for_vectors<scalar_t>(C, [&](int64_t c, int64_t count) {
+            V grad = load(pgy + (i * T + t) * C + c, count);
+            if (silu) {
+              const V y = conv_at(x_i + t * C, pw, pb, K, t, C, c, count), s = sigmoid(y);
+              grad = grad * s * (V(1) + y * (V(1) - s));
+            }
+            grad.store(g.data() + t * C + c, count);
+          });
+        scalar_t *gw_i = pgw + i * K * C, *gb_i = pgb + i * C;
+        for (int64_t t = 0; t < T; ++t)
+          for_vectors<scalar_t>(C, [&](int64_t c, int64_t count) {
+            const V g_t = load(g.data() + t * C + c, count);
+            V dx(0);
+            for (int64_t s = 0; s < K && t + s < T; ++s)
+              dx = at::vec::fmadd(load(pw + (K - 1 - s) * C + c, count), load(g.data() + (t + s) * C + c, count), dx);
+            dx.store(pgx + (i * T + t) * C + c, count);
+            for (int64_t s = 0; s < K && s <= t; ++s) {
+              scalar_t* w = gw_i + (K - 1 - s) * C + c;
+              at::vec::fmadd(g_t, load(x_i + (t - s) * C + c, count), load(w, count)).store(w, count);
+            }
+            (load(gb_i + c, count) + g_t).store(gb_i + c, count);
+          });
+      }
+    });
+  });
+  return {gx, gw.sum(0), gb.sum(0)};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scan_forward", &scan_forward);
   m.def("scan_backward", &scan_backward);
@@ -535,4 +612,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("minlstm_backward", &minlstm_backward);
   m.def("selective_scan_forward", &selective_scan_forward);
   m.def("selective_scan_backward", &selective_scan_backward);
+  m.def("causal_conv_forward", &causal_conv_forward);
+  m.def("causal_conv_backward", &causal_conv_backward);
 }

@@ -9,6 +9,7 @@ tests/test_model.py):
     coefficients(kind, .) = model.MinGRUCoefficients, model.MinLSTMCoefficients
     selective_scan(...)   = model.Mamba.scan_channels       Mamba's selective scan, fused with delta's
                                                             softplus and the output gate
+    causal_conv(...)      = model.ShiftedSum                the causal depthwise conv (and its SiLU)
 
 Each is a torch.library custom operator (minrnn::...) with its derivative registered, so
 torch.compile traces through it.
@@ -332,3 +333,41 @@ def selective_scan(x, delta, A, B, C, D, h0=None, delta_bias=None, z=None):
     Both outputs are differentiable: a later chunk that reads the last state passes its gradient back."""
     y, last, _ = selective_scan_op(x, delta, A, B, C, D, h0, delta_bias, z)
     return y, last
+
+
+@torch.library.custom_op('minrnn::causal_conv', mutates_args=())
+def causal_conv(x: Tensor, weight: Tensor, bias: Tensor, silu: bool) -> Tensor:
+    """model.ShiftedSum's causal depthwise conv, y_t = bias + sum_s weight[K-1-s] x_{t-s}, then SiLU(y)
+    where silu; x (batch, time, channels), weight (K, channels), bias (channels). Only x is saved: the
+    backward recomputes y for SiLU's derivative."""
+    _check(x, weight, bias)
+    return load().causal_conv_forward(x.contiguous(), weight.contiguous(), bias.contiguous(), silu)
+
+
+@causal_conv.register_fake
+def _(x, weight, bias, silu):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op('minrnn::causal_conv_backward', mutates_args=())
+def causal_conv_backward(x: Tensor, weight: Tensor, bias: Tensor, silu: bool, grad_y: Tensor
+                         ) -> Tuple[Tensor, Tensor, Tensor]:
+    return tuple(load().causal_conv_backward(x.contiguous(), weight.contiguous(), bias.contiguous(), silu,
+                                             grad_y.contiguous()))
+
+
+@causal_conv_backward.register_fake
+def _(x, weight, bias, silu, grad_y):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight), torch.empty_like(bias)
+
+
+def _conv_setup(ctx, inputs, output):
+    x, weight, bias, ctx.silu = inputs
+    ctx.save_for_backward(x, weight, bias)
+
+
+def _conv_derivative(ctx, grad_y):
+    return (*causal_conv_backward(*ctx.saved_tensors, ctx.silu, grad_y), None)
+
+
+causal_conv.register_autograd(_conv_derivative, setup_context=_conv_setup)

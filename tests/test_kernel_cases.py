@@ -202,6 +202,18 @@ def test_compiled_selective_scan(rng):
     assert_kernel_equals_plain(kernel, reference, inputs, dtype, f'fused={fused} ' + describe(inputs, dtype, T))
 
 
+@needs_compiled
+@pytest.mark.parametrize('rng', cases('cpu-conv', 8))
+def test_compiled_causal_conv(rng):
+    T, C, K = rng.choice(LENGTHS), rng.choice((1, 5, 70)), rng.choice((1, 2, 4, 6))
+    silu = rng.random() < 0.5
+    inputs, dtype = generate(rng, {'x': ((2, T, C), identity), 'weight': ((1, K, C), identity),
+                                   'bias': ((1, 1, C), identity)}, (torch.float32, torch.float64))
+    assert_kernel_equals_plain(lambda x, weight, bias: (cpu_kernels.causal_conv(x, weight[0], bias[0, 0], silu),),
+                               lambda x, weight, bias: (ShiftedSum.apply(x, weight[0], bias[0, 0], silu),),
+                               inputs, dtype, f'silu={silu} K={K} ' + describe(inputs, dtype, T))
+
+
 # ----------------------------------------------------------------------------- Triton
 
 def triton_kernels():

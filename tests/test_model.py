@@ -419,7 +419,8 @@ def test_the_compiled_kernels_are_custom_operators_that_pass_opcheck():
              (cpu_kernels.gate_coefficients, ('minlstm', torch.randn(2, 7, 15, generator=g))),
              (cpu_kernels.selective_scan_op, (x, delta, A, B, C, D, torch.randn(2, 5, 3, generator=g), None, None)),
              (cpu_kernels.selective_scan_op, (x, delta, A, B, C, D, None, torch.randn(5, generator=g),
-                                              torch.randn(2, 40, 5, generator=g)))]
+                                              torch.randn(2, 40, 5, generator=g))),
+             (cpu_kernels.causal_conv, (x, torch.randn(4, 5, generator=g), torch.randn(5, generator=g), True))]
     for op, args in cases:
         args = tuple(t.requires_grad_() if isinstance(t, torch.Tensor) else t for t in args)
         torch.library.opcheck(op, args, test_utils=('test_schema', 'test_faketensor', 'test_autograd_registration'))
