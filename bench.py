@@ -173,19 +173,25 @@ def step_memory_bytes(layer, x, device):
 def bench_training(args, device, bar, path):
     """At each T, every variant's training step is timed in interleaved rounds, so that drift in the
     machine's speed reaches all variants alike; a variant whose step is slow stops earlier
-    (2 repeats at least, then only while it stays within seconds_per_point). The rows so far are
+    (2 repeats at least, then only while it stays within seconds_per_point), and one whose step took
+    over max_step_seconds is not timed at longer T (its step only grows with T). The rows so far are
     written to path after each T: a run stopped at its limit keeps every length it measured."""
     rows = []
     variants = layer_variants(args.width, device)
-    for T in args.lengths:
+    for T in sorted(args.lengths):
         x = torch.randn(args.batch, T, args.width, device=device, requires_grad=True)
         steps, budget, times = {}, {}, {}
-        for name, make in variants.items():
+        for name, make in list(variants.items()):
             torch.manual_seed(0)
             steps[name] = functools.partial(training_step, make().to(device), x)
             warm_up = seconds(steps[name], device)
             budget[name] = max(2, min(args.repeats, int(args.seconds_per_point / warm_up)))
             times[name] = []
+            if warm_up > args.max_step_seconds:
+                del variants[name]
+                bar.total -= sum(length > T for length in args.lengths)
+                tqdm.write(f'{name}: {warm_up:.0f} s a step at T={T}, over --max_step_seconds '
+                           f'{args.max_step_seconds:g}: not timed at longer T')
         for round_ in range(args.repeats):
             for name, step in steps.items():
                 if round_ < budget[name]:
@@ -396,6 +402,8 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=int, default=5, help='timed repeats per point (after a warm-up)')
     parser.add_argument('--seconds_per_point', type=float, default=10.0,
                         help='fewer repeats (2 at least) where one step is slow')
+    parser.add_argument('--max_step_seconds', type=float, default=20.0,
+                        help='a layer variant whose step takes longer is not timed at longer T (on a CPU: the log backends)')
     parser.add_argument('--window', type=int, default=20, help='generated tokens timed at each position')
     parser.add_argument('--recipe_rounds', type=int, default=7, help='round-robin rounds of the recipe part')
     parser.add_argument('--recipe_steps', type=int, default=10, help='timed iterations per block and round')
@@ -414,8 +422,9 @@ def parse_args(argv=None):
         values = getattr(args, name) if isinstance(getattr(args, name), list) else [getattr(args, name)]
         if min(values) < 1:
             parser.error(f'--{name} must be >= 1, got {min(values)}')
-    if not 0 < args.seconds_per_point < float('inf'):
-        parser.error(f'--seconds_per_point must be a finite number > 0, got {args.seconds_per_point}')
+    for name in ('seconds_per_point', 'max_step_seconds'):
+        if not 0 < getattr(args, name) < float('inf'):
+            parser.error(f'--{name} must be a finite number > 0, got {getattr(args, name)}')
     if args.quick:
         args.lengths, args.positions, args.batch, args.width = [16, 32], [10, 100], 4, 32
         args.repeats, args.window, args.recipe_rounds, args.recipe_steps = 1, 3, 1, 1

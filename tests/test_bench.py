@@ -44,6 +44,17 @@ def test_quick_bench_writes_every_column(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
 
 
+def test_a_variant_over_max_step_seconds_is_not_timed_at_longer_lengths(tmp_path):
+    """The log backends take seconds a step on a CPU where the others take milliseconds: a variant
+    slower than --max_step_seconds at one length is left out of the longer ones, and says so."""
+    result = run_script('bench.py', '--quick', '--parts', 'train', '--max_step_seconds', '1e-9', '--out', str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / 'train.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {row['T'] for row in rows} == {'16'}  # --quick's lengths are 16 and 32
+    assert 'not timed at longer T' in result.stdout + result.stderr
+
+
 def test_every_series_of_the_speed_figure_has_its_own_look():
     looks = [tuple(sorted(bench.variant_style(v).items(), key=str)) for v in bench.layer_variants(32, 'cpu')]
     assert len(set(looks)) == len(looks)
