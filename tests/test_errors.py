@@ -132,7 +132,7 @@ def test_a_dataset_pickle_is_never_loaded(tmp_path, tiny_dataset):
     copy = broken_copy(tiny_dataset, tmp_path, 'meta.pkl', pickle.dumps(Marker(ran)))
     os.remove(copy / 'meta.json')
     result = run_script('train.py', f'--dataset={copy}', f'--out_dir={tmp_path / "out"}', *TINY)
-    assert_one_error_line(result, 'meta.json missing', 'meta.pkl is from an older version and no longer read')
+    assert_one_error_line(result, 'meta.json', 'meta.pkl')
     assert not ran.exists()
 
 
@@ -153,7 +153,7 @@ def test_a_torch_file_without_the_expected_keys(tmp_path):
 
 def test_an_out_dir_that_cannot_be_written(tmp_path, tiny_dataset):
     result = run_script('train.py', f'--dataset={tiny_dataset}', '--out_dir=/proc/minrnn/run', *TINY)
-    assert_one_error_line(result, 'cannot write to out_dir /proc/minrnn/run')
+    assert_one_error_line(result, 'out_dir', '/proc/minrnn/run')
 
 
 # ----------------------------------------------------------------------------- scripts
@@ -256,9 +256,10 @@ def test_the_kernel_build_is_shared_by_every_checkout_of_the_same_source(tmp_pat
     ('bench.py', ['--positions', '-5'], '--positions must be >= 1'),
     ('bench.py', ['--batch', '0'], '--batch must be >= 1'),
     ('bench.py', ['--width', '0'], '--width must be >= 1'),
-    ('bench.py', ['--seconds_per_point', '-1'], '--seconds_per_point must be a finite number > 0'),
+    ('bench.py', ['--seconds_per_point', '-1'], '--seconds_per_point'),
+    ('bench.py', ['--max_step_seconds', 'nan'], '--max_step_seconds'),
     ('sample.py', ['--seed=1180591620717411303424'], '--seed must be in [0, 2^63)'),
-    ('sample.py', ['--temperature=inf'], 'for greedy decoding use --top_k=1'),
+    ('sample.py', ['--temperature=inf'], '--top_k=1'),
     ('plot_curves.py', ['run', '--at', '-5'], '--at takes steps >= 0'),
     ('train.py', ['--compile'], 'write --compile=True'),
 ])
@@ -286,12 +287,12 @@ def test_empty_inputs_are_a_clear_error_not_a_signal():
     from model import CharLM, ModelConfig
     model = CharLM(ModelConfig(block='mingru', n_embd=8, n_layer=1, vocab_size=5))
     for shape in [(1, 0), (0, 4)]:
-        with pytest.raises(ValueError, match='at least one sequence of at least one token'):
+        with pytest.raises(ValueError, match='at least one token'):
             model(torch.zeros(shape, dtype=torch.long))
     if cpu_kernels.available():
-        with pytest.raises(ValueError, match='need a batch, a time and a width of at least 1'):
+        with pytest.raises(ValueError, match=r'shape \(2, 0, 3\)'):
             cpu_kernels.scan(torch.zeros(2, 0, 3), torch.zeros(2, 0, 3), None)
-        with pytest.raises(ValueError, match='need a batch, a time and a width of at least 1'):
+        with pytest.raises(ValueError, match=r'shape \(0, 3, 4\)'):
             cpu_kernels.selective_scan(*(torch.zeros(0, 3, 4),) * 2, torch.zeros(4, 2), *(torch.zeros(0, 3, 2),) * 2,
                                        torch.zeros(4))
 
@@ -363,7 +364,7 @@ def test_without_a_progress_bar_a_line_every_log_interval_and_a_long_run_is_warn
                 '--max_seconds=1', '--log_interval=2', '--eval_interval=100000000'])
     out = capsys.readouterr().out
     assert 'step 2: loss ' in out and ' ms/iter, lr ' in out  # nanoGPT's line, without the bar
-    assert 'steps left take about' in out and 'hours (measured on the first step)' in out
+    assert 'hours' in out
 
 
 @pytest.mark.parametrize('damage, fragment', [({'model_config': {'block_size': 0}}, 'block_size'),
@@ -386,7 +387,7 @@ def test_evaluate_refuses_a_checkpoint_it_cannot_build_in_one_line(tmp_path, tin
 def test_dataset_shorter_than_the_context(tmp_path):
     from minrnn.dataset import write_char_dataset
     write_char_dataset('abcdefghij' * 3, str(tmp_path / 'short'))
-    with pytest.raises(SystemExit, match=r'train split .* has 27 tokens, fewer than block_size \+ 1 = 33'):
+    with pytest.raises(SystemExit, match=r'27 tokens.*block_size'):
         train.main([f'--dataset={tmp_path / "short"}', f'--out_dir={tmp_path / "out"}', *TINY])
 
 
@@ -402,5 +403,5 @@ def test_missing_meta_names_the_prepare_command(tmp_path, tiny_dataset):
     copy = tmp_path / 'data'
     shutil.copytree(tiny_dataset, copy)
     os.remove(copy / 'meta.json')
-    with pytest.raises(SystemExit, match=r'\(meta.json missing in .*\); run: python data/char/prepare.py'):
+    with pytest.raises(SystemExit, match=r'meta.json.*prepare.py'):
         train.main([f'--dataset={copy}', f'--out_dir={tmp_path / "out"}', *TINY])

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,7 +89,7 @@ def test_resume_without_a_checkpoint_leaves_no_folder(tmp_path, tiny_dataset):
 
 
 def test_missing_dataset_names_the_prepare_command(tmp_path):
-    with pytest.raises(SystemExit, match=r'not prepared .*python data/char/prepare.py --input YOUR.txt --name nodata'):
+    with pytest.raises(SystemExit, match=r'prepare.py .*--name nodata'):
         train.main(['--dataset=nodata', f'--out_dir={tmp_path}', *TINY])
 
 
@@ -210,10 +211,9 @@ def test_training_on_the_real_text_learns(tmp_path):
 def test_a_fresh_start_never_replaces_a_finished_run(tmp_path, tiny_dataset):
     out_dir, _ = run_train(tmp_path, tiny_dataset, '--max_iters=4', '--eval_interval=2')
     before = {name: os.path.getmtime(os.path.join(out_dir, name)) for name in ('ckpt.pt', 'best.pt', 'log.jsonl')}
-    with pytest.raises(SystemExit, match=r'holds an earlier run \(ckpt.pt, best.pt, log.jsonl\); continue it with '
-                                         r'--init_from=resume, replace it with --overwrite=True'):
+    with pytest.raises(SystemExit, match=r'--init_from=resume.*--overwrite=True'):  # both ways on
         run_train(tmp_path, tiny_dataset, '--max_iters=2')
-    with pytest.raises(SystemExit, match='--eval_only=True evaluates a trained checkpoint: add --init_from=resume'):
+    with pytest.raises(SystemExit, match='--eval_only=True.*--init_from=resume'):
         run_train(tmp_path, tiny_dataset, '--eval_only=True')
     run_train(tmp_path, tiny_dataset, '--max_iters=4', '--eval_only=True', '--init_from=resume')
     after = {name: os.path.getmtime(os.path.join(out_dir, name)) for name in before}
@@ -241,7 +241,7 @@ def test_learning_rate_keys_are_checked_against_each_other(tmp_path, tiny_datase
 
 def test_a_run_that_is_all_warm_up_is_warned_about(tmp_path, tiny_dataset, capsys):
     run_train(tmp_path, tiny_dataset, '--max_iters=4', '--warmup_iters=10', '--eval_interval=4')
-    assert 'warning: warmup_iters (10) >= max_iters (4): the whole run warms up' in capsys.readouterr().out
+    assert re.search(r'warning: warmup_iters \(10\) >= max_iters \(4\)', capsys.readouterr().out)
 
 
 def test_every_run_records_what_its_numbers_depend_on(tmp_path, tiny_dataset):

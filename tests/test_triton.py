@@ -342,7 +342,7 @@ def test_torch_compile_traces_into_the_triton_kernels():
 def test_the_triton_backend_says_where_it_runs():
     if gpu_kernels.INTERPRETED:
         pytest.skip('the interpreter runs the kernels on CPU tensors')
-    with pytest.raises(ValueError, match="scan_backend='triton' runs on CUDA tensors"):
+    with pytest.raises(ValueError, match="scan_backend='triton'"):
         gpu_kernels.linear_scan(torch.ones(1, 2, 3), torch.ones(1, 2, 3))
 
 
