@@ -36,14 +36,17 @@ inline void for_vectors(int64_t n, F body) {
 template <typename T>
 inline Vec<T> load(const T* p, int64_t count) { return Vec<T>::loadu(p, count); }
 
+// The exps of the elementwise parts are ATen's exp_u20, inlined (within 20 ulp in float32, the exp its
+// softmax uses; the exact exp in float64): Sleef's exp is a call, which spills every live vector
+// register around it.
 template <typename T>
-inline Vec<T> sigmoid(Vec<T> x) { return Vec<T>(1) / (Vec<T>(1) + x.neg().exp()); }
+inline Vec<T> sigmoid(Vec<T> x) { return Vec<T>(1) / (Vec<T>(1) + x.neg().exp_u20()); }
 
 // sigmoid(x) and sigmoid(-x) = 1 - sigmoid(x) from one exp, the second without cancellation near 1:
 // e / (1 + e) with e = exp(-x), which is 1 where e overflows.
 template <typename T>
 inline void sigmoid_pair(Vec<T> x, Vec<T>& positive, Vec<T>& negative) {
-  const Vec<T> e = x.neg().exp();
+  const Vec<T> e = x.neg().exp_u20();
   positive = Vec<T>(1) / (Vec<T>(1) + e);
   negative = Vec<T>::blendv(e * positive, Vec<T>(1), e == Vec<T>(INFINITY));
 }
@@ -287,23 +290,25 @@ void from_lanes(const T* lanes, int64_t E, int64_t N, int64_t E_padded, T* targe
 }
 
 // The elementwise parts around the scan, a row of E channels (one time step) at a time, each in a loop
-// of its own: their exp and log1p are calls into Sleef, which would make the compiler keep the state
-// loop's accumulators in memory if they sat in that loop.
+// of its own: log1p is a call into Sleef, which would make the compiler keep the state loop's
+// accumulators in memory if it sat in that loop.
 
-// delta = softplus(pre + bias), threshold 20 as F.softplus.
+// delta = softplus(v) = log1p(exp(v)), v = pre + bias, threshold 20 as F.softplus; and where slope is
+// given, softplus's derivative sigmoid(v) = e / (1 + e), e = exp(v), for the backward.
 template <typename T>
-void softplus_row(const T* pre, const T* bias, int64_t E, T* delta) {
+void softplus_row(const T* pre, const T* bias, int64_t E, T* delta, T* slope) {
   for_vectors<T>(E, [&](int64_t e, int64_t count) {
-    const Vec<T> v = load(pre + e, count) + load(bias + e, count);
-    Vec<T>::blendv(v.exp().log1p(), v, v > Vec<T>(20)).store(delta + e, count);
+    const Vec<T> v = load(pre + e, count) + load(bias + e, count), ev = v.exp_u20();  // as sigmoid's
+    Vec<T>::blendv(ev.log1p(), v, v > Vec<T>(20)).store(delta + e, count);
+    if (slope) (ev / (Vec<T>(1) + ev)).store(slope + e, count);
   });
 }
 
-// dL/dpre = dL/ddelta sigmoid(pre + bias) = dL/ddelta (1 - exp(-delta)), in place; dL/dbias += dL/dpre.
+// dL/dpre = dL/ddelta sigmoid(pre + bias), in place; dL/dbias += dL/dpre.
 template <typename T>
-void softplus_backward_row(T* grad, const T* delta, int64_t E, T* grad_bias) {
+void softplus_backward_row(T* grad, const T* slope, int64_t E, T* grad_bias) {
   for_vectors<T>(E, [&](int64_t e, int64_t count) {
-    const Vec<T> g = load(grad + e, count) * load(delta + e, count).neg().expm1().neg();
+    const Vec<T> g = load(grad + e, count) * load(slope + e, count);
     g.store(grad + e, count);
     (load(grad_bias + e, count) + g).store(grad_bias + e, count);
   });
@@ -412,7 +417,7 @@ std::vector<torch::Tensor> selective_scan_forward(torch::Tensor x, torch::Tensor
           const int64_t row = i * T + t;
           const scalar_t *Bt = s.Bm + row * N, *Ct = s.Cm + row * N, *d_t = s.delta + row * E;
           if (s.bias) {
-            softplus_row(d_t, s.bias, E, deltas.data());
+            softplus_row(d_t, s.bias, E, deltas.data(), static_cast<scalar_t*>(nullptr));
             d_t = deltas.data();
           }
           for_vectors<scalar_t>(E, [&](int64_t e, int64_t count) {
@@ -436,8 +441,8 @@ std::vector<torch::Tensor> selective_scan_forward(torch::Tensor x, torch::Tensor
 // a_{t+1} g_{t+1}, u = x:
 //   dL/dx_t = D dL/dy_t + delta_t sum_n g_t B_t,   dL/ddelta_t = sum_n g_t A a_t h_{t-1} + u_t sum_n g_t B_t,
 //   dL/dA = sum_t g_t delta_t a_t h_{t-1},   dL/dB_t = sum_e g_t delta_t u_t,   dL/dC_t = sum_e h_t dL/dy_t,
-//   dL/dD = sum_t u_t dL/dy_t,   dL/dh0 = a_1 g_1,   and with a bias dL/dpre = dL/ddelta sigmoid(pre + bias)
-//   = dL/ddelta (1 - exp(-delta)), dL/dbias = sum_t dL/dpre;  with z, dL/dy = dL/dout SiLU(z) and
+//   dL/dD = sum_t u_t dL/dy_t,   dL/dh0 = a_1 g_1,   and with a bias dL/dpre = dL/ddelta sigmoid(pre + bias),
+//   dL/dbias = sum_t dL/dpre;  with z, dL/dy = dL/dout SiLU(z) and
 //   dL/dz = dL/dout y SiLU'(z), SiLU'(z) = s (1 + z (1 - s)), s = sigmoid(z).
 // dA, dD and dbias come back per batch element and are summed over it here.
 // grad_last: dL/d(the last state), where a later chunk of the sequence read it (absent: zero).
@@ -470,6 +475,7 @@ std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tenso
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> states((kChunk + 1) * NE), decays(kChunk * NE);  // h_{t0-1 ..}, a_t of the chunk
       std::vector<scalar_t> deltas(kChunk * Ep), grads_y(kChunk * Ep);      // delta_t, dL/dy_t of the chunk
+      std::vector<scalar_t> slopes(s.bias ? kChunk * Ep : 0);              // softplus'(pre_t + bias)
       std::vector<scalar_t> carried(NE), gA_lanes(NE);  // a_{t+1} g_{t+1}, carried backwards; dL/dA
       std::vector<scalar_t> sum_B(N * lanes), sum_C(N * lanes);  // dL/dB_t, dL/dC_t before the sum over lanes
       scalar_t *g_next = carried.data(), *gA_i = gA_lanes.data();
@@ -485,7 +491,7 @@ std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tenso
             const scalar_t *prev = states.data() + s_ * NE, *Bt = s.Bm + row * N, *Ct = s.Cm + row * N;
             scalar_t *now = states.data() + (s_ + 1) * NE, *a_t = decays.data() + s_ * NE;
             scalar_t *d_t = deltas.data() + s_ * Ep, *y_t = grads_y.data() + s_ * Ep;
-            if (s.bias) softplus_row(s.delta + row * E, s.bias, E, d_t);
+            if (s.bias) softplus_row(s.delta + row * E, s.bias, E, d_t, slopes.data() + s_ * Ep);
             else std::copy(s.delta + row * E, s.delta + (row + 1) * E, d_t);
             for_vectors<scalar_t>(E, [&](int64_t e, int64_t count) {
               const V d = V::loadu(d_t + e), u = load(s.x + row * E + e, count), du = d * u;
@@ -512,7 +518,7 @@ std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tenso
               at::vec::fmadd(gB_sum, u, gdA_sum).store(pgd + row * E + e, count);
               at::vec::fmadd(u, gy, load(gD_i + e, count)).store(gD_i + e, count);
             });
-            if (s.bias) softplus_backward_row(pgd + row * E, deltas.data() + s_ * Ep, E, gbias_i);
+            if (s.bias) softplus_backward_row(pgd + row * E, slopes.data() + s_ * Ep, E, gbias_i);
             for (int64_t n = 0; n < N; ++n) {  // padded lanes hold zeros
               pgB[row * N + n] = std::accumulate(sum_B.begin() + n * lanes, sum_B.begin() + (n + 1) * lanes, scalar_t(0));
               pgC[row * N + n] = std::accumulate(sum_C.begin() + n * lanes, sum_C.begin() + (n + 1) * lanes, scalar_t(0));
