@@ -375,16 +375,31 @@ inline void states_backward(const T* A, const T* a_t, const T* prev, const T* no
   }
 }
 
-// The selective scan's pointers, one struct for forward and backward; optional ones are null.
+// A (B, T, C) input read one (batch, time) row at a time: each row contiguous and the rows evenly
+// spaced, as in a contiguous tensor or a slice of its last dimension (chunk's and split's views, which
+// cpu_kernels.py passes as they are rather than copying them). Outputs are contiguous.
+template <typename T>
+struct Rows {
+  const T* data;
+  int64_t stride;
+  const T* operator[](int64_t row) const { return data + row * stride; }
+};
+
+template <typename T>
+Rows<T> rows_of(const c10::optional<torch::Tensor>& t) {
+  return t.has_value() ? Rows<T>{t->data_ptr<T>(), t->stride(1)} : Rows<T>{nullptr, 0};
+}
+
+// The selective scan's inputs, one struct for forward and backward; optional ones are null.
 template <typename T>
 struct Selective {
-  const T *x, *delta, *Bm, *Cm, *D, *bias, *z;
-  int64_t T_, E, N, Ep;
-  Selective(torch::Tensor& x_, torch::Tensor& delta_, torch::Tensor& Bm_, torch::Tensor& Cm_, torch::Tensor& D_,
-            const c10::optional<torch::Tensor>& bias_, const c10::optional<torch::Tensor>& z_, int64_t N_)
-      : x(x_.data_ptr<T>()), delta(delta_.data_ptr<T>()), Bm(Bm_.data_ptr<T>()), Cm(Cm_.data_ptr<T>()),
-        D(D_.data_ptr<T>()), bias(bias_.has_value() ? bias_->data_ptr<T>() : nullptr),
-        z(z_.has_value() ? z_->data_ptr<T>() : nullptr), T_(x_.size(1)), E(x_.size(2)), N(N_),
+  Rows<T> x, delta, Bm, Cm, z;
+  const T *D, *bias;
+  int64_t E, Ep;
+  Selective(const torch::Tensor& x_, const torch::Tensor& delta_, const torch::Tensor& Bm_, const torch::Tensor& Cm_,
+            const torch::Tensor& D_, const c10::optional<torch::Tensor>& bias_, const c10::optional<torch::Tensor>& z_)
+      : x(rows_of<T>(x_)), delta(rows_of<T>(delta_)), Bm(rows_of<T>(Bm_)), Cm(rows_of<T>(Cm_)), z(rows_of<T>(z_)),
+        D(D_.data_ptr<T>()), bias(bias_.has_value() ? bias_->data_ptr<T>() : nullptr), E(x_.size(2)),
         Ep(padded(E, Vec<T>::size())) {}
 };
 
@@ -394,12 +409,12 @@ std::vector<torch::Tensor> selective_scan_forward(torch::Tensor x, torch::Tensor
                                                   c10::optional<torch::Tensor> z) {
   const int64_t batch = x.size(0), T = x.size(1), E = x.size(2), N = A.size(1);
   const int64_t chunks = (T + kChunk - 1) / kChunk;
-  auto y = torch::empty_like(x);
+  auto y = torch::empty({batch, T, E}, x.options());
   auto last = torch::empty({batch, E, N}, x.options());
   torch::Tensor saved;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "selective_scan_forward", [&] {
     using V = Vec<scalar_t>;
-    const Selective<scalar_t> s(x, delta, Bm, Cm, D, bias, z, N);
+    const Selective<scalar_t> s(x, delta, Bm, Cm, D, bias, z);
     const int64_t Ep = s.Ep;
     saved = torch::empty({batch, chunks, N, Ep}, x.options());
     const scalar_t* p0 = h0.has_value() ? h0->data_ptr<scalar_t>() : nullptr;
@@ -415,18 +430,18 @@ std::vector<torch::Tensor> selective_scan_forward(torch::Tensor x, torch::Tensor
         for (int64_t t = 0; t < T; ++t) {
           if (t % kChunk == 0) std::memcpy(psaved + (i * chunks + t / kChunk) * N * Ep, h, N * Ep * sizeof(scalar_t));
           const int64_t row = i * T + t;
-          const scalar_t *Bt = s.Bm + row * N, *Ct = s.Cm + row * N, *d_t = s.delta + row * E;
+          const scalar_t *Bt = s.Bm[row], *Ct = s.Cm[row], *d_t = s.delta[row];
           if (s.bias) {
             softplus_row(d_t, s.bias, E, deltas.data(), static_cast<scalar_t*>(nullptr));
             d_t = deltas.data();
           }
           for_vectors<scalar_t>(E, [&](int64_t e, int64_t count) {
-            const V d = load(d_t + e, count), u = load(s.x + row * E + e, count), du = d * u;
+            const V d = load(d_t + e, count), u = load(s.x[row] + e, count), du = d * u;
             V out = load(s.D + e, count) * u;
             states_forward(Al + e, h + e, h + e, static_cast<scalar_t*>(nullptr), Bt, Ct, N, Ep, d, du, out);
             out.store(py + row * E + e, count);
           });
-          if (s.z) gate_row(py + row * E, s.z + row * E, E);
+          if (s.z.data) gate_row(py + row * E, s.z[row], E);
         }
         from_lanes(h, E, N, Ep, plast + i * E * N);
       }
@@ -452,21 +467,21 @@ std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tenso
                                                    torch::Tensor saved, torch::Tensor grad_out,
                                                    c10::optional<torch::Tensor> grad_last) {
   const int64_t batch = x.size(0), T = x.size(1), E = x.size(2), N = A.size(1), chunks = saved.size(1);
-  auto gx = torch::empty_like(x), gdelta = torch::empty_like(delta);
-  auto gB = torch::empty_like(Bm), gC = torch::empty_like(Cm);
+  auto gx = torch::empty({batch, T, E}, x.options()), gdelta = torch::empty({batch, T, E}, x.options());
+  auto gB = torch::empty({batch, T, N}, x.options()), gC = torch::empty({batch, T, N}, x.options());
   auto gA = torch::empty({batch, E, N}, x.options()), gD = torch::zeros({batch, E}, x.options());
   auto gbias = torch::zeros({batch, E}, x.options());
-  auto gz = z.has_value() ? torch::empty_like(x) : torch::empty({0}, x.options());  // empty: no z
+  auto gz = torch::empty(z.has_value() ? std::vector<int64_t>{batch, T, E} : std::vector<int64_t>{0}, x.options());
   auto gh0 = torch::empty({batch, E, N}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "selective_scan_backward", [&] {
     using V = Vec<scalar_t>;
     const int64_t lanes = V::size();
-    const Selective<scalar_t> s(x, delta, Bm, Cm, D, bias, z, N);
+    const Selective<scalar_t> s(x, delta, Bm, Cm, D, bias, z);
     const int64_t Ep = s.Ep, NE = N * Ep;
     const scalar_t *psaved = saved.data_ptr<scalar_t>(), *pgo = grad_out.data_ptr<scalar_t>();
     scalar_t *pgx = gx.data_ptr<scalar_t>(), *pgd = gdelta.data_ptr<scalar_t>(), *pgB = gB.data_ptr<scalar_t>();
     scalar_t *pgC = gC.data_ptr<scalar_t>(), *pgA = gA.data_ptr<scalar_t>(), *pgD = gD.data_ptr<scalar_t>();
-    scalar_t *pgbias = gbias.data_ptr<scalar_t>(), *pgz = s.z ? gz.data_ptr<scalar_t>() : nullptr;
+    scalar_t *pgbias = gbias.data_ptr<scalar_t>(), *pgz = s.z.data ? gz.data_ptr<scalar_t>() : nullptr;
     scalar_t* pgh0 = gh0.data_ptr<scalar_t>();
     const scalar_t* pgl = grad_last.has_value() ? grad_last->data_ptr<scalar_t>() : nullptr;
     std::vector<scalar_t> A_lanes(NE);
@@ -488,29 +503,29 @@ std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tenso
           std::memcpy(states.data(), psaved + (i * chunks + c) * NE, NE * sizeof(scalar_t));
           for (int64_t t = t0; t < t1; ++t) {  // states[s] = h_{t0 + s - 1}, decays[s] = a_{t0 + s}
             const int64_t row = i * T + t, s_ = t - t0;
-            const scalar_t *prev = states.data() + s_ * NE, *Bt = s.Bm + row * N, *Ct = s.Cm + row * N;
+            const scalar_t *prev = states.data() + s_ * NE, *Bt = s.Bm[row], *Ct = s.Cm[row];
             scalar_t *now = states.data() + (s_ + 1) * NE, *a_t = decays.data() + s_ * NE;
             scalar_t *d_t = deltas.data() + s_ * Ep, *y_t = grads_y.data() + s_ * Ep;
-            if (s.bias) softplus_row(s.delta + row * E, s.bias, E, d_t, slopes.data() + s_ * Ep);
-            else std::copy(s.delta + row * E, s.delta + (row + 1) * E, d_t);
+            if (s.bias) softplus_row(s.delta[row], s.bias, E, d_t, slopes.data() + s_ * Ep);
+            else std::copy(s.delta[row], s.delta[row] + E, d_t);
             for_vectors<scalar_t>(E, [&](int64_t e, int64_t count) {
-              const V d = V::loadu(d_t + e), u = load(s.x + row * E + e, count), du = d * u;
+              const V d = V::loadu(d_t + e), u = load(s.x[row] + e, count), du = d * u;
               V y = load(s.D + e, count) * u;
               states_forward(Al + e, prev + e, now + e, a_t + e, Bt, Ct, N, Ep, d, du, y);
               y.store(y_t + e);
             });
-            if (s.z) gate_backward_row(y_t, s.z + row * E, pgo + row * E, E, pgz + row * E);  // y_t -> dL/dy_t
+            if (s.z.data) gate_backward_row(y_t, s.z[row], pgo + row * E, E, pgz + row * E);  // y_t -> dL/dy_t
             else std::copy(pgo + row * E, pgo + (row + 1) * E, y_t);
           }
           for (int64_t t = t1 - 1; t >= t0; --t) {
             const int64_t row = i * T + t, s_ = t - t0;
             const scalar_t *prev = states.data() + s_ * NE, *now = prev + NE, *a_t = decays.data() + s_ * NE;
-            const scalar_t *Bt = s.Bm + row * N, *Ct = s.Cm + row * N;
+            const scalar_t *Bt = s.Bm[row], *Ct = s.Cm[row];
             std::fill(sum_B.begin(), sum_B.end(), scalar_t(0));
             std::fill(sum_C.begin(), sum_C.end(), scalar_t(0));
             for_vectors<scalar_t>(E, [&](int64_t e, int64_t count) {
               const V d = V::loadu(deltas.data() + s_ * Ep + e), gy = V::loadu(grads_y.data() + s_ * Ep + e);
-              const V u = load(s.x + row * E + e, count), du = d * u;
+              const V u = load(s.x[row] + e, count), du = d * u;
               V gB_sum(0), gdA_sum(0);
               states_backward(Al + e, a_t + e, prev + e, now + e, g_next + e, gA_i + e, sum_B.data(), sum_C.data(), Bt, Ct,
                               N, Ep, d, du, gy, gB_sum, gdA_sum);
@@ -535,25 +550,26 @@ std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tenso
 
 // The causal depthwise conv (model.CausalDepthwiseConv, ShiftedSum): per channel c,
 //   y_t[c] = bias[c] + sum_{s=0..K-1} weight[K-1-s, c] x_{t-s}[c]   (x before the first step is zero)
-// and SiLU(y_t) where silu. x (B, T, C), weight (K, C), bias (C), contiguous.
+// and SiLU(y_t) where silu. x (B, T, C) in Rows, weight (K, C), bias (C) contiguous.
 template <typename T>
-inline Vec<T> conv_at(const T* x_t, const T* weight, const T* bias, int64_t K, int64_t t, int64_t C, int64_t c,
-                      int64_t count) {
+inline Vec<T> conv_at(const T* x_t, int64_t x_stride, const T* weight, const T* bias, int64_t K, int64_t t, int64_t C,
+                      int64_t c, int64_t count) {
   Vec<T> y = load(bias + c, count);
   for (int64_t s = 0; s < K && s <= t; ++s)
-    y = at::vec::fmadd(load(weight + (K - 1 - s) * C + c, count), load(x_t - s * C + c, count), y);
+    y = at::vec::fmadd(load(weight + (K - 1 - s) * C + c, count), load(x_t - s * x_stride + c, count), y);
   return y;
 }
 
 torch::Tensor causal_conv_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, bool silu) {
   const int64_t T = x.size(1), C = x.size(2), K = weight.size(0);
-  auto y = torch::empty_like(x);
+  auto y = torch::empty({x.size(0), T, C}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv_forward", [&] {
-    const scalar_t *px = x.data_ptr<scalar_t>(), *pw = weight.data_ptr<scalar_t>(), *pb = bias.data_ptr<scalar_t>();
+    const Rows<scalar_t> xs = rows_of<scalar_t>(x);
+    const scalar_t *pw = weight.data_ptr<scalar_t>(), *pb = bias.data_ptr<scalar_t>();
     scalar_t* py = y.data_ptr<scalar_t>();
     for_rows(x.size(0) * T, [&](int64_t row) {
       for_vectors<scalar_t>(C, [&](int64_t c, int64_t count) {
-        Vec<scalar_t> out = conv_at(px + row * C, pw, pb, K, row % T, C, c, count);
+        Vec<scalar_t> out = conv_at(xs[row], xs.stride, pw, pb, K, row % T, C, c, count);
         if (silu) out = out * sigmoid(out);
         out.store(py + row * C + c, count);
       });
@@ -569,22 +585,23 @@ torch::Tensor causal_conv_forward(torch::Tensor x, torch::Tensor weight, torch::
 std::vector<torch::Tensor> causal_conv_backward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, bool silu,
                                                 torch::Tensor grad_y) {
   const int64_t batch = x.size(0), T = x.size(1), C = x.size(2), K = weight.size(0);
-  auto gx = torch::empty_like(x);
+  auto gx = torch::empty({batch, T, C}, x.options());
   auto gw = torch::zeros({batch, K, C}, x.options()), gb = torch::zeros({batch, C}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv_backward", [&] {
     using V = Vec<scalar_t>;
-    const scalar_t *px = x.data_ptr<scalar_t>(), *pw = weight.data_ptr<scalar_t>(), *pb = bias.data_ptr<scalar_t>();
+    const Rows<scalar_t> xs = rows_of<scalar_t>(x);
+    const scalar_t *pw = weight.data_ptr<scalar_t>(), *pb = bias.data_ptr<scalar_t>();
     const scalar_t* pgy = grad_y.data_ptr<scalar_t>();
     scalar_t *pgx = gx.data_ptr<scalar_t>(), *pgw = gw.data_ptr<scalar_t>(), *pgb = gb.data_ptr<scalar_t>();
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> g(T * C);  // dL/d(the conv's sum), for one batch element
       for (int64_t i = begin; i < end; ++i) {
-        const scalar_t* x_i = px + i * T * C;
+        const scalar_t* x_i = xs[i * T];
         for (int64_t t = 0; t < T; ++t)
           for_vectors<scalar_t>(C, [&](int64_t c, int64_t count) {
             V grad = load(pgy + (i * T + t) * C + c, count);
             if (silu) {
-              const V y = conv_at(x_i + t * C, pw, pb, K, t, C, c, count), s = sigmoid(y);
+              const V y = conv_at(x_i + t * xs.stride, xs.stride, pw, pb, K, t, C, c, count), s = sigmoid(y);
               grad = grad * s * (V(1) + y * (V(1) - s));
             }
             grad.store(g.data() + t * C + c, count);
@@ -599,7 +616,7 @@ std::vector<torch::Tensor> causal_conv_backward(torch::Tensor x, torch::Tensor w
             dx.store(pgx + (i * T + t) * C + c, count);
             for (int64_t s = 0; s < K && s <= t; ++s) {
               scalar_t* w = gw_i + (K - 1 - s) * C + c;
-              at::vec::fmadd(g_t, load(x_i + (t - s) * C + c, count), load(w, count)).store(w, count);
+              at::vec::fmadd(g_t, load(x_i + (t - s) * xs.stride + c, count), load(w, count)).store(w, count);
             }
             (load(gb_i + c, count) + g_t).store(gb_i + c, count);
           });

@@ -168,9 +168,18 @@ def _check(*tensors):
 
 
 def _contiguous(t):
-    """The C++ loops index their tensors as dense rows: every input goes through here or .contiguous()
-    (a carried state is a strided view, h[:, -1], and an optional one may be None)."""
+    """The C++ loops index their tensors as dense rows: every input goes through here, _rows or
+    .contiguous() (a carried state is a strided view, h[:, -1], and an optional one may be None)."""
     return None if t is None else t.contiguous()
+
+
+def _rows(t):
+    """A (batch, time, width) input as the selective scan and the conv read it (Rows in the C++): as it
+    is where each row is contiguous and the rows evenly spaced (a contiguous tensor, or a slice of the
+    last dimension such as chunk's and split's views), else a contiguous copy."""
+    if t is None or (t.stride(-1) == 1 and t.stride(0) == t.shape[1] * t.stride(1)):
+        return t
+    return t.contiguous()
 
 
 # ----------------------------------------------------------------------------- the operators
@@ -278,8 +287,9 @@ def selective_scan_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     tensor in memory; given delta_bias, delta = softplus(delta + delta_bias); given z, y SiLU(z).
     Returns y, the last state, and the state of every CHUNK-th step (what the backward recomputes from)."""
     _check(x, delta, A, B, C, D, h0, delta_bias, z)
-    inputs = [_contiguous(t) for t in (x, delta, A, B, C, D, h0, delta_bias, z)]
-    y, last, saved = load().selective_scan_forward(*inputs)
+    x, delta, B, C, z = (_rows(t) for t in (x, delta, B, C, z))
+    A, D, h0, delta_bias = (_contiguous(t) for t in (A, D, h0, delta_bias))
+    y, last, saved = load().selective_scan_forward(x, delta, A, B, C, D, h0, delta_bias, z)
     return y, last, saved
 
 
@@ -299,8 +309,9 @@ def selective_scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: T
     """dL/d of x, delta, A, B, C, D, h0, delta_bias (zero without one) and z (empty without one), each
     chunk recomputed from its saved state; grad_last is dL/d(last state) where a later chunk read it
     (None: zero)."""
-    inputs = [_contiguous(t) for t in (x, delta, A, B, C, D, delta_bias, z, saved, grad_y, grad_last)]
-    return tuple(load().selective_scan_backward(*inputs))
+    x, delta, B, C, z = (_rows(t) for t in (x, delta, B, C, z))
+    A, D, delta_bias, grad_y, grad_last = (_contiguous(t) for t in (A, D, delta_bias, grad_y, grad_last))
+    return tuple(load().selective_scan_backward(x, delta, A, B, C, D, delta_bias, z, saved, grad_y, grad_last))
 
 
 @selective_scan_backward.register_fake
@@ -341,7 +352,7 @@ def causal_conv(x: Tensor, weight: Tensor, bias: Tensor, silu: bool) -> Tensor:
     where silu; x (batch, time, channels), weight (K, channels), bias (channels). Only x is saved: the
     backward recomputes y for SiLU's derivative."""
     _check(x, weight, bias)
-    return load().causal_conv_forward(x.contiguous(), weight.contiguous(), bias.contiguous(), silu)
+    return load().causal_conv_forward(_rows(x), weight.contiguous(), bias.contiguous(), silu)
 
 
 @causal_conv.register_fake
@@ -352,7 +363,7 @@ def _(x, weight, bias, silu):
 @torch.library.custom_op('minrnn::causal_conv_backward', mutates_args=())
 def causal_conv_backward(x: Tensor, weight: Tensor, bias: Tensor, silu: bool, grad_y: Tensor
                          ) -> Tuple[Tensor, Tensor, Tensor]:
-    return tuple(load().causal_conv_backward(x.contiguous(), weight.contiguous(), bias.contiguous(), silu,
+    return tuple(load().causal_conv_backward(_rows(x), weight.contiguous(), bias.contiguous(), silu,
                                              grad_y.contiguous()))
 
 
