@@ -681,7 +681,7 @@ class CharLM(nn.Module):
             x, state = block(x, state)
             new_states.append(state)
         logits = self.head(self.norm(x))
-        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        loss = None if targets is None else F.cross_entropy(widen(logits.flatten(0, 1)), targets.flatten())
         return logits, loss, new_states
 
     def prefill(self, idx, chunk=1024):

@@ -1,6 +1,7 @@
 """Every block: the parallel (training) path and the step (generation) path compute one function."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from minrnn import cpu_kernels
 from minrnn.blocks import BLOCKS
@@ -19,6 +20,16 @@ def tiny_model(block, seed=0, **overrides):
     torch.manual_seed(seed)
     config = ModelConfig(block=block, vocab_size=11, block_size=24, n_layer=2, n_embd=16, n_head=2, **overrides)
     return CharLM(config).double().eval()
+
+
+def test_the_loss_keeps_a_float64_models_precision():
+    """Cross-entropy in the logits' dtype (float32 only for half precision): a float64 model's loss is
+    float64, which the step-for-step comparison with nanoGPT in float64 needs."""
+    model = tiny_model('transformer')
+    idx = torch.randint(0, 11, (2, 24), generator=torch.Generator().manual_seed(1))
+    logits, loss, _ = model(idx, idx)
+    assert loss.dtype == torch.float64
+    assert loss.item() == F.cross_entropy(logits.flatten(0, 1), idx.flatten()).item()
 
 
 def step_logits(model, idx):
