@@ -13,7 +13,9 @@ with the carried state folded in, 4 FMAs), and the state is carried from one 4 s
 Its backward walks from the end and runs each 4 steps in reversed time, so the reverse recurrence of
 the gradient (g_t = dL/dh_t + a_{t+1} g_{t+1}) is the same recurrence. For minGRU / minLSTM the same
 kernels read the gate pre-activations and compute a_t, b_t (and, backward, the gates' gradient) in
-registers. The blocks' causal depthwise conv is a kernel of its own, the last 4 inputs in registers.
+registers. On a small grid a long sequence is also split into segments of time, a program each,
+joined through each segment's map of its starting state (scan_segments). The blocks' causal
+depthwise conv is a kernel of its own, the last 4 inputs in registers.
 
 In the selective scan a thread owns a channel and walks its N states in turn, so the sum over states
 (y = C . h) stays in its registers, with no (batch, time, channels, N) tensor anywhere (mamba_ssm's
@@ -274,50 +276,123 @@ if triton is not None:
         _store_gate_gradients(grad_ptr, gates_ptr, (t0 + 2) * width + d, D, _inside(t0 + 2, d, T, D), a2, b2, KIND)
         _store_gate_gradients(grad_ptr, gates_ptr, (t0 + 3) * width + d, D, _inside(t0 + 3, d, T, D), a3, b3, KIND)
 
+    # A long sequence on a small grid (batch x channel blocks well under the GPU's SMs) also splits
+    # time: segments of L steps, a program each (grid axis 2). A first kernel runs every segment but
+    # the last from a zero state and writes what it does to any state, h -> P h + H (P the product of
+    # its a, H its end state from zero); each program of the scan then folds the segments before its
+    # own into its starting state (S - 1 FMAs at most) and runs its segment. The backward does the same
+    # from the end: a segment maps the g after it to g at its first step, g -> P g + G.
+
     @triton.jit
-    def _scan_forward(a_ptr, b_ptr, h0_ptr, h_ptr, T, D, HAS_H0: tl.constexpr, KIND: tl.constexpr,
-                      BLOCK_D: tl.constexpr):
+    def _segment_of(T, L, FIRST: tl.constexpr = 0):
+        """This program's segment (grid axis 2, counted from FIRST) and its steps [start, end)."""
+        segment = tl.program_id(2) + FIRST
+        return segment, segment * L, tl.minimum(T, segment * L + L)
+
+    @triton.jit
+    def _scan_segment_maps(a_ptr, b_ptr, grad_h_ptr, maps_ptr, T, D, L, S, BACKWARD: tl.constexpr,
+                           KIND: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Each segment's map (P, H) into maps (batch, S, 2, D) float32, a segment a program: forward, of
+        every segment but the last (the grid's S - 1), h -> P h + H over its steps; BACKWARD, of every
+        segment but the first, g -> P g + G from the g after it to g at its first step (g_t = dL/dh_t +
+        a_{t+1} g_{t+1}). Nothing reads the others."""
+        batch = tl.program_id(0).to(tl.int64)
+        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        segment, start, end = _segment_of(T, L, 1 if BACKWARD else 0)
+        width = _row_width(D, KIND)
+        a_ptr, b_ptr, grad_h_ptr = a_ptr + batch * T * width, b_ptr + batch * T * width, grad_h_ptr + batch * T * D
+        product, state = tl.full([BLOCK_D], 1.0, tl.float32), tl.zeros([BLOCK_D], dtype=tl.float32)
+        if BACKWARD:
+            for k in range(tl.cdiv(end - start, 4)):
+                t0 = end - 4 - 4 * k  # from the end, 4 steps at a time (ones before start are zero below)
+                a, _ = _coefficient_steps(a_ptr, a_ptr, t0, d, T, D, KIND)
+                a_after, _ = _coefficient_row(a_ptr, a_ptr, t0 + 4, d, T, D, KIND)
+                a_next = tl.where(_steps_from(t0, start, d), _earlier(a, a_after), 1.0)
+                grad_h = tl.where(_steps_from(t0, start, d), _load_steps(grad_h_ptr, t0, d, T, D, D), 0.0)
+                state = _rows(_reversed(_recurrence(_reversed(a_next), _reversed(grad_h), state)))[0]
+                product = product * _product(a_next)
+        else:
+            for t0 in range(start, end, 4):
+                a, b = _coefficient_steps(a_ptr, b_ptr, t0, d, T, D, KIND)
+                state = _rows(_recurrence(a, b, state))[3]
+                product = product * _product(a)
+        maps_ptr += (batch * S + segment) * 2 * D + d
+        tl.store(maps_ptr, product, mask=d < D)
+        tl.store(maps_ptr + D, state, mask=d < D)
+
+    @triton.jit
+    def _steps_from(t0, start, d):
+        """(channels, 4): whether steps t0 .. t0 + 3 are at or after start."""
+        return _steps(_inside(t0 - start, d, 1 << 30, 1 << 30), _inside(t0 + 1 - start, d, 1 << 30, 1 << 30),
+                      _inside(t0 + 2 - start, d, 1 << 30, 1 << 30), _inside(t0 + 3 - start, d, 1 << 30, 1 << 30))
+
+    @triton.jit
+    def _product(tile):
+        s0, s1, s2, s3 = _rows(tile)
+        return s0 * s1 * (s2 * s3)
+
+    @triton.jit
+    def _fold_segments(maps_ptr, batch, d, D, S, segment, state, BACKWARD: tl.constexpr):
+        """state carried through the maps of the segments before this one, first to last (forward), or
+        of those after it, last to first (BACKWARD)."""
+        for k in range(S - 1 - segment if BACKWARD else segment):
+            offset = (batch * S + (S - 1 - k if BACKWARD else k)) * 2 * D + d
+            state = (tl.load(maps_ptr + offset, mask=d < D, other=1.0) * state
+                     + tl.load(maps_ptr + offset + D, mask=d < D, other=0.0))
+        return state
+
+    @triton.jit
+    def _scan_forward(a_ptr, b_ptr, h0_ptr, h_ptr, maps_ptr, T, D, L, S, HAS_H0: tl.constexpr,
+                      KIND: tl.constexpr, BLOCK_D: tl.constexpr):
         """h (batch, T, D) from a, b (batch, T, D), or from the gates (a_ptr; KIND), and h0 (batch,
-        D): h_t = a_t h_{t-1} + b_t, 4 steps at a time, a thread a channel. Steps past T are padded
-        with a = 1, b = 0, which leave the state as it is."""
+        D): h_t = a_t h_{t-1} + b_t, 4 steps at a time, a thread a channel, a program a segment of L
+        steps (S of them; one: the whole sequence) that starts from h0 carried through the maps of
+        the segments before it. Steps past T are padded with a = 1, b = 0, which leave the state as
+        it is."""
         batch, d, h = _program_channels(h0_ptr, D, HAS_H0, BLOCK_D)
+        segment, start, end = _segment_of(T, L)
+        h = _fold_segments(maps_ptr, batch, d, D, S, segment, h, False)
         width = _row_width(D, KIND)
         a_ptr, b_ptr, h_ptr = a_ptr + batch * T * width, b_ptr + batch * T * width, h_ptr + batch * T * D
-        for t0 in range(0, T, 4):
+        for t0 in range(start, end, 4):
             a, b = _coefficient_steps(a_ptr, b_ptr, t0, d, T, D, KIND)
             tile = _recurrence(a, b, h)
-            _store_steps(h_ptr, tile, t0, d, T, D)
+            _store_steps(h_ptr, tile, t0, d, end, D)
             h = _rows(tile)[3]
 
     @triton.jit
-    def _scan_backward(a_ptr, h_ptr, h0_ptr, grad_h_ptr, grad_a_ptr, grad_b_ptr, grad_h0_ptr, T, D,
+    def _scan_backward(a_ptr, h_ptr, h0_ptr, grad_h_ptr, grad_a_ptr, grad_b_ptr, grad_h0_ptr, maps_ptr, T, D, L, S,
                        HAS_H0: tl.constexpr, KIND: tl.constexpr, BLOCK_D: tl.constexpr):
         """With g_t = dL/dh_t + a_{t+1} g_{t+1} (g past T is 0): dL/db_t = g_t, dL/da_t = g_t h_{t-1},
         and dL/dh0 = a_1 g_1. With gates (KIND), a_ptr points to them and grad_a_ptr receives their
-        gradient. 4 steps at a time from the end, their g by a scan in reversed time."""
+        gradient. A program a segment (as forward), from the g after it (the maps of the segments
+        after it folded from zero), 4 steps at a time from its end, their g by a scan in reversed time."""
         batch, d, h0 = _program_channels(h0_ptr, D, HAS_H0, BLOCK_D)
+        segment, start, end = _segment_of(T, L)
         width = _row_width(D, KIND)
         a_ptr, h_ptr, grad_h_ptr = a_ptr + batch * T * width, h_ptr + batch * T * D, grad_h_ptr + batch * T * D
         grad_a_ptr, grad_b_ptr = grad_a_ptr + batch * T * width, grad_b_ptr + batch * T * D
-        g = tl.zeros([BLOCK_D], dtype=tl.float32)  # g of the step after the tile
-        n_tiles = tl.cdiv(T, 4)
+        g = _fold_segments(maps_ptr, batch, d, D, S, segment, tl.zeros([BLOCK_D], dtype=tl.float32), True)
+        n_tiles = tl.cdiv(end - start, 4)
         for k in range(n_tiles):
-            t0 = (n_tiles - 1 - k) * 4
+            t0 = start + (n_tiles - 1 - k) * 4
             a, _ = _coefficient_steps(a_ptr, a_ptr, t0, d, T, D, KIND)
             a_after, _ = _coefficient_row(a_ptr, a_ptr, t0 + 4, d, T, D, KIND)
-            grad_h = _load_steps(grad_h_ptr, t0, d, T, D, D)  # 0 past T, where g is 0 too
-            g_tile = _reversed(_recurrence(_reversed(_earlier(a, a_after)), _reversed(grad_h), g))
+            grad_h = _load_steps(grad_h_ptr, t0, d, end, D, D)  # 0 past the segment, where g comes in carried
+            a_next = _earlier(a, a_after)
+            g_tile = _reversed(_recurrence(_reversed(a_next), _reversed(grad_h), g))
             h_before = tl.where(t0 == 0, h0, _load_tile(h_ptr, t0 - 1, d, T, D, D))
             h_prev = _later(_load_steps(h_ptr, t0, d, T, D, D), h_before)
             if KIND == PLAIN:
-                _store_steps(grad_b_ptr, g_tile, t0, d, T, D)
-                _store_steps(grad_a_ptr, g_tile * h_prev, t0, d, T, D)
+                _store_steps(grad_b_ptr, g_tile, t0, d, end, D)
+                _store_steps(grad_a_ptr, g_tile * h_prev, t0, d, end, D)
             else:
-                _store_gate_gradient_steps(grad_a_ptr, a_ptr, t0, d, T, D, g_tile * h_prev, g_tile, KIND)
+                _store_gate_gradient_steps(grad_a_ptr, a_ptr, t0, d, end, D, g_tile * h_prev, g_tile, KIND)
             g = _rows(g_tile)[0]
-        if HAS_H0:  # g is now g_1, the gradient at the first step
-            a_first, _ = _coefficient_row(a_ptr, a_ptr, 0, d, T, D, KIND)
-            tl.store(grad_h0_ptr + batch * D + d, a_first * g, mask=d < D)
+        if HAS_H0:  # in the first segment, g is now g_1, the gradient at the first step
+            if segment == 0:
+                a_first, _ = _coefficient_row(a_ptr, a_ptr, 0, d, T, D, KIND)
+                tl.store(grad_h0_ptr + batch * D + d, a_first * g, mask=d < D)
 
     # ------------------------------------------------------------------- Mamba's selective scan
     # A thread owns a channel's states, so the sum over states (y = C . h) stays in registers, and
@@ -608,6 +683,14 @@ if triton is not None:
 
 
 SCAN_BLOCK_D = 128  # channels a program owns, one a thread
+# Time split into segments where batch x channel blocks leave the GPU short of SCAN_PROGRAMS_PER_SM
+# programs an SM (a program's steps are a chain of dependent loads and FMAs: latency, hidden only by
+# other programs), segments of at least SCAN_MIN_SEGMENT steps (each program folds the maps of the
+# segments before it), and only into 4 or more: a split scan walks each step twice (the maps, then
+# the scan), so fewer segments cannot gain.
+SCAN_PROGRAMS_PER_SM = 8
+SCAN_MIN_SEGMENT = 64
+SCAN_MIN_SEGMENTS = 4
 CONV_BLOCK_T, CONV_BLOCK_C = 32, 128  # a program's steps and channels (one a thread)
 CONV_MAX_KERNEL = 4  # the conv kernels' window of inputs; scan.causal_conv runs longer kernels plainly
 # Mamba's selective scan: one channel per thread (a program's 4 warps own 128 channels), tiles of 4
@@ -656,6 +739,22 @@ def _strided(t):
     return t, t.stride(0), t.stride(1)
 
 
+def scan_segments(batch, D, T, multiprocessors):
+    """(S, L): the scans' segments of time, S of L steps (L a multiple of 4; S = 1: time unsplit), for a
+    (batch, T, D) scan on a GPU of that many SMs."""
+    programs = batch * -(-D // SCAN_BLOCK_D)
+    S = min(-(-SCAN_PROGRAMS_PER_SM * multiprocessors // programs), T // SCAN_MIN_SEGMENT)
+    S = S if S >= SCAN_MIN_SEGMENTS else 1
+    steps = -(-T // S)
+    L = -(-steps // 4) * 4
+    return -(-T // L), L
+
+
+def _multiprocessors(device):
+    """The SMs of the GPU the tensors are on; an H100's 132 where there is none (the interpreter)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 132
+
+
 # torch.compile traces into a triton_op (torch >= 2.6), but not into the interpreter's kernels, which
 # are plain Python functions of real tensors: there the kernels become opaque custom operators.
 TRACEABLE = not INTERPRETED and hasattr(torch.library, 'triton_op')
@@ -694,9 +793,15 @@ if triton is not None:
         batch, T, width = a.shape
         D = width // {'plain': 1, 'mingru': 2, 'minlstm': 3}[kind]
         h = a.new_empty(batch, T, D, dtype=torch.float32)
+        S, L = scan_segments(batch, D, T, _multiprocessors(a.device))
+        maps = a.new_empty(batch, S, 2, D, dtype=torch.float32) if S > 1 else h  # (unread where S = 1)
+        a, b = a.contiguous(), a if b is None else b.contiguous()
+        grid = (batch, triton.cdiv(D, SCAN_BLOCK_D))
         with _on_device_of(a):
-            _launch(_scan_forward, (batch, triton.cdiv(D, SCAN_BLOCK_D)), a.contiguous(),
-                    a if b is None else b.contiguous(), _float32(h0), h, T, D, HAS_H0=h0 is not None,
+            if S > 1:
+                _launch(_scan_segment_maps, (*grid, S - 1), a, b, a, maps, T, D, L, S, BACKWARD=False,
+                        KIND=KINDS[kind], BLOCK_D=SCAN_BLOCK_D)
+            _launch(_scan_forward, (*grid, S), a, b, _float32(h0), h, maps, T, D, L, S, HAS_H0=h0 is not None,
                     KIND=KINDS[kind], BLOCK_D=SCAN_BLOCK_D)
         return h.to(a.dtype) if kind == 'plain' else h
 
@@ -710,10 +815,16 @@ if triton is not None:
         grad_a = torch.empty_like(a, memory_format=torch.contiguous_format)
         grad_b = torch.empty_like(a, memory_format=torch.contiguous_format) if kind == 'plain' else a.new_empty(0)
         grad_h0 = h.new_empty(batch, D, dtype=torch.float32) if h0 is not None else a.new_empty(0)
+        S, L = scan_segments(batch, D, T, _multiprocessors(a.device))
+        maps = a.new_empty(batch, S, 2, D, dtype=torch.float32) if S > 1 else grad_a  # (unread where S = 1)
+        a, grad_h = a.contiguous(), grad_h.contiguous()
+        grid = (batch, triton.cdiv(D, SCAN_BLOCK_D))
         with _on_device_of(a):
-            _launch(_scan_backward, (batch, triton.cdiv(D, SCAN_BLOCK_D)), a.contiguous(), h.contiguous(),
-                    _float32(h0), grad_h.contiguous(), grad_a, grad_b, grad_h0, T, D, HAS_H0=h0 is not None,
-                    KIND=KINDS[kind], BLOCK_D=SCAN_BLOCK_D)
+            if S > 1:
+                _launch(_scan_segment_maps, (*grid, S - 1), a, a, grad_h, maps, T, D, L, S, BACKWARD=True,
+                        KIND=KINDS[kind], BLOCK_D=SCAN_BLOCK_D)
+            _launch(_scan_backward, (*grid, S), a, h.contiguous(), _float32(h0), grad_h, grad_a, grad_b, grad_h0,
+                    maps, T, D, L, S, HAS_H0=h0 is not None, KIND=KINDS[kind], BLOCK_D=SCAN_BLOCK_D)
         return grad_a, grad_b, grad_h0 if h0 is None else grad_h0.to(h0.dtype)
 
     def _scan_setup(ctx, inputs, output):
@@ -915,6 +1026,10 @@ def launches(d_state=16):
                                    ('backward', _scan_backward, ('a_ptr', 'grad_a_ptr') * gates)):
             kernels[f'{prefix}_{name}'] = Launch(kernel, constants, dict(num_warps=4),
                                                  4, half)  # a thread's channel, 4 steps a pass
+        for name, backward in (('segments_forward', False), ('segments_backward', True)):
+            kernels[f'{prefix}_{name}'] = Launch(_scan_segment_maps, dict(BACKWARD=backward, KIND=value,
+                                                                          BLOCK_D=SCAN_BLOCK_D),
+                                                 dict(num_warps=4), 4, ('a_ptr',) * gates)
     per_thread = CONV_BLOCK_T  # the conv kernels have no loop: a thread's channel, over all of its steps
     for prefix, silu in (('conv', False), ('silu_conv', True)):  # minGRU's / minLSTM's, Mamba's
         constants = dict(K=4, SILU=silu, BLOCK_T=CONV_BLOCK_T, BLOCK_C=CONV_BLOCK_C)
@@ -943,7 +1058,7 @@ def compile_ahead_of_time(kernel, constants, options, capability, folder, half=(
     from triton.compiler import ASTSource
     if set(half) - set(kernel.arg_names):
         raise ValueError(f'{kernel.__name__} has no arguments {set(half) - set(kernel.arg_names)}')
-    sizes = ('T', 'C', 'D', 'E', 'N', 'x_batch', 'x_row', 'z_batch', 'z_row')
+    sizes = ('T', 'C', 'D', 'E', 'N', 'L', 'S', 'x_batch', 'x_row', 'z_batch', 'z_row')
     signature = {name: 'constexpr' if name in constants else 'i32' if name in sizes
                  else '*bf16' if name in half else '*fp32' for name in kernel.arg_names}
     aligned = {(i,): [['tt.divisibility', 16]] for i, name in enumerate(kernel.arg_names) if name not in constants}

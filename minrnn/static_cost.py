@@ -208,9 +208,32 @@ def roofline_rows(gpu=H100, kernels=None):
     return rows
 
 
+def segment_rows(multiprocessors=132):
+    """The scans split in time (gpu_kernels.scan_segments) at the paper's speed setting (batch 64, width
+    128) and in the paper-scale minGRU (its config file's batch, context and width), on an H100's SMs: segments,
+    steps a program walks, and the gain a latency-bound model expects. In that model a program's time
+    is the steps it walks one after another (a split scan's: its segment's map, the maps it folds, its
+    segment) and programs run side by side while the GPU holds them."""
+    kernels = load_gpu_kernels()
+    config, batch = paper_model_config('mingru')
+    rows = []
+    for setting, batch, width, T in (('speed', 64, 128, 512), ('speed', 64, 128, 4096),
+                                     ('minGRU, paper scale', batch, round(config.expansion * config.n_embd),
+                                      config.block_size)):
+        S, L = kernels.scan_segments(batch, width, T, multiprocessors)
+        programs = batch * -(-width // kernels.SCAN_BLOCK_D)
+        walked = T if S == 1 else 2 * L + S - 1
+        rows.append({'setting': setting, 'batch': batch, 'width': width, 'T': T, 'programs': programs,
+                     'segments': S, 'segment_steps': L, 'programs_split': programs * S, 'steps_walked': walked,
+                     'expected_gain': round(T / walked, 1)})
+    return rows
+
+
 def report(out):
-    """kernels.csv, roofline.csv, report.md and the SASS into out; printed in short too."""
+    """kernels.csv, roofline.csv, segments.csv, report.md and the SASS into out; printed in short too."""
     kernels = static_rows(out)
+    segments = segment_rows()
+    tables.write_csv(os.path.join(out, 'segments.csv'), segments)
     roofline = roofline_rows(H100, {r['kernel']: r for r in kernels if r['gpu'].startswith('H100')})
     tables.write_csv(os.path.join(out, 'kernels.csv'), kernels)
     tables.write_csv(os.path.join(out, 'roofline.csv'), roofline)
@@ -240,10 +263,20 @@ def report(out):
                 'lower bound on its time; roofline time: the sum over ops of the largest of bytes / 3.35 TB/s, '
                 'FLOPs / 989 TFLOP/s and the issue time, from an H100 SXM\'s datasheet figures.\n\n')
         f.write(tables.markdown_table(roofline_columns, [[str(r[c]) for c in roofline_columns] for r in roofline]))
+        f.write('\n## Long sequences: the scans split in time\n\nWhere batch x channel blocks give an H100 '
+                'fewer than 8 programs an SM, the minGRU / minLSTM scans (and the plain one) also split time '
+                'into segments (gpu_kernels.scan_segments): each program walks its segment\'s map, folds the '
+                'maps before it and walks its segment again. Expected gain from a latency-bound model (a '
+                'program\'s time is the steps it walks; programs run side by side while the GPU holds them): '
+                'an estimate, not a measurement.\n\n')
+        f.write(tables.markdown_table(list(segments[0]), [[str(v) for v in r.values()] for r in segments]))
     for r in kernels:
         print(f"  {r['kernel']:20s} {r['gpu']:14s} {r['registers']:4d} registers, {r['spilled_bytes']} bytes spilled, "
               f"occupancy {r['occupancy']:.0%}, per element: {r['instructions_per_element']} instructions, "
               f"{r['shuffles_per_element']} shuffles, {r['exps_per_element']} exps")
+    for r in segments:
+        print(f"  scan at batch {r['batch']}, width {r['width']}, T {r['T']}: {r['segments']} segment(s) of "
+              f"{r['segment_steps']} steps, expected gain {r['expected_gain']}x (latency-bound model)")
     for r in roofline:
         print(f"  {tables.display(r['block']):12s} {r['gbytes']:7.2f} GB {r['tflops']:6.3f} TFLOP "
               f"{r['kernel_issue_ms']:6.2f} ms of kernel issue, roofline "

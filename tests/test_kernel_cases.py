@@ -15,8 +15,8 @@ from minrnn import scan
 from model import Mamba, MinGRUCoefficients, MinLSTMCoefficients, ModelConfig, ShiftedSum
 
 # Lengths: one step, odd ones, and both sides of the Triton kernels' 4-step tiles and the C++ selective
-# scan's 32-step chunks.
-LENGTHS = (1, 2, 3, 4, 5, 7, 31, 32, 33)
+# scan's 16-step chunks.
+LENGTHS = (1, 2, 3, 4, 5, 7, 15, 16, 17, 31, 32, 33)
 # How a (batch, T, C) input may lie in memory; leaf shape -> the view a kernel is given.
 LAYOUTS = {
     'contiguous': (lambda s: s, lambda t: t),
@@ -114,13 +114,13 @@ def identity(t):
     return t
 
 
-def scan_shapes(rng, B=2, channels=(1, 5, 9)):
-    T, C = rng.choice(LENGTHS), rng.choice(channels)
+def scan_shapes(rng, B=2, channels=(1, 5, 9), lengths=LENGTHS):
+    T, C = rng.choice(lengths), rng.choice(channels)
     return T, {'a': ((B, T, C), decay_draw), 'b': ((B, T, C), identity), 'h0': ((B, C), identity)}
 
 
-def gated_shapes(rng, kind, B=2):
-    T, C = rng.choice(LENGTHS), rng.choice((1, 5, 9))
+def gated_shapes(rng, kind, B=2, lengths=LENGTHS):
+    T, C = rng.choice(lengths), rng.choice((1, 5, 9))
     k = 2 if kind == 'mingru' else 3
     return T, {'gates': ((B, T, k * C), gate_draw), 'h0': ((B, C), identity)}
 
@@ -244,6 +244,26 @@ def test_triton_gated_scan(rng):
     inputs, dtype = generate(rng, shapes, TRITON_DTYPES, optional=('h0',))
     assert_kernel_equals_plain(lambda gates, h0: (gpu_kernels.gated_scan(kind, gates, h0),), plain_gated(kind),
                                inputs, dtype, f'{kind} ' + describe(inputs, dtype, T), device)
+
+
+@pytest.mark.parametrize('rng', cases('triton-split-scan', 6))
+def test_triton_scan_split_in_time(rng, monkeypatch):
+    """The scans with time split into segments (forced at these lengths: segments of 4 steps and up),
+    the last one short, each program starting from the maps of the segments before (or after) it."""
+    gpu_kernels, device = triton_kernels()
+    monkeypatch.setattr(gpu_kernels, 'SCAN_MIN_SEGMENT', 4)
+    monkeypatch.setattr(gpu_kernels, 'SCAN_MIN_SEGMENTS', 2)
+    kind, lengths = rng.choice(('plain', 'mingru', 'minlstm')), (8, 9, 13, 31, 33)
+    if kind == 'plain':
+        T, shapes = scan_shapes(rng, lengths=lengths)
+        kernel, plain = (lambda a, b, h0: (gpu_kernels.linear_scan(a, b, h0),),
+                         lambda a, b, h0: (scan.SequentialScan.apply(a, b, h0),))
+    else:
+        T, shapes = gated_shapes(rng, kind, lengths=lengths)
+        kernel, plain = lambda gates, h0: (gpu_kernels.gated_scan(kind, gates, h0),), plain_gated(kind)
+    assert gpu_kernels.scan_segments(2, 9, T, 132)[0] > 1
+    inputs, dtype = generate(rng, shapes, TRITON_DTYPES, optional=('h0',))
+    assert_kernel_equals_plain(kernel, plain, inputs, dtype, f'{kind} split ' + describe(inputs, dtype, T), device)
 
 
 @pytest.mark.parametrize('rng', cases('triton-conv', 5))

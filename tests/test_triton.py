@@ -376,7 +376,8 @@ def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path
     channel's softplus and gate, shared by its 16 states), the backward 1.25 (a_t, and a_{t+1} once per
     state and 4-step chunk) and the same shared ones. The backward sums dB and dC over channels with 2
     shuffles per element and step (a reduce-scatter); no other kernel needs a shuffle, and none a
-    barrier. And the roofline of one paper-scale iteration of each of the paper's blocks."""
+    barrier. The roofline of one paper-scale iteration of each of the paper's blocks, and the scans'
+    split in time at the paper's speed setting."""
     pytest.importorskip('triton.backends.nvidia.compiler')
     from conftest import ROOT, run_script
     env = {key: value for key, value in os.environ.items() if key != 'TRITON_INTERPRET'}
@@ -399,3 +400,9 @@ def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path
     assert roofline[0]['vs_transformer'] == 1 and all(r['gbytes'] > 0 and r['tflops'] > 0.5 for r in roofline)
     # the Triton kernels' instruction issue counts in the recurrent blocks' time, and only there
     assert roofline[0]['kernel_issue_ms'] == 0 and all(r['kernel_issue_ms'] > 0 for r in roofline[1:])
+    # the paper's speed setting (64 programs on an H100's 132 SMs) splits time; the gain is T / steps walked
+    segments = report.read_csv(str(tmp_path / 'segments.csv'))
+    speed = [r for r in segments if r['setting'] == 'speed']
+    assert [r['T'] for r in speed] == [512, 4096] and all(r['segments'] >= 4 for r in speed)
+    assert all(r['expected_gain'] == round(r['T'] / r['steps_walked'], 1) > 1 for r in speed)
+    assert '## Long sequences' in (tmp_path / 'report.md').read_text()
