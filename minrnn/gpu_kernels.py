@@ -357,7 +357,7 @@ if triton is not None:
         for t0 in range(start, end, 4):
             a, b = _coefficient_steps(a_ptr, b_ptr, t0, d, T, D, KIND)
             tile = _recurrence(a, b, h)
-            _store_steps(h_ptr, tile, t0, d, end, D)
+            _store_steps(h_ptr, tile, t0, d, T, D)
             h = _rows(tile)[3]
 
     @triton.jit
@@ -378,16 +378,16 @@ if triton is not None:
             t0 = start + (n_tiles - 1 - k) * 4
             a, _ = _coefficient_steps(a_ptr, a_ptr, t0, d, T, D, KIND)
             a_after, _ = _coefficient_row(a_ptr, a_ptr, t0 + 4, d, T, D, KIND)
-            grad_h = _load_steps(grad_h_ptr, t0, d, end, D, D)  # 0 past the segment, where g comes in carried
+            grad_h = _load_steps(grad_h_ptr, t0, d, T, D, D)  # 0 past T, where g is 0 too
             a_next = _earlier(a, a_after)
             g_tile = _reversed(_recurrence(_reversed(a_next), _reversed(grad_h), g))
             h_before = tl.where(t0 == 0, h0, _load_tile(h_ptr, t0 - 1, d, T, D, D))
             h_prev = _later(_load_steps(h_ptr, t0, d, T, D, D), h_before)
             if KIND == PLAIN:
-                _store_steps(grad_b_ptr, g_tile, t0, d, end, D)
-                _store_steps(grad_a_ptr, g_tile * h_prev, t0, d, end, D)
+                _store_steps(grad_b_ptr, g_tile, t0, d, T, D)
+                _store_steps(grad_a_ptr, g_tile * h_prev, t0, d, T, D)
             else:
-                _store_gate_gradient_steps(grad_a_ptr, a_ptr, t0, d, end, D, g_tile * h_prev, g_tile, KIND)
+                _store_gate_gradient_steps(grad_a_ptr, a_ptr, t0, d, T, D, g_tile * h_prev, g_tile, KIND)
             g = _rows(g_tile)[0]
         if HAS_H0:  # in the first segment, g is now g_1, the gradient at the first step
             if segment == 0:
