@@ -347,14 +347,14 @@ def plot(train_rows, generate_rows, out, device_name):
     for what, ylabel, name in (('ms', 'training step (ms)', 'train'), ('memory_mb', 'memory (MiB)', 'memory')):
         if not train_rows:
             break
-        fig, ax = plt.subplots(figsize=(7, 5))
+        fig, ax = plt.subplots(figsize=(8.5, 5))
         for variant in dict.fromkeys(r['variant'] for r in train_rows):
             pts = [(r['T'], r[what]) for r in train_rows if r['variant'] == variant]
             ax.plot(*zip(*pts), **variant_style(variant), label=variant)
         ax.set(xscale='log', yscale='log', xlabel='sequence length T', ylabel=ylabel,
                title=f'one layer, fwd+bwd, {device_name}')
         ax.grid(True, which='both', alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))  # beside the axes: no line hidden
         fig.tight_layout()
         fig.savefig(os.path.join(out, f'{name}.png'), dpi=120)
         plt.close(fig)
