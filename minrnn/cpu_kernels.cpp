@@ -263,7 +263,8 @@ torch::Tensor minlstm_backward(torch::Tensor gates, torch::Tensor grad_a, torch:
 // (model.Mamba: selective_inputs, scan_channels, SiLUGate), without the (B, T, E, N) coefficients or
 // states in memory: the states live in a small buffer per task, and forward keeps only every K-th one
 // (the state before each chunk of K steps) for backward, which recomputes each chunk's states from it.
-// Inputs are contiguous: x, delta, z (B, T, E); A (E, N); Bm, Cm (B, T, N); D, bias (E); h0 (B, E, N).
+// x, delta, z (B, T, E) and Bm, Cm (B, T, N) are read as Rows (below); A (E, N), D, bias (E) and h0
+// (B, E, N) are contiguous.
 // Threads split the batch, so that the gradients of B_t and C_t, sums over channels, need no locks.
 // Channels lie on the vector lanes: the states and A are kept as (N, E'), E' = E rounded up to whole
 // vectors and one more, the padding zero (there a = exp(0) = 1 and b = 0, so it stays 0). The extra
@@ -293,14 +294,16 @@ void from_lanes(const T* lanes, int64_t E, int64_t N, int64_t E_padded, T* targe
 // of its own: log1p is a call into Sleef, which would make the compiler keep the state loop's
 // accumulators in memory if it sat in that loop.
 
-// delta = softplus(v) = log1p(exp(v)), v = pre + bias, threshold 20 as F.softplus; and where slope is
-// given, softplus's derivative sigmoid(v) = e / (1 + e), e = exp(v), for the backward.
+// delta = softplus(v) = log1p(exp(v)), v = pre + bias, and v itself above 20 (F.softplus's threshold);
+// and where slope is given, its derivative for the backward: sigmoid(v) = e / (1 + e), e = exp(v),
+// and 1 above the threshold (as F.softplus's backward; e / (1 + e) would be inf / inf there).
 template <typename T>
 void softplus_row(const T* pre, const T* bias, int64_t E, T* delta, T* slope) {
   for_vectors<T>(E, [&](int64_t e, int64_t count) {
     const Vec<T> v = load(pre + e, count) + load(bias + e, count), ev = v.exp_u20();  // as sigmoid's
-    Vec<T>::blendv(ev.log1p(), v, v > Vec<T>(20)).store(delta + e, count);
-    if (slope) (ev / (Vec<T>(1) + ev)).store(slope + e, count);
+    const auto linear = v > Vec<T>(20);
+    Vec<T>::blendv(ev.log1p(), v, linear).store(delta + e, count);
+    if (slope) Vec<T>::blendv(ev / (Vec<T>(1) + ev), Vec<T>(1), linear).store(slope + e, count);
   });
 }
 

@@ -291,6 +291,31 @@ def test_selective_scan_finite_with_delta_at_its_extremes(backend, T):
     assert all(torch.isfinite(t.grad).all() for t in inputs)
 
 
+@pytest.mark.skipif(not cpu_kernels.available(), reason='cpu_kernels.cpp does not build here')
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_the_fused_softplus_at_extreme_pre_activations(dtype):
+    """delta's pre-activation far past softplus's threshold (20) either way: the C++ kernel's delta and
+    its derivative are F.softplus's (the input itself and 1 above the threshold), finite everywhere."""
+    g = torch.Generator().manual_seed(3)
+    x, B, C, z = (torch.randn(2, 9, width, generator=g, dtype=dtype) for width in (5, 3, 3, 5))
+    pre = torch.tensor([-1000., -30., 0., 30., 1000.], dtype=dtype)[torch.randint(0, 5, (2, 9, 5), generator=g)]
+    A, D = -torch.rand(5, 3, generator=g, dtype=dtype) - 0.5, torch.randn(5, generator=g, dtype=dtype)
+
+    def run(fused):
+        leaves = [t.clone().requires_grad_() for t in (x, pre, B, C, z)]
+        x_, pre_, B_, C_, z_ = leaves
+        if fused:
+            y, last = cpu_kernels.selective_scan(x_, pre_, A, B_, C_, D, delta_bias=torch.zeros(5, dtype=dtype), z=z_)
+        else:
+            y, last = cpu_kernels.selective_scan(x_, F.softplus(pre_), A, B_, C_, D)
+            y = y * F.silu(z_)
+        (y.sum() + last.sum()).backward()
+        return [y, last] + [t.grad for t in leaves]
+    for fused, plain in zip(run(True), run(False)):
+        assert torch.isfinite(fused).all()
+        torch.testing.assert_close(fused, plain, rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=0)
+
+
 # ----------------------------------------------------------------------------- carried state
 
 @pytest.mark.parametrize('backend', ['log', COMPILED])
