@@ -79,18 +79,20 @@ FUSED = ('mingru', 'minlstm', 'selective', 'conv')
 
 class Kernels:
     """The kernels one layer runs, chosen when it is built, so that forward does no loading and
-    torch.compile traces nothing but tensor code: per device type here (the CPU, and CUDA where it is
-    available), the backend `backend` stands for, the C++ build or the triton import done now. fused:
-    the fused kernel the layer's class implements (one of FUSED), or None for the plain path of its
-    own math on the generic scan."""
+    torch.compile traces nothing but tensor code: for the device type the layer will run on (CUDA
+    where it is available, else the CPU), the backend `backend` stands for, the triton import or the
+    C++ build done now. (A machine with a GPU does not build the C++ kernels for a model it will move
+    there; a CPU forward on it resolves, and builds, on its first call.) fused: the fused kernel the
+    layer's class implements (one of FUSED), or None for the plain path of its own math on the
+    generic scan."""
 
     def __init__(self, backend, fused=None):
         if fused is not None and fused not in FUSED:
             raise ValueError(f'no fused kernel {fused!r}: there are {", ".join(FUSED)}; a layer that computes '
                              'other math leaves fused_kernel unset and runs its own code on the plain scan')
         self.requested, self.fused = backend, fused
-        devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
-        self.backends = {device: resolve_backend(backend, device) for device in devices}
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        self.backends = {device: resolve_backend(backend, device)}
 
     @classmethod
     def of(cls, layer, backend):
@@ -110,8 +112,11 @@ class Kernels:
 
 def check_backend(backend, device):
     """A ValueError in words where this backend cannot run on this device (before training, not at the
-    first forward); builds the C++ kernels where they are asked for."""
+    first forward); builds the C++ kernels where they are asked for, or where 'auto' stands for them
+    (a CPU run on a machine with a GPU, whose layers resolve only CUDA when built)."""
     device = torch.device(device).type
+    if backend == 'auto':
+        resolve_backend(backend, device)
     if backend == 'compiled':
         if device != 'cpu':
             raise ValueError("scan_backend='compiled' runs on a CPU; on a GPU use 'auto' (Triton kernels)")

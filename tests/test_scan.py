@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from minrnn import cpu_kernels
-from minrnn.scan import LOG_CHUNK, linear_scan, log_scan, resolve_backend
+from minrnn.scan import LOG_CHUNK, Kernels, linear_scan, log_scan, resolve_backend
 
 # 'compiled' is tested wherever it builds; test_compiled_kernels_build_where_there_is_a_compiler makes a
 # failed build visible where it should have worked.
@@ -185,3 +185,14 @@ def test_float32_log_scan_error_at_4096_steps(form):
     errors = {chunk: ((log_scan(log_a.float(), h0=h0.float(), dtype=torch.float32, chunk=chunk, **given).double()
                        - expected).abs().max() / expected.abs().max()).item() for chunk in (LOG_CHUNK, T)}
     assert errors[LOG_CHUNK] < 1e-5 and errors[T] > 1e-4, errors
+
+
+def test_a_machine_with_a_gpu_builds_no_cpu_kernels_for_its_layers(monkeypatch):
+    """A layer resolves the backend of the device it will run on: with CUDA there, the C++ build (about
+    a minute on a fresh machine) waits until a CPU run asks for it."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(cpu_kernels, 'available', lambda: pytest.fail('the C++ kernels were built'))
+    kernels = Kernels('auto', 'mingru')
+    assert set(kernels.backends) == {'cuda'}
+    monkeypatch.setattr(cpu_kernels, 'available', lambda: True)
+    assert kernels.backend(torch.device('cpu')) == 'compiled'  # resolved when a CPU tensor comes
