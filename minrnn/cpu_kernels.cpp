@@ -261,79 +261,60 @@ torch::Tensor minlstm_backward(torch::Tensor gates, torch::Tensor grad_a, torch:
 //   h_t[e, n]  = exp(delta_t[e] A[e, n]) h_{t-1}[e, n] + delta_t[e] B_t[n] x_t[e],   h_0 = h0 or zero
 //   y_t[e]     = sum_n C_t[n] h_t[e, n] + D[e] x_t[e],   times SiLU(z_t[e]) where z is given
 // (model.Mamba: selective_inputs, scan_channels, SiLUGate), without the (B, T, E, N) coefficients or
-// states in memory: the states live in a small buffer per task, and forward keeps only every K-th one
-// (the state before each chunk of K steps) for backward, which recomputes each chunk's states from it.
-// x, delta, z (B, T, E) and Bm, Cm (B, T, N) are read as Rows (below); A (E, N), D, bias (E) and h0
-// (B, E, N) are contiguous.
-// Threads split the batch, so that the gradients of B_t and C_t, sums over channels, need no locks.
-// Channels lie on the vector lanes: the states and A are kept as (N, E'), E' = E rounded up to whole
-// vectors and one more, the padding zero (there a = exp(0) = 1 and b = 0, so it stays 0). The extra
-// vector keeps the rows of a power-of-two E from lying 4 KiB apart, where a load of one state would
-// wait on the store of another that merely shares its address's low 12 bits (4K aliasing).
-constexpr int64_t kChunk = 16;  // a state saved per 16 steps; a chunk's states and a_t fit in L2
+// states in memory. Threads split the batch, so that the gradients of B_t and C_t, sums over channels,
+// need no locks.
+// Channels lie on the vector lanes and the states of one vector of channels are walked kGroup at a time
+// through a chunk of kChunk steps, held in registers all the while; only the state before each chunk
+// goes to memory (kept for the backward, which recomputes each chunk's states from it). A chunk's rows
+// (delta, x, y, ...) are first gathered into small buffers of E' values each, E' = E rounded up to whole
+// vectors and one more, zero-padded (there a = exp(0) = 1 and b = 0, so a state stays 0); the extra
+// vector keeps rows of a power-of-two E from lying 4 KiB apart, where a load of one would wait on the
+// store of another that merely shares its address's low 12 bits (4K aliasing). States are likewise
+// padded to whole groups, with A, B_t and C_t zero there. x, delta, z (B, T, E) and Bm, Cm (B, T, N)
+// are read as Rows (below); A (E, N), D, bias (E) and h0 (B, E, N) are contiguous.
+constexpr int64_t kChunk = 16;  // a state saved per 16 steps: a chunk's rows and states stay in L1/L2
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kGroup = 8;  // states in registers at once: 32 vector registers
+#else
+constexpr int kGroup = 4;  // 16 vector registers (AVX2)
+#endif
 
 int64_t padded(int64_t E, int64_t lanes) { return (E + lanes - 1) / lanes * lanes + lanes; }
 
-// (E, N) -> (N, E'), zero-padded; from zero where source is null.
+// (E, N) -> (N', E'), zero-padded (N' >= N rows); from zero where source is null.
 template <typename T>
-void to_lanes(const T* source, int64_t E, int64_t N, int64_t E_padded, T* lanes) {
-  std::fill(lanes, lanes + N * E_padded, T(0));
+void to_lanes(const T* source, int64_t E, int64_t N, int64_t N_padded, int64_t E_padded, T* lanes) {
+  std::fill(lanes, lanes + N_padded * E_padded, T(0));
   if (source)
     for (int64_t e = 0; e < E; ++e)
       for (int64_t n = 0; n < N; ++n) lanes[n * E_padded + e] = source[e * N + n];
 }
 
-// (N, E') -> (E, N)
+// (N', E') -> (E, N)
 template <typename T>
 void from_lanes(const T* lanes, int64_t E, int64_t N, int64_t E_padded, T* target) {
   for (int64_t e = 0; e < E; ++e)
     for (int64_t n = 0; n < N; ++n) target[e * N + n] = lanes[n * E_padded + e];
 }
 
-// The elementwise parts around the scan, a row of E channels (one time step) at a time, each in a loop
-// of its own: log1p is a call into Sleef, which would make the compiler keep the state loop's
-// accumulators in memory if it sat in that loop.
+// The elementwise parts around the scan, a row of E channels (one time step) at a time.
 
-// delta = softplus(v) = log1p(exp(v)), v = pre + bias, and v itself above 20 (F.softplus's threshold);
-// and where slope is given, its derivative for the backward: sigmoid(v) = e / (1 + e), e = exp(v),
-// and 1 above the threshold (as F.softplus's backward; e / (1 + e) would be inf / inf there).
+// delta = softplus(v) = log1p(exp(v)), v = pre + bias, and v itself above 20 (F.softplus's threshold).
 template <typename T>
-void softplus_row(const T* pre, const T* bias, int64_t E, T* delta, T* slope) {
+void softplus_row(const T* pre, const T* bias, int64_t E, T* delta) {
   for_vectors<T>(E, [&](int64_t e, int64_t count) {
-    const Vec<T> v = load(pre + e, count) + load(bias + e, count), ev = v.exp_u20();  // as sigmoid's
-    const auto linear = v > Vec<T>(20);
-    Vec<T>::blendv(ev.log1p(), v, linear).store(delta + e, count);
-    if (slope) Vec<T>::blendv(ev / (Vec<T>(1) + ev), Vec<T>(1), linear).store(slope + e, count);
+    const Vec<T> v = load(pre + e, count) + load(bias + e, count);
+    Vec<T>::blendv(v.exp_u20().log1p(), v, v > Vec<T>(20)).store(delta + e, count);  // exp as sigmoid's
   });
 }
 
-// dL/dpre = dL/ddelta sigmoid(pre + bias), in place; dL/dbias += dL/dpre.
+// softplus'(v) = sigmoid(v) = e / (1 + e), e = exp(v), and 1 above the threshold (as F.softplus's
+// backward; e / (1 + e) would be inf / inf there).
 template <typename T>
-void softplus_backward_row(T* grad, const T* slope, int64_t E, T* grad_bias) {
+void softplus_slope_row(const T* pre, const T* bias, int64_t E, T* slope) {
   for_vectors<T>(E, [&](int64_t e, int64_t count) {
-    const Vec<T> g = load(grad + e, count) * load(slope + e, count);
-    g.store(grad + e, count);
-    (load(grad_bias + e, count) + g).store(grad_bias + e, count);
-  });
-}
-
-// y SiLU(z), in place.
-template <typename T>
-void gate_row(T* y, const T* z, int64_t E) {
-  for_vectors<T>(E, [&](int64_t e, int64_t count) {
-    const Vec<T> zz = load(z + e, count);
-    (load(y + e, count) * zz * sigmoid(zz)).store(y + e, count);
-  });
-}
-
-// From dL/dout of out = y SiLU(z): dL/dz = dL/dout y SiLU'(z), SiLU'(z) = s (1 + z (1 - s)) with
-// s = sigmoid(z), and dL/dy = dL/dout SiLU(z), written over y.
-template <typename T>
-void gate_backward_row(T* y, const T* z, const T* grad_out, int64_t E, T* grad_z) {
-  for_vectors<T>(E, [&](int64_t e, int64_t count) {
-    const Vec<T> zz = load(z + e, count), sz = sigmoid(zz), g = load(grad_out + e, count);
-    (g * load(y + e, count) * sz * (Vec<T>(1) + zz * (Vec<T>(1) - sz))).store(grad_z + e, count);
-    (g * zz * sz).store(y + e, count);
+    const Vec<T> v = load(pre + e, count) + load(bias + e, count), ev = v.exp_u20();
+    Vec<T>::blendv(ev / (Vec<T>(1) + ev), Vec<T>(1), v > Vec<T>(20)).store(slope + e, count);
   });
 }
 
@@ -342,41 +323,15 @@ void gate_backward_row(T* y, const T* z, const T* grad_out, int64_t E, T* grad_z
 template <typename T>
 inline Vec<T> decay(Vec<T> d, Vec<T> A) { return (d * A).exp_u20(); }
 
-// One step forward through the N states of one vector of channels; every pointer is offset to the
-// vector, states n apart by stride (E'). h goes from h_{t-1} (prev) to h_t (now; may be prev); a_t is
-// stored where a_out is given. Adds sum_n C_t[n] h_t[n] to out.
+// A chunk's rows, gathered from the inputs (E' values each, steps E' apart): delta_t, x_t, and the
+// output's accumulator; B_t, C_t padded to the groups (N' values each).
 template <typename T>
-inline void states_forward(const T* A, const T* prev, T* now, T* a_out, const T* B_t, const T* C_t, int64_t N,
-                           int64_t stride, const Vec<T>& d, const Vec<T>& du, Vec<T>& out) {
-  for (int64_t n = 0, k = 0; n < N; ++n, k += stride) {
-    const Vec<T> a = decay(d, Vec<T>::loadu(A + k));
-    const Vec<T> h = at::vec::fmadd(a, Vec<T>::loadu(prev + k), du * Vec<T>(B_t[n]));
-    h.store(now + k);
-    if (a_out) a.store(a_out + k);
-    out = at::vec::fmadd(Vec<T>(C_t[n]), h, out);
-  }
-}
-
-// One step back through the N states of one vector of channels (pointers offset as above): g =
-// a_{t+1} g_{t+1} + C_t dL/dy_t in place of the first, then a_t g; dL/dA, and dL/dB_t, dL/dC_t before
-// their sum over lanes (sum_B, sum_C: a vector per state), accumulated; adds sum_n g B_t[n] and
-// sum_n g A a_t h_{t-1} to gB and gdA.
-template <typename T>
-inline void states_backward(const T* A, const T* a_t, const T* prev, const T* now, T* g_next, T* gA, T* sum_B,
-                            T* sum_C, const T* B_t, const T* C_t, int64_t N, int64_t stride, const Vec<T>& d,
-                            const Vec<T>& du, const Vec<T>& gy, Vec<T>& gB, Vec<T>& gdA) {
-  constexpr int64_t lanes = Vec<T>::size();
-  for (int64_t n = 0, k = 0; n < N; ++n, k += stride) {
-    const Vec<T> a = Vec<T>::loadu(a_t + k), g = at::vec::fmadd(Vec<T>(C_t[n]), gy, Vec<T>::loadu(g_next + k));
-    const Vec<T> g_a_h = g * a * Vec<T>::loadu(prev + k);  // dL/d(delta A)
-    at::vec::fmadd(Vec<T>::loadu(now + k), gy, Vec<T>::loadu(sum_C + n * lanes)).store(sum_C + n * lanes);
-    at::vec::fmadd(g, du, Vec<T>::loadu(sum_B + n * lanes)).store(sum_B + n * lanes);
-    at::vec::fmadd(g_a_h, d, Vec<T>::loadu(gA + k)).store(gA + k);
-    gB = at::vec::fmadd(g, Vec<T>(B_t[n]), gB);
-    gdA = at::vec::fmadd(g_a_h, Vec<T>::loadu(A + k), gdA);
-    (a * g).store(g_next + k);
-  }
-}
+struct ChunkRows {
+  int64_t Ep, Np;
+  std::vector<T> delta, x, y, B, C;
+  ChunkRows(int64_t Ep_, int64_t Np_)
+      : Ep(Ep_), Np(Np_), delta(kChunk * Ep_), x(kChunk * Ep_), y(kChunk * Ep_), B(kChunk * Np_), C(kChunk * Np_) {}
+};
 
 // A (B, T, C) input read one (batch, time) row at a time: each row contiguous and the rows evenly
 // spaced, as in a contiguous tensor or a slice of its last dimension (chunk's and split's views, which
@@ -388,9 +343,12 @@ struct Rows {
   const T* operator[](int64_t row) const { return data + row * stride; }
 };
 
+// Row i * T + t of a (B, T, C) tensor; with T = 1 the rows are the batch's (a size-1 dimension's stride
+// is arbitrary: .contiguous() leaves it as it is).
 template <typename T>
 Rows<T> rows_of(const c10::optional<torch::Tensor>& t) {
-  return t.has_value() ? Rows<T>{t->data_ptr<T>(), t->stride(1)} : Rows<T>{nullptr, 0};
+  if (!t.has_value()) return Rows<T>{nullptr, 0};
+  return Rows<T>{t->data_ptr<T>(), t->size(1) > 1 ? t->stride(1) : t->stride(0)};
 }
 
 // The selective scan's inputs, one struct for forward and backward; optional ones are null.
@@ -398,78 +356,204 @@ template <typename T>
 struct Selective {
   Rows<T> x, delta, Bm, Cm, z;
   const T *D, *bias;
-  int64_t E, Ep;
+  int64_t T_, E, N, Ep, Np, chunks;
   Selective(const torch::Tensor& x_, const torch::Tensor& delta_, const torch::Tensor& Bm_, const torch::Tensor& Cm_,
             const torch::Tensor& D_, const c10::optional<torch::Tensor>& bias_, const c10::optional<torch::Tensor>& z_)
       : x(rows_of<T>(x_)), delta(rows_of<T>(delta_)), Bm(rows_of<T>(Bm_)), Cm(rows_of<T>(Cm_)), z(rows_of<T>(z_)),
-        D(D_.data_ptr<T>()), bias(bias_.has_value() ? bias_->data_ptr<T>() : nullptr), E(x_.size(2)),
-        Ep(padded(E, Vec<T>::size())) {}
+        D(D_.data_ptr<T>()), bias(bias_.has_value() ? bias_->data_ptr<T>() : nullptr), T_(x_.size(1)), E(x_.size(2)),
+        N(Bm_.size(2)), Ep(padded(E, Vec<T>::size())), Np((N + kGroup - 1) / kGroup * kGroup),
+        chunks((T_ + kChunk - 1) / kChunk) {}
+
+  // Gathers rows t0 .. t0 + steps - 1 of batch element i: delta, x, and y = D x; B and C padded. With a
+  // bias, delta = softplus(pre + bias): the forward computes it (and writes it to softplus_out, which
+  // it keeps for the backward); the backward reads it from there (softplus_in) and computes its slope.
+  void gather(int64_t i, int64_t t0, int64_t steps, ChunkRows<T>& rows, T* softplus_out, const T* softplus_in,
+              T* slope) const {
+    std::fill(rows.B.begin(), rows.B.end(), T(0));
+    std::fill(rows.C.begin(), rows.C.end(), T(0));
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t row = i * T_ + t0 + s;
+      T *d = rows.delta.data() + s * Ep, *u = rows.x.data() + s * Ep, *y = rows.y.data() + s * Ep;
+      if (softplus_in) {
+        std::copy(softplus_in + row * E, softplus_in + (row + 1) * E, d);
+        softplus_slope_row(delta[row], bias, E, slope + s * Ep);
+      } else if (bias) {
+        softplus_row(delta[row], bias, E, d);
+        std::copy(d, d + E, softplus_out + row * E);
+      } else {
+        std::copy(delta[row], delta[row] + E, d);
+      }
+      std::copy(x[row], x[row] + E, u);
+      for_vectors<T>(E, [&](int64_t e, int64_t count) { (load(D + e, count) * load(u + e, count)).store(y + e, count); });
+      std::copy(Bm[row], Bm[row] + N, rows.B.data() + s * Np);
+      std::copy(Cm[row], Cm[row] + N, rows.C.data() + s * Np);
+    }
+  }
 };
+
+// One vector of channels and kGroup states through `steps` steps, forward: h (the group's states, rows
+// E' apart) from before the chunk to after it; y_t += sum_n C_t[n] h_t[n]. A, h offset to the channels
+// and the group's first state; rows' buffers offset to the channels, B and C to the group.
+template <typename T>
+inline void group_forward(const T* A, T* h, int64_t steps, const T* delta, const T* x, T* y, const T* B,
+                          const T* C, int64_t Ep, int64_t Np) {
+  using V = Vec<T>;
+  V a_n[kGroup], h_n[kGroup];
+  for (int j = 0; j < kGroup; ++j) a_n[j] = V::loadu(A + j * Ep), h_n[j] = V::loadu(h + j * Ep);
+  for (int64_t s = 0; s < steps; ++s) {
+    const V d = V::loadu(delta + s * Ep), du = d * V::loadu(x + s * Ep);
+    V out = V::loadu(y + s * Ep);
+#pragma GCC unroll 16
+    for (int j = 0; j < kGroup; ++j) {
+      h_n[j] = at::vec::fmadd(decay(d, a_n[j]), h_n[j], du * V(B[s * Np + j]));
+      out = at::vec::fmadd(V(C[s * Np + j]), h_n[j], out);
+    }
+    out.store(y + s * Ep);
+  }
+  for (int j = 0; j < kGroup; ++j) h_n[j].store(h + j * Ep);
+}
+
+// y SiLU(z) of a chunk's rows into the output rows.
+template <typename T>
+void gate_rows(const T* y, const Rows<T>& z, int64_t row0, int64_t steps, int64_t E, int64_t Ep, T* out) {
+  for (int64_t s = 0; s < steps; ++s)
+    for_vectors<T>(E, [&](int64_t e, int64_t count) {
+      Vec<T> v = Vec<T>::loadu(y + s * Ep + e);
+      if (z.data) {
+        const Vec<T> zz = load(z[row0 + s] + e, count);
+        v = v * zz * sigmoid(zz);
+      }
+      v.store(out + (row0 + s) * E + e, count);
+    });
+}
 
 std::vector<torch::Tensor> selective_scan_forward(torch::Tensor x, torch::Tensor delta, torch::Tensor A,
                                                   torch::Tensor Bm, torch::Tensor Cm, torch::Tensor D,
                                                   c10::optional<torch::Tensor> h0, c10::optional<torch::Tensor> bias,
                                                   c10::optional<torch::Tensor> z) {
   const int64_t batch = x.size(0), T = x.size(1), E = x.size(2), N = A.size(1);
-  const int64_t chunks = (T + kChunk - 1) / kChunk;
   auto y = torch::empty({batch, T, E}, x.options());
   auto last = torch::empty({batch, E, N}, x.options());
+  auto softplus = torch::empty(bias.has_value() ? std::vector<int64_t>{batch, T, E} : std::vector<int64_t>{0},
+                               x.options());  // delta after the softplus, kept for the backward
   torch::Tensor saved;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "selective_scan_forward", [&] {
     using V = Vec<scalar_t>;
     const Selective<scalar_t> s(x, delta, Bm, Cm, D, bias, z);
-    const int64_t Ep = s.Ep;
+    const int64_t Ep = s.Ep, Np = s.Np, chunks = s.chunks;
     saved = torch::empty({batch, chunks, N, Ep}, x.options());
     const scalar_t* p0 = h0.has_value() ? h0->data_ptr<scalar_t>() : nullptr;
     scalar_t *py = y.data_ptr<scalar_t>(), *plast = last.data_ptr<scalar_t>(), *psaved = saved.data_ptr<scalar_t>();
-    std::vector<scalar_t> A_lanes(N * Ep);
-    to_lanes(A.data_ptr<scalar_t>(), E, N, Ep, A_lanes.data());
-    const scalar_t* Al = A_lanes.data();
+    scalar_t* psoftplus = s.bias ? softplus.data_ptr<scalar_t>() : nullptr;
+    std::vector<scalar_t> A_lanes(Np * Ep);
+    to_lanes(A.data_ptr<scalar_t>(), E, N, Np, Ep, A_lanes.data());
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> state(N * Ep), deltas(Ep);  // h, updated in place; delta_t where softplus makes it
-      scalar_t* h = state.data();
+      ChunkRows<scalar_t> rows(Ep, Np);
+      std::vector<scalar_t> state(Np * Ep);
       for (int64_t i = begin; i < end; ++i) {
-        to_lanes(p0 ? p0 + i * E * N : nullptr, E, N, Ep, h);
-        for (int64_t t = 0; t < T; ++t) {
-          if (t % kChunk == 0) std::memcpy(psaved + (i * chunks + t / kChunk) * N * Ep, h, N * Ep * sizeof(scalar_t));
-          const int64_t row = i * T + t;
-          const scalar_t *Bt = s.Bm[row], *Ct = s.Cm[row], *d_t = s.delta[row];
-          if (s.bias) {
-            softplus_row(d_t, s.bias, E, deltas.data(), static_cast<scalar_t*>(nullptr));
-            d_t = deltas.data();
-          }
-          for_vectors<scalar_t>(E, [&](int64_t e, int64_t count) {
-            const V d = load(d_t + e, count), u = load(s.x[row] + e, count), du = d * u;
-            V out = load(s.D + e, count) * u;
-            states_forward(Al + e, h + e, h + e, static_cast<scalar_t*>(nullptr), Bt, Ct, N, Ep, d, du, out);
-            out.store(py + row * E + e, count);
-          });
-          if (s.z.data) gate_row(py + row * E, s.z[row], E);
+        to_lanes(p0 ? p0 + i * E * N : nullptr, E, N, Np, Ep, state.data());
+        for (int64_t c = 0; c < chunks; ++c) {
+          const int64_t t0 = c * kChunk, steps = std::min(kChunk, T - t0);
+          std::memcpy(psaved + (i * chunks + c) * N * Ep, state.data(), N * Ep * sizeof(scalar_t));
+          s.gather(i, t0, steps, rows, psoftplus, nullptr, nullptr);
+          for (int64_t e = 0; e < E; e += V::size())
+            for (int64_t n = 0; n < Np; n += kGroup)
+              group_forward(A_lanes.data() + n * Ep + e, state.data() + n * Ep + e, steps, rows.delta.data() + e,
+                            rows.x.data() + e, rows.y.data() + e, rows.B.data() + n, rows.C.data() + n, Ep, Np);
+          gate_rows(rows.y.data(), s.z, i * T + t0, steps, E, Ep, py);
         }
-        from_lanes(h, E, N, Ep, plast + i * E * N);
+        from_lanes(state.data(), E, N, Ep, plast + i * E * N);
       }
     });
   });
-  return {y, last, saved};
+  return {y, last, saved, softplus};
 }
 
-// Backward, chunk by chunk from the end. A first pass over the chunk recomputes its states h_t and
-// a_t = exp(delta_t A) from the saved state (and, where z is given, y_t and from it dL/dz_t and
-// dL/dy_t); a second pass runs back through the chunk with g_t = dL/dh_t (total) = C_t dL/dy_t +
-// a_{t+1} g_{t+1}, u = x:
+// Backward, chunk by chunk from the end, with g_t = dL/dh_t (total) = C_t dL/dy_t + a_{t+1} g_{t+1}, u = x:
 //   dL/dx_t = D dL/dy_t + delta_t sum_n g_t B_t,   dL/ddelta_t = sum_n g_t A a_t h_{t-1} + u_t sum_n g_t B_t,
 //   dL/dA = sum_t g_t delta_t a_t h_{t-1},   dL/dB_t = sum_e g_t delta_t u_t,   dL/dC_t = sum_e h_t dL/dy_t,
 //   dL/dD = sum_t u_t dL/dy_t,   dL/dh0 = a_1 g_1,   and with a bias dL/dpre = dL/ddelta sigmoid(pre + bias),
-//   dL/dbias = sum_t dL/dpre;  with z, dL/dy = dL/dout SiLU(z) and
+//   dL/dbias = sum_t dL/dpre;  with z, dL/dy = dL/dout SiLU(z) (known before y) and
 //   dL/dz = dL/dout y SiLU'(z), SiLU'(z) = s (1 + z (1 - s)), s = sigmoid(z).
+// For each vector of channels and group of states, a first pass recomputes the chunk's h_t and a_t from
+// the saved state (into a small buffer) and adds its h_t dL/dy_t (and y_t, for dL/dz); a second runs back
+// through the chunk with g and dL/dA in registers. dL/dB_t and dL/dC_t are summed over channels per lane
+// first (a vector per step and state), over the lanes once per chunk.
 // dA, dD and dbias come back per batch element and are summed over it here.
-// grad_last: dL/d(the last state), where a later chunk of the sequence read it (absent: zero).
+// softplus: the forward's delta after the softplus (empty without a bias). grad_last: dL/d(the last
+// state), where a later chunk of the sequence read it (absent: zero).
+template <typename T>
+struct ChunkGrads {
+  std::vector<T> grad_y, sum_gB, sum_gdA;  // dL/dy_t; sum_n g_t B_t and sum_n g_t A a_t h_{t-1} (E' each)
+  std::vector<T> slope, sum_B, sum_C;      // softplus' (E'); dL/dB_t, dL/dC_t per lane (N' vectors each)
+  std::vector<T> h, a;                     // one group's h_{t0-1 ..} and a_t through the chunk
+  ChunkGrads(int64_t Ep, int64_t Np, int64_t lanes)
+      : grad_y(kChunk * Ep), sum_gB(kChunk * Ep), sum_gdA(kChunk * Ep), slope(kChunk * Ep),
+        sum_B(kChunk * Np * lanes), sum_C(kChunk * Np * lanes), h((kChunk + 1) * kGroup * lanes),
+        a(kChunk * kGroup * lanes) {}
+};
+
+// One vector of channels and kGroup states back through `steps` steps. start: the states before the
+// chunk; g: a_{t+1} g_{t+1} after it, in place of it before; gA: dL/dA, accumulated (rows E' apart).
+// y (the pre-gate output, where accumulate_y) and the rows' buffers offset to the channels; B, C and
+// the per-lane sums to the group.
+template <typename T>
+inline void group_backward(const T* A, const T* start, T* g, T* gA, int64_t steps, const T* delta, const T* x,
+                           T* y, bool accumulate_y, const T* B, const T* C, ChunkGrads<T>& w, int64_t e, int64_t n,
+                           int64_t Ep, int64_t Np) {
+  using V = Vec<T>;
+  constexpr int64_t lanes = V::size();
+  const T *grad_y = w.grad_y.data() + e;
+  T *h = w.h.data(), *a = w.a.data(), *sum_B = w.sum_B.data() + n * lanes, *sum_C = w.sum_C.data() + n * lanes;
+  V a_n[kGroup], h_n[kGroup];
+  for (int j = 0; j < kGroup; ++j) {
+    a_n[j] = V::loadu(A + j * Ep), h_n[j] = V::loadu(start + j * Ep);
+    h_n[j].store(h + j * lanes);
+  }
+  for (int64_t s = 0; s < steps; ++s) {  // h[s] = h_{t0 + s - 1}, a[s] = a_{t0 + s}
+    const V d = V::loadu(delta + s * Ep), du = d * V::loadu(x + s * Ep), gy = V::loadu(grad_y + s * Ep);
+    V out = accumulate_y ? V::loadu(y + s * Ep) : V(0);
+#pragma GCC unroll 16
+    for (int j = 0; j < kGroup; ++j) {
+      const V a_t = decay(d, a_n[j]);
+      h_n[j] = at::vec::fmadd(a_t, h_n[j], du * V(B[s * Np + j]));
+      a_t.store(a + (s * kGroup + j) * lanes);
+      h_n[j].store(h + ((s + 1) * kGroup + j) * lanes);
+      T* sC = sum_C + (s * Np + j) * lanes;
+      at::vec::fmadd(h_n[j], gy, V::loadu(sC)).store(sC);
+      out = at::vec::fmadd(V(C[s * Np + j]), h_n[j], out);
+    }
+    if (accumulate_y) out.store(y + s * Ep);
+  }
+  V g_n[kGroup], gA_n[kGroup];
+  for (int j = 0; j < kGroup; ++j) g_n[j] = V::loadu(g + j * Ep), gA_n[j] = V::loadu(gA + j * Ep);
+  for (int64_t s = steps - 1; s >= 0; --s) {
+    const V d = V::loadu(delta + s * Ep), du = d * V::loadu(x + s * Ep), gy = V::loadu(grad_y + s * Ep);
+    V gB(0), gdA(0);
+#pragma GCC unroll 16
+    for (int j = 0; j < kGroup; ++j) {
+      const V a_t = V::loadu(a + (s * kGroup + j) * lanes), g_t = at::vec::fmadd(V(C[s * Np + j]), gy, g_n[j]);
+      const V g_a_h = g_t * a_t * V::loadu(h + (s * kGroup + j) * lanes);  // dL/d(delta A)
+      T* sB = sum_B + (s * Np + j) * lanes;
+      at::vec::fmadd(g_t, du, V::loadu(sB)).store(sB);
+      gA_n[j] = at::vec::fmadd(g_a_h, d, gA_n[j]);
+      gB = at::vec::fmadd(g_t, V(B[s * Np + j]), gB);
+      gdA = at::vec::fmadd(g_a_h, V::loadu(A + j * Ep), gdA);
+      g_n[j] = a_t * g_t;
+    }
+    T *sgB = w.sum_gB.data() + s * Ep + e, *sgdA = w.sum_gdA.data() + s * Ep + e;
+    (V::loadu(sgB) + gB).store(sgB);
+    (V::loadu(sgdA) + gdA).store(sgdA);
+  }
+  for (int j = 0; j < kGroup; ++j) g_n[j].store(g + j * Ep), gA_n[j].store(gA + j * Ep);
+}
+
 std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tensor delta, torch::Tensor A,
                                                    torch::Tensor Bm, torch::Tensor Cm, torch::Tensor D,
                                                    c10::optional<torch::Tensor> bias, c10::optional<torch::Tensor> z,
-                                                   torch::Tensor saved, torch::Tensor grad_out,
+                                                   torch::Tensor saved, torch::Tensor softplus, torch::Tensor grad_out,
                                                    c10::optional<torch::Tensor> grad_last) {
-  const int64_t batch = x.size(0), T = x.size(1), E = x.size(2), N = A.size(1), chunks = saved.size(1);
+  const int64_t batch = x.size(0), T = x.size(1), E = x.size(2), N = A.size(1);
   auto gx = torch::empty({batch, T, E}, x.options()), gdelta = torch::empty({batch, T, E}, x.options());
   auto gB = torch::empty({batch, T, N}, x.options()), gC = torch::empty({batch, T, N}, x.options());
   auto gA = torch::empty({batch, E, N}, x.options()), gD = torch::zeros({batch, E}, x.options());
@@ -480,71 +564,75 @@ std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tenso
     using V = Vec<scalar_t>;
     const int64_t lanes = V::size();
     const Selective<scalar_t> s(x, delta, Bm, Cm, D, bias, z);
-    const int64_t Ep = s.Ep, NE = N * Ep;
+    const int64_t Ep = s.Ep, Np = s.Np, chunks = s.chunks;
     const scalar_t *psaved = saved.data_ptr<scalar_t>(), *pgo = grad_out.data_ptr<scalar_t>();
+    const scalar_t* psoftplus = s.bias ? softplus.data_ptr<scalar_t>() : nullptr;
     scalar_t *pgx = gx.data_ptr<scalar_t>(), *pgd = gdelta.data_ptr<scalar_t>(), *pgB = gB.data_ptr<scalar_t>();
     scalar_t *pgC = gC.data_ptr<scalar_t>(), *pgA = gA.data_ptr<scalar_t>(), *pgD = gD.data_ptr<scalar_t>();
     scalar_t *pgbias = gbias.data_ptr<scalar_t>(), *pgz = s.z.data ? gz.data_ptr<scalar_t>() : nullptr;
     scalar_t* pgh0 = gh0.data_ptr<scalar_t>();
     const scalar_t* pgl = grad_last.has_value() ? grad_last->data_ptr<scalar_t>() : nullptr;
-    std::vector<scalar_t> A_lanes(NE);
-    to_lanes(A.data_ptr<scalar_t>(), E, N, Ep, A_lanes.data());
-    const scalar_t* Al = A_lanes.data();
+    std::vector<scalar_t> A_lanes(Np * Ep);
+    to_lanes(A.data_ptr<scalar_t>(), E, N, Np, Ep, A_lanes.data());
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> states((kChunk + 1) * NE), decays(kChunk * NE);  // h_{t0-1 ..}, a_t of the chunk
-      std::vector<scalar_t> deltas(kChunk * Ep), grads_y(kChunk * Ep);      // delta_t, dL/dy_t of the chunk
-      std::vector<scalar_t> slopes(s.bias ? kChunk * Ep : 0);              // softplus'(pre_t + bias)
-      std::vector<scalar_t> carried(NE), gA_lanes(NE);  // a_{t+1} g_{t+1}, carried backwards; dL/dA
-      std::vector<scalar_t> sum_B(N * lanes), sum_C(N * lanes);  // dL/dB_t, dL/dC_t before the sum over lanes
-      scalar_t *g_next = carried.data(), *gA_i = gA_lanes.data();
+      ChunkRows<scalar_t> rows(Ep, Np);
+      ChunkGrads<scalar_t> w(Ep, Np, lanes);
+      std::vector<scalar_t> start(Np * Ep), carried(Np * Ep), gA_lanes(Np * Ep);  // h before the chunk; a g; dL/dA
       for (int64_t i = begin; i < end; ++i) {
-        to_lanes(pgl ? pgl + i * E * N : nullptr, E, N, Ep, g_next);  // g after the last step
+        to_lanes(pgl ? pgl + i * E * N : nullptr, E, N, Np, Ep, carried.data());  // g after the last step
         std::fill(gA_lanes.begin(), gA_lanes.end(), scalar_t(0));
         scalar_t *gD_i = pgD + i * E, *gbias_i = pgbias + i * E;
         for (int64_t c = chunks - 1; c >= 0; --c) {
-          const int64_t t0 = c * kChunk, t1 = std::min(T, t0 + kChunk);
-          std::memcpy(states.data(), psaved + (i * chunks + c) * NE, NE * sizeof(scalar_t));
-          for (int64_t t = t0; t < t1; ++t) {  // states[s] = h_{t0 + s - 1}, decays[s] = a_{t0 + s}
-            const int64_t row = i * T + t, s_ = t - t0;
-            const scalar_t *prev = states.data() + s_ * NE, *Bt = s.Bm[row], *Ct = s.Cm[row];
-            scalar_t *now = states.data() + (s_ + 1) * NE, *a_t = decays.data() + s_ * NE;
-            scalar_t *d_t = deltas.data() + s_ * Ep, *y_t = grads_y.data() + s_ * Ep;
-            if (s.bias) softplus_row(s.delta[row], s.bias, E, d_t, slopes.data() + s_ * Ep);
-            else std::copy(s.delta[row], s.delta[row] + E, d_t);
+          const int64_t t0 = c * kChunk, steps = std::min(kChunk, T - t0), row0 = i * T + t0;
+          std::memcpy(start.data(), psaved + (i * chunks + c) * N * Ep, N * Ep * sizeof(scalar_t));
+          s.gather(i, t0, steps, rows, nullptr, psoftplus, w.slope.data());
+          for (int64_t t = 0; t < steps; ++t)  // dL/dy_t = dL/dout SiLU(z)
             for_vectors<scalar_t>(E, [&](int64_t e, int64_t count) {
-              const V d = V::loadu(d_t + e), u = load(s.x[row] + e, count), du = d * u;
-              V y = load(s.D + e, count) * u;
-              states_forward(Al + e, prev + e, now + e, a_t + e, Bt, Ct, N, Ep, d, du, y);
-              y.store(y_t + e);
+              V gy = load(pgo + (row0 + t) * E + e, count);
+              if (s.z.data) {
+                const V zz = load(s.z[row0 + t] + e, count);
+                gy = gy * zz * sigmoid(zz);
+              }
+              gy.store(w.grad_y.data() + t * Ep + e);
             });
-            if (s.z.data) gate_backward_row(y_t, s.z[row], pgo + row * E, E, pgz + row * E);  // y_t -> dL/dy_t
-            else std::copy(pgo + row * E, pgo + (row + 1) * E, y_t);
-          }
-          for (int64_t t = t1 - 1; t >= t0; --t) {
-            const int64_t row = i * T + t, s_ = t - t0;
-            const scalar_t *prev = states.data() + s_ * NE, *now = prev + NE, *a_t = decays.data() + s_ * NE;
-            const scalar_t *Bt = s.Bm[row], *Ct = s.Cm[row];
-            std::fill(sum_B.begin(), sum_B.end(), scalar_t(0));
-            std::fill(sum_C.begin(), sum_C.end(), scalar_t(0));
+          std::fill(w.sum_gB.begin(), w.sum_gB.end(), scalar_t(0));
+          std::fill(w.sum_gdA.begin(), w.sum_gdA.end(), scalar_t(0));
+          std::fill(w.sum_B.begin(), w.sum_B.end(), scalar_t(0));
+          std::fill(w.sum_C.begin(), w.sum_C.end(), scalar_t(0));
+          for (int64_t e = 0; e < E; e += lanes)
+            for (int64_t n = 0; n < Np; n += kGroup)
+              group_backward(A_lanes.data() + n * Ep + e, start.data() + n * Ep + e, carried.data() + n * Ep + e,
+                             gA_lanes.data() + n * Ep + e, steps, rows.delta.data() + e, rows.x.data() + e,
+                             rows.y.data() + e, s.z.data != nullptr, rows.B.data() + n, rows.C.data() + n, w, e, n,
+                             Ep, Np);
+          for (int64_t t = 0; t < steps; ++t) {
+            const int64_t row = row0 + t, r = t * Ep;
             for_vectors<scalar_t>(E, [&](int64_t e, int64_t count) {
-              const V d = V::loadu(deltas.data() + s_ * Ep + e), gy = V::loadu(grads_y.data() + s_ * Ep + e);
-              const V u = load(s.x[row] + e, count), du = d * u;
-              V gB_sum(0), gdA_sum(0);
-              states_backward(Al + e, a_t + e, prev + e, now + e, g_next + e, gA_i + e, sum_B.data(), sum_C.data(), Bt, Ct,
-                              N, Ep, d, du, gy, gB_sum, gdA_sum);
+              const V d = V::loadu(rows.delta.data() + r + e), u = V::loadu(rows.x.data() + r + e);
+              const V gy = V::loadu(w.grad_y.data() + r + e), gB_sum = V::loadu(w.sum_gB.data() + r + e);
               at::vec::fmadd(gB_sum, d, load(s.D + e, count) * gy).store(pgx + row * E + e, count);
-              at::vec::fmadd(gB_sum, u, gdA_sum).store(pgd + row * E + e, count);
+              V gd = at::vec::fmadd(gB_sum, u, V::loadu(w.sum_gdA.data() + r + e));
+              if (s.bias) {
+                gd = gd * V::loadu(w.slope.data() + r + e);
+                (load(gbias_i + e, count) + gd).store(gbias_i + e, count);
+              }
+              gd.store(pgd + row * E + e, count);
               at::vec::fmadd(u, gy, load(gD_i + e, count)).store(gD_i + e, count);
+              if (s.z.data) {  // dL/dz = dL/dout y SiLU'(z)
+                const V zz = load(s.z[row] + e, count), sz = sigmoid(zz);
+                const V go = load(pgo + row * E + e, count), yy = V::loadu(rows.y.data() + r + e);
+                (go * yy * sz * (V(1) + zz * (V(1) - sz))).store(pgz + row * E + e, count);
+              }
             });
-            if (s.bias) softplus_backward_row(pgd + row * E, slopes.data() + s_ * Ep, E, gbias_i);
             for (int64_t n = 0; n < N; ++n) {  // padded lanes hold zeros
-              pgB[row * N + n] = std::accumulate(sum_B.begin() + n * lanes, sum_B.begin() + (n + 1) * lanes, scalar_t(0));
-              pgC[row * N + n] = std::accumulate(sum_C.begin() + n * lanes, sum_C.begin() + (n + 1) * lanes, scalar_t(0));
+              const scalar_t *sB = w.sum_B.data() + (t * Np + n) * lanes, *sC = w.sum_C.data() + (t * Np + n) * lanes;
+              pgB[row * N + n] = std::accumulate(sB, sB + lanes, scalar_t(0));
+              pgC[row * N + n] = std::accumulate(sC, sC + lanes, scalar_t(0));
             }
           }
         }
-        from_lanes(g_next, E, N, Ep, pgh0 + i * E * N);
-        from_lanes(gA_i, E, N, Ep, pgA + i * E * N);
+        from_lanes(carried.data(), E, N, Ep, pgh0 + i * E * N);
+        from_lanes(gA_lanes.data(), E, N, Ep, pgA + i * E * N);
       }
     });
   });

@@ -281,16 +281,17 @@ def _lanes(dtype):
 
 @torch.library.custom_op('minrnn::selective_scan', mutates_args=())
 def selective_scan_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h0: Optional[Tensor],
-                      delta_bias: Optional[Tensor], z: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+                      delta_bias: Optional[Tensor], z: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Mamba's selective scan fused: h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t and y_t = C_t . h_t
     + D x_t (model.Mamba.scan_channels over all channels), with no (batch, time, channels, d_state)
     tensor in memory; given delta_bias, delta = softplus(delta + delta_bias); given z, y SiLU(z).
-    Returns y, the last state, and the state of every CHUNK-th step (what the backward recomputes from)."""
+    Returns y, the last state, and for the backward the state of every CHUNK-th step (it recomputes the
+    rest from them) and delta after the softplus (empty without delta_bias)."""
     _check(x, delta, A, B, C, D, h0, delta_bias, z)
     x, delta, B, C, z = (_rows(t) for t in (x, delta, B, C, z))
     A, D, h0, delta_bias = (_contiguous(t) for t in (A, D, h0, delta_bias))
-    y, last, saved = load().selective_scan_forward(x, delta, A, B, C, D, h0, delta_bias, z)
-    return y, last, saved
+    y, last, saved, softplus = load().selective_scan_forward(x, delta, A, B, C, D, h0, delta_bias, z)
+    return y, last, saved, softplus
 
 
 @selective_scan_op.register_fake
@@ -298,24 +299,26 @@ def _(x, delta, A, B, C, D, h0, delta_bias, z):
     batch, T, E = x.shape
     lanes = _lanes(x.dtype)
     saved = x.new_empty(batch, -(-T // CHUNK), A.shape[1], (-(-E // lanes) + 1) * lanes)  # padded() in the C++
-    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(batch, E, A.shape[1]), saved
+    softplus = x.new_empty(x.shape if delta_bias is not None else 0)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(batch, E, A.shape[1]), saved, softplus
 
 
 @torch.library.custom_op('minrnn::selective_scan_backward', mutates_args=())
 def selective_scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
-                            delta_bias: Optional[Tensor], z: Optional[Tensor], saved: Tensor, grad_y: Tensor,
-                            grad_last: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
-                                                                  Tensor, Tensor, Tensor]:
+                            delta_bias: Optional[Tensor], z: Optional[Tensor], saved: Tensor, softplus: Tensor,
+                            grad_y: Tensor, grad_last: Optional[Tensor]
+                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """dL/d of x, delta, A, B, C, D, h0, delta_bias (zero without one) and z (empty without one), each
-    chunk recomputed from its saved state; grad_last is dL/d(last state) where a later chunk read it
-    (None: zero)."""
+    chunk recomputed from its saved state (and the forward's softplus of delta); grad_last is dL/d(last
+    state) where a later chunk read it (None: zero)."""
     x, delta, B, C, z = (_rows(t) for t in (x, delta, B, C, z))
     A, D, delta_bias, grad_y, grad_last = (_contiguous(t) for t in (A, D, delta_bias, grad_y, grad_last))
-    return tuple(load().selective_scan_backward(x, delta, A, B, C, D, delta_bias, z, saved, grad_y, grad_last))
+    return tuple(load().selective_scan_backward(x, delta, A, B, C, D, delta_bias, z, saved, softplus, grad_y,
+                                                grad_last))
 
 
 @selective_scan_backward.register_fake
-def _(x, delta, A, B, C, D, delta_bias, z, saved, grad_y, grad_last):
+def _(x, delta, A, B, C, D, delta_bias, z, saved, softplus, grad_y, grad_last):
     batch, _, E = x.shape
     return (*(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, delta, A, B, C, D)),
             x.new_empty(batch, E, A.shape[1]), D.new_empty(E), x.new_empty(x.shape if z is not None else 0))
@@ -323,12 +326,12 @@ def _(x, delta, A, B, C, D, delta_bias, z, saved, grad_y, grad_last):
 
 def _selective_setup(ctx, inputs, output):
     x, delta, A, B, C, D, h0, delta_bias, z = inputs
-    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, z, output[2])
+    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, z, *output[2:])
     ctx.has = [t is not None for t in (h0, delta_bias, z)]
-    ctx.mark_non_differentiable(output[2])
+    ctx.mark_non_differentiable(*output[2:])
 
 
-def _selective_derivative(ctx, grad_y, grad_last, grad_saved):
+def _selective_derivative(ctx, grad_y, grad_last, grad_saved, grad_softplus):
     *grads, grad_h0, grad_bias, grad_z = selective_scan_backward(*ctx.saved_tensors, grad_y, grad_last)
     return (*grads, *(grad if given else None for grad, given in zip((grad_h0, grad_bias, grad_z), ctx.has)))
 
@@ -342,7 +345,7 @@ def selective_scan(x, delta, A, B, C, D, h0=None, delta_bias=None, z=None):
     D, delta_bias (channels). With delta_bias, delta is its pre-activation: softplus(delta + delta_bias)
     is fused in; with z, Mamba's output gate: y SiLU(z) is returned (as gpu_kernels.selective_scan).
     Both outputs are differentiable: a later chunk that reads the last state passes its gradient back."""
-    y, last, _ = selective_scan_op(x, delta, A, B, C, D, h0, delta_bias, z)
+    y, last, _, _ = selective_scan_op(x, delta, A, B, C, D, h0, delta_bias, z)
     return y, last
 
 

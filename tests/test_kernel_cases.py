@@ -131,7 +131,7 @@ def plain_gated(kind):
 
 
 def selective_shapes(rng, B=2):
-    T, E, N = rng.choice(LENGTHS), rng.choice((3, 6, 33)), rng.choice((1, 4))
+    T, E, N = rng.choice(LENGTHS), rng.choice((3, 6, 33)), rng.choice((1, 4, 9, 16))
     return T, E, N, {'x': ((B, T, E), identity), 'delta': ((B, T, E), positive_draw),
                      'A_log': ((E, N), lambda t: t * 0.3 + 0.5), 'B': ((B, T, N), identity),
                      'C': ((B, T, N), identity), 'D': ((1, E), identity), 'h0': ((B, E), identity)}
@@ -181,7 +181,7 @@ def test_compiled_gated_scan(rng):
 
 
 @needs_compiled
-@pytest.mark.parametrize('rng', cases('cpu-selective', 10))
+@pytest.mark.parametrize('rng', cases('cpu-selective', 60))
 def test_compiled_selective_scan(rng):
     """With and without the fused softplus of delta's pre-activation and bias and the gate SiLU(z)."""
     T, E, N, shapes = selective_shapes(rng)
