@@ -24,7 +24,9 @@ Speed and memory of every block, measured side by side in one run (never as time
    the recurrent blocks carry a fixed-size state, the Transformer a key/value cache that grows.
 
 Writes train.csv, recipe.csv, generate.csv, ratios.csv, env.json and log-log plots (train.png,
-memory.png, generate.png) into the output folder, and prints the ratios the paper quotes.
+memory.png, generate.png) into the output folder, and prints the ratios the paper quotes. A run of
+some parts into a folder replaces those parts' files only; env.json's 'parts' names the command and
+date of each part's CSV.
 
 --static measures nothing: it compiles every Triton kernel (gpu_kernels.launches) for an H100 (sm_90)
 and an A100 (sm_80) with the assembler triton bundles, as a paper-scale launch specialises it, and
@@ -57,6 +59,7 @@ from minrnn.settings import resolve
 from model import MIXERS, CharLM, ModelConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+PARTS = ('train', 'recipe', 'generate')  # bench.py's measurements, each written to <part>.csv
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -393,8 +396,7 @@ def check_memory(args, device):
 
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument('--parts', nargs='+', default=['train', 'recipe', 'generate'],
-                        choices=['train', 'recipe', 'generate'])
+    parser.add_argument('--parts', nargs='+', default=list(PARTS), choices=PARTS)
     parser.add_argument('--lengths', nargs='+', type=int, default=[64, 128, 256, 512, 1024, 2048, 4096])
     parser.add_argument('--positions', nargs='+', type=int, default=[10, 100, 1000, 10000])
     parser.add_argument('--batch', type=int, default=64)
@@ -431,6 +433,19 @@ def parse_args(argv=None):
     return args
 
 
+def parts_written_before(out):
+    """Which command wrote each part's CSV already in out (env.json's 'parts'; an env.json from before
+    it had them names one command for every CSV there), so that a run of some parts into a folder keeps
+    the provenance of the others."""
+    try:
+        with open(os.path.join(out, 'env.json')) as f:
+            before = json.load(f)
+        return before.get('parts') or {part: {'command': before['command'], 'date': before['date']}
+                                       for part in PARTS if os.path.exists(os.path.join(out, f'{part}.csv'))}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.static:
@@ -455,6 +470,8 @@ def main(argv=None):
     env = {'command': 'python bench.py ' + ' '.join(sys.argv[1:] if argv is None else argv), **devices.environment(device),
            'device': name, 'auto_backend': auto_backend,
            'date': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
+    env['parts'] = {**parts_written_before(out), **{part: {'command': env['command'], 'date': env['date']}
+                                                    for part in args.parts}}
     with open(os.path.join(out, 'env.json'), 'w') as f:
         json.dump(env, f, indent=1)
     print(f"measuring {', '.join(args.parts)} on {name}; each part's CSV is written to {out}/ as it ends", flush=True)

@@ -53,6 +53,11 @@ def test_a_variant_over_max_step_seconds_is_not_timed_at_longer_lengths(tmp_path
         rows = list(csv.DictReader(f))
     assert rows and {row['T'] for row in rows} == {'16'}  # --quick's lengths are 16 and 32
     assert 'not timed at longer T' in result.stdout + result.stderr
+    # another part measured into the same folder: env.json names the command of each part's CSV
+    second = run_script('bench.py', '--quick', '--parts', 'recipe', '--out', str(tmp_path))
+    assert second.returncode == 0, second.stderr[-2000:]
+    parts = json.loads((tmp_path / 'env.json').read_text())['parts']
+    assert '--parts train' in parts['train']['command'] and '--parts recipe' in parts['recipe']['command']
 
 
 def test_every_series_of_the_speed_figure_has_its_own_look():
