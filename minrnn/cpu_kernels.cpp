@@ -641,29 +641,51 @@ std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tenso
 
 // The causal depthwise conv (model.CausalDepthwiseConv, ShiftedSum): per channel c,
 //   y_t[c] = bias[c] + sum_{s=0..K-1} weight[K-1-s, c] x_{t-s}[c]   (x before the first step is zero)
-// and SiLU(y_t) where silu. x (B, T, C) in Rows, weight (K, C), bias (C) contiguous.
+// and SiLU(y_t) where silu. x (B, T, C) in Rows, weight (K, C), bias (C) contiguous; K <= kConvTaps.
+// Each vector of channels walks time with the weights, the window of inputs (forward) or of gradients
+// (backward) and the weight's gradient in registers: the weights are padded in front to kConvTaps taps
+// with zeros, so one loop serves every K.
+constexpr int kConvTaps = 4;  // cpu_kernels.CONV_MAX_KERNEL
+
 template <typename T>
-inline Vec<T> conv_at(const T* x_t, int64_t x_stride, const T* weight, const T* bias, int64_t K, int64_t t, int64_t C,
-                      int64_t c, int64_t count) {
-  Vec<T> y = load(bias + c, count);
-  for (int64_t s = 0; s < K && s <= t; ++s)
-    y = at::vec::fmadd(load(weight + (K - 1 - s) * C + c, count), load(x_t - s * x_stride + c, count), y);
-  return y;
+struct ConvTaps {
+  Vec<T> w[kConvTaps];  // w[kConvTaps - 1 - s] multiplies x_{t-s}
+  ConvTaps(const T* weight, int64_t K, int64_t C, int64_t c, int64_t count) {
+    for (int s = 0; s < kConvTaps; ++s) w[kConvTaps - 1 - s] = s < K ? load(weight + (K - 1 - s) * C + c, count) : Vec<T>(0);
+  }
+};
+
+// x_{t-s}[c ..] of batch element i, zero before the first step.
+template <typename T>
+inline Vec<T> input_at(const Rows<T>& xs, int64_t i, int64_t T_, int64_t t, int64_t c, int64_t count) {
+  return t >= 0 ? load(xs[i * T_ + t] + c, count) : Vec<T>(0);
 }
 
 torch::Tensor causal_conv_forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, bool silu) {
-  const int64_t T = x.size(1), C = x.size(2), K = weight.size(0);
-  auto y = torch::empty({x.size(0), T, C}, x.options());
+  const int64_t batch = x.size(0), T = x.size(1), C = x.size(2), K = weight.size(0);
+  TORCH_CHECK(K <= kConvTaps, "causal_conv takes kernels of up to ", kConvTaps, " steps, got ", K);
+  auto y = torch::empty({batch, T, C}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv_forward", [&] {
+    using V = Vec<scalar_t>;
     const Rows<scalar_t> xs = rows_of<scalar_t>(x);
     const scalar_t *pw = weight.data_ptr<scalar_t>(), *pb = bias.data_ptr<scalar_t>();
     scalar_t* py = y.data_ptr<scalar_t>();
-    for_rows(x.size(0) * T, [&](int64_t row) {
-      for_vectors<scalar_t>(C, [&](int64_t c, int64_t count) {
-        Vec<scalar_t> out = conv_at(xs[row], xs.stride, pw, pb, K, row % T, C, c, count);
-        if (silu) out = out * sigmoid(out);
-        out.store(py + row * C + c, count);
-      });
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        for_vectors<scalar_t>(C, [&](int64_t c, int64_t count) {
+          const ConvTaps<scalar_t> taps(pw, K, C, c, count);
+          const V b = load(pb + c, count);
+          V window[kConvTaps];  // x_t, x_{t-1}, ...
+          for (int s = 0; s < kConvTaps; ++s) window[s] = V(0);
+          for (int64_t t = 0; t < T; ++t) {
+            for (int s = kConvTaps - 1; s > 0; --s) window[s] = window[s - 1];
+            window[0] = load(xs[i * T + t] + c, count);
+            V out = b;
+            for (int s = 0; s < kConvTaps; ++s) out = at::vec::fmadd(taps.w[kConvTaps - 1 - s], window[s], out);
+            if (silu) out = out * sigmoid(out);
+            out.store(py + (i * T + t) * C + c, count);
+          }
+        });
     });
   });
   return y;
@@ -671,11 +693,13 @@ torch::Tensor causal_conv_forward(torch::Tensor x, torch::Tensor weight, torch::
 
 // With g_t = dL/dy_t (times SiLU'(y_t) = s (1 + y_t (1 - s)), s = sigmoid(y_t), where silu, y_t
 // recomputed):  dL/dx_t = sum_s weight[K-1-s] g_{t+s},  dL/dweight[K-1-s] = sum_{b,t} g_t x_{t-s},
-// dL/dbias = sum_{b,t} g_t. Threads split the batch; the weight's and bias's sums come back per batch
-// element and are summed here. Returns (dL/dx, dL/dweight, dL/dbias).
+// dL/dbias = sum_{b,t} g_t. Time is walked backwards, so that g_{t+1 ..} are at hand. Threads split the
+// batch; the weight's and bias's sums come back per batch element and are summed here. Returns (dL/dx,
+// dL/dweight, dL/dbias).
 std::vector<torch::Tensor> causal_conv_backward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, bool silu,
                                                 torch::Tensor grad_y) {
   const int64_t batch = x.size(0), T = x.size(1), C = x.size(2), K = weight.size(0);
+  TORCH_CHECK(K <= kConvTaps, "causal_conv takes kernels of up to ", kConvTaps, " steps, got ", K);
   auto gx = torch::empty({batch, T, C}, x.options());
   auto gw = torch::zeros({batch, K, C}, x.options()), gb = torch::zeros({batch, C}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv_backward", [&] {
@@ -685,33 +709,35 @@ std::vector<torch::Tensor> causal_conv_backward(torch::Tensor x, torch::Tensor w
     const scalar_t* pgy = grad_y.data_ptr<scalar_t>();
     scalar_t *pgx = gx.data_ptr<scalar_t>(), *pgw = gw.data_ptr<scalar_t>(), *pgb = gb.data_ptr<scalar_t>();
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> g(T * C);  // dL/d(the conv's sum), for one batch element
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t* x_i = xs[i * T];
-        for (int64_t t = 0; t < T; ++t)
-          for_vectors<scalar_t>(C, [&](int64_t c, int64_t count) {
-            V grad = load(pgy + (i * T + t) * C + c, count);
+      for (int64_t i = begin; i < end; ++i)
+        for_vectors<scalar_t>(C, [&](int64_t c, int64_t count) {
+          const ConvTaps<scalar_t> taps(pw, K, C, c, count);
+          const V b = load(pb + c, count);
+          V later[kConvTaps], grad_w[kConvTaps], grad_b(0);  // later[s] = g_{t+s}; grad_w as taps.w
+          for (int s = 0; s < kConvTaps; ++s) later[s] = grad_w[s] = V(0);
+          for (int64_t t = T - 1; t >= 0; --t) {
+            V inputs[kConvTaps];  // x_{t-s}
+            for (int s = 0; s < kConvTaps; ++s) inputs[s] = input_at(xs, i, T, t - s, c, count);
+            V g = load(pgy + (i * T + t) * C + c, count);
             if (silu) {
-              const V y = conv_at(x_i + t * xs.stride, xs.stride, pw, pb, K, t, C, c, count), s = sigmoid(y);
-              grad = grad * s * (V(1) + y * (V(1) - s));
+              V y = b;
+              for (int s = 0; s < kConvTaps; ++s) y = at::vec::fmadd(taps.w[kConvTaps - 1 - s], inputs[s], y);
+              const V sy = sigmoid(y);
+              g = g * sy * (V(1) + y * (V(1) - sy));
             }
-            grad.store(g.data() + t * C + c, count);
-          });
-        scalar_t *gw_i = pgw + i * K * C, *gb_i = pgb + i * C;
-        for (int64_t t = 0; t < T; ++t)
-          for_vectors<scalar_t>(C, [&](int64_t c, int64_t count) {
-            const V g_t = load(g.data() + t * C + c, count);
+            for (int s = kConvTaps - 1; s > 0; --s) later[s] = later[s - 1];
+            later[0] = g;
             V dx(0);
-            for (int64_t s = 0; s < K && t + s < T; ++s)
-              dx = at::vec::fmadd(load(pw + (K - 1 - s) * C + c, count), load(g.data() + (t + s) * C + c, count), dx);
-            dx.store(pgx + (i * T + t) * C + c, count);
-            for (int64_t s = 0; s < K && s <= t; ++s) {
-              scalar_t* w = gw_i + (K - 1 - s) * C + c;
-              at::vec::fmadd(g_t, load(x_i + (t - s) * xs.stride + c, count), load(w, count)).store(w, count);
+            for (int s = 0; s < kConvTaps; ++s) {
+              dx = at::vec::fmadd(taps.w[kConvTaps - 1 - s], later[s], dx);
+              grad_w[kConvTaps - 1 - s] = at::vec::fmadd(g, inputs[s], grad_w[kConvTaps - 1 - s]);
             }
-            (load(gb_i + c, count) + g_t).store(gb_i + c, count);
-          });
-      }
+            grad_b = grad_b + g;
+            dx.store(pgx + (i * T + t) * C + c, count);
+          }
+          for (int64_t s = 0; s < K; ++s) grad_w[kConvTaps - 1 - s].store(pgw + (i * K + K - 1 - s) * C + c, count);
+          grad_b.store(pgb + i * C + c, count);
+        });
     });
   });
   return {gx, gw.sum(0), gb.sum(0)};

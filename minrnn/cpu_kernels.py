@@ -349,11 +349,14 @@ def selective_scan(x, delta, A, B, C, D, h0=None, delta_bias=None, z=None):
     return y, last
 
 
+CONV_MAX_KERNEL = 4  # the C++ conv's window of inputs (kConvTaps); scan.causal_conv runs longer kernels plainly
+
+
 @torch.library.custom_op('minrnn::causal_conv', mutates_args=())
 def causal_conv(x: Tensor, weight: Tensor, bias: Tensor, silu: bool) -> Tensor:
     """model.ShiftedSum's causal depthwise conv, y_t = bias + sum_s weight[K-1-s] x_{t-s}, then SiLU(y)
-    where silu; x (batch, time, channels), weight (K, channels), bias (channels). Only x is saved: the
-    backward recomputes y for SiLU's derivative."""
+    where silu; x (batch, time, channels), weight (K <= CONV_MAX_KERNEL, channels), bias (channels). Only
+    x is saved: the backward recomputes y for SiLU's derivative."""
     _check(x, weight, bias)
     return load().causal_conv_forward(_rows(x), weight.contiguous(), bias.contiguous(), silu)
 

@@ -172,14 +172,15 @@ def fuses_softplus(kernels, device):
 
 
 def causal_conv(kernels, x, weight, bias, silu, plain):
-    """The recurrent blocks' causal depthwise conv (model.CausalDepthwiseConv): one Triton kernel for
-    kernels of up to 4 steps (Mamba's d_conv, the configs' conv_kernel), the C++ one on a CPU (x widened
-    to float32 under autocast; a half-precision model runs plainly), plain(x, weight, bias, silu)
-    (shifted multiply-adds) otherwise."""
+    """The recurrent blocks' causal depthwise conv (model.CausalDepthwiseConv): for kernels of up to 4
+    steps (Mamba's d_conv, the configs' conv_kernel) one Triton kernel, or the C++ one on a CPU (x
+    widened to float32 under autocast; a half-precision model runs plainly); plain(x, weight, bias,
+    silu) (shifted multiply-adds) otherwise."""
     fused = kernels.fused_on(x.device)
     if fused == 'triton' and weight.shape[0] <= load_gpu_kernels().CONV_MAX_KERNEL:
         return load_gpu_kernels().causal_conv(x, weight, bias, silu)
-    if fused == 'compiled' and widen(x).dtype == weight.dtype == bias.dtype:
+    if (fused == 'compiled' and weight.shape[0] <= cpu_kernels.CONV_MAX_KERNEL
+            and widen(x).dtype == weight.dtype == bias.dtype):
         return cpu_kernels.causal_conv(widen(x), weight, bias, silu)
     return plain(x, weight, bias, silu)
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from minrnn import cpu_kernels
 from minrnn import scan
-from model import Mamba, MinGRUCoefficients, MinLSTMCoefficients, ModelConfig, ShiftedSum
+from model import CausalDepthwiseConv, Mamba, MinGRUCoefficients, MinLSTMCoefficients, ModelConfig, ShiftedSum
 
 # Lengths: one step, odd ones, and both sides of the Triton kernels' 4-step tiles and the C++ selective
 # scan's 16-step chunks.
@@ -203,15 +203,24 @@ def test_compiled_selective_scan(rng):
 
 
 @needs_compiled
-@pytest.mark.parametrize('rng', cases('cpu-conv', 8))
+@pytest.mark.parametrize('rng', cases('cpu-conv', 16))
 def test_compiled_causal_conv(rng):
-    T, C, K = rng.choice(LENGTHS), rng.choice((1, 5, 70)), rng.choice((1, 2, 4, 6))
+    T, C, K = rng.choice(LENGTHS), rng.choice((1, 5, 70)), rng.choice((1, 2, 3, 4))
     silu = rng.random() < 0.5
     inputs, dtype = generate(rng, {'x': ((2, T, C), identity), 'weight': ((1, K, C), identity),
                                    'bias': ((1, 1, C), identity)}, (torch.float32, torch.float64))
     assert_kernel_equals_plain(lambda x, weight, bias: (cpu_kernels.causal_conv(x, weight[0], bias[0, 0], silu),),
                                lambda x, weight, bias: (ShiftedSum.apply(x, weight[0], bias[0, 0], silu),),
                                inputs, dtype, f'silu={silu} K={K} ' + describe(inputs, dtype, T))
+
+
+@needs_compiled
+def test_a_conv_longer_than_the_cpu_kernels_window_runs_plainly():
+    x, weight, bias = torch.randn(2, 9, 5), torch.randn(6, 5), torch.randn(5)
+    with pytest.raises(RuntimeError, match='up to 4 steps, got 6'):
+        cpu_kernels.causal_conv(x, weight, bias, True)
+    conv = CausalDepthwiseConv(5, 6, silu=True, backend='compiled')
+    assert torch.allclose(conv(x)[0], ShiftedSum.apply(x, conv.weight, conv.bias, True))
 
 
 # ----------------------------------------------------------------------------- Triton
