@@ -21,8 +21,10 @@ In the selective scan a thread owns a channel and walks its N states in turn, so
 (y = C . h) stays in its registers, with no (batch, time, channels, N) tensor anywhere (mamba_ssm's
 CUDA kernel instead gives a (batch, channel) pair a block whose threads split time, scans each state
 across them and sums dB and dC with atomics; here time is in 4-step tiles inside a thread). The
-forward takes 4-step tiles one state at a time, keeping the states before every SELECTIVE_CHUNK (4)
-steps; the backward recomputes the states from those, 4-step tiles again, two states at a time. It
+forward takes 4-step tiles two states at a time, the next pair's operands loaded before a pair's
+arithmetic and stores (a load cannot pass an earlier store), keeping the states before every
+SELECTIVE_CHUNK (4) steps; the backward recomputes the states from those, 4-step tiles again, two
+states at a time. It
 reads inputs in any float dtype (bfloat16 under autocast) and computes in float32; it fuses delta's
 softplus and bias and Mamba's output gate y * SiLU(z). Each kernel is a torch.library operator with a
 registered derivative. `python bench.py --static` counts what they cost on an H100 (results/speed/static/).
@@ -426,12 +428,30 @@ if triton is not None:
         return delta
 
     @triton.jit
+    def _selective_operands_at(state, k, t, e, E_padded, T_padded, N: tl.constexpr, A_ptr, B_ptr, C_ptr, saved_ptr):
+        """A state's A (channels,), B and C (1, 4) at steps t, and its value before chunk k (channels,)."""
+        return (tl.load(A_ptr + state * E_padded + e), tl.load(B_ptr + state * T_padded + t),
+                tl.load(C_ptr + state * T_padded + t), tl.load(saved_ptr + (k * N + state) * E_padded + e))
+
+    @triton.jit
+    def _selective_states(y, pair, k, e, delta, delta_x, A0, B0, C0, h0, A1, B1, C1, h1, E_padded, N: tl.constexpr,
+                          saved_ptr):
+        """States pair and pair + 1 through chunk k from their operands: adds their C h to y, saves their
+        values after the chunk."""
+        h = _recurrence(tl.exp2(delta * A0[:, None]), delta_x * B0, h0)
+        y += C0 * h
+        tl.store(saved_ptr + ((k + 1) * N + pair) * E_padded + e, _rows(h)[3])
+        h = _recurrence(tl.exp2(delta * A1[:, None]), delta_x * B1, h1)
+        tl.store(saved_ptr + ((k + 1) * N + pair + 1) * E_padded + e, _rows(h)[3])
+        return y + C1 * h
+
+    @triton.jit
     def _selective_forward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, y_ptr, saved_ptr, T, E,
                            z_batch, z_row, N: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
                            CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
         """h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t,  y_t = C_t . h_t + D x_t  (the selective SSM
         after zero-order hold) for one batch element and BLOCK_E channels, in chunks of CHUNK (4) steps
-        and one state at a time: a state's (channels, 4) tile comes from the recurrence in registers
+        and two states at a time: a state's (channels, 4) tile comes from the recurrence in registers
         and the state before the chunk, and y sums the states' C h as they pass. SOFTPLUS: delta =
         softplus(delta + bias); HAS_Z: Mamba's output gate, y_t SiLU(z_t) is written. The states before
         each chunk, and after the last, are saved (batch, chunks + 1, N, E), the first given: the next
@@ -457,18 +477,26 @@ if triton is not None:
             delta = _load_delta_steps(delta_ptr, bias, t0, e, T, E, SOFTPLUS)  # 0 outside: the state stays
             delta_x = delta * x
             y = x * D
-            # N is even (_padded); two states a pass. A state's loads still wait on the stores of the one
-            # before (the SASS serialises them: program order, and pointers that could alias)
-            for pair in range(0, N, 2):
-                for i in tl.static_range(2):
-                    state = pair + i
-                    A = tl.load(A_ptr + state * E_padded + e)
-                    B = tl.load(B_ptr + state * T_padded + t)
-                    C = tl.load(C_ptr + state * T_padded + t)
-                    h = _recurrence(tl.exp2(delta * A[:, None]), delta_x * B,
-                                    tl.load(saved_ptr + (k * N + state) * E_padded + e))
-                    y += C * h
-                    tl.store(saved_ptr + ((k + 1) * N + state) * E_padded + e, _rows(h)[3])
+            # Two states a pass, two passes an iteration (N is a multiple of 4: _padded). A load cannot pass
+            # a store before it (program order, and pointers that could alias), so each pass loads the next
+            # pair's operands before its own arithmetic and stores: their round trip overlaps this pair's
+            # work. The two passes alternate between two sets of registers (no copies between them).
+            A0, B0, C0, h0 = _selective_operands_at(0, k, t, e, E_padded, T_padded, N, A_ptr, B_ptr, C_ptr, saved_ptr)
+            A1, B1, C1, h1 = _selective_operands_at(1, k, t, e, E_padded, T_padded, N, A_ptr, B_ptr, C_ptr, saved_ptr)
+            for pair in range(0, N, 4):
+                A2, B2, C2, h2 = _selective_operands_at(pair + 2, k, t, e, E_padded, T_padded, N, A_ptr, B_ptr, C_ptr,
+                                                        saved_ptr)
+                A3, B3, C3, h3 = _selective_operands_at(pair + 3, k, t, e, E_padded, T_padded, N, A_ptr, B_ptr, C_ptr,
+                                                        saved_ptr)
+                y = _selective_states(y, pair, k, e, delta, delta_x, A0, B0, C0, h0, A1, B1, C1, h1, E_padded, N,
+                                      saved_ptr)
+                after = tl.minimum(pair + 4, N - 2)  # the last iteration reloads a pair, unused
+                A0, B0, C0, h0 = _selective_operands_at(after, k, t, e, E_padded, T_padded, N, A_ptr, B_ptr, C_ptr,
+                                                        saved_ptr)
+                A1, B1, C1, h1 = _selective_operands_at(after + 1, k, t, e, E_padded, T_padded, N, A_ptr, B_ptr,
+                                                        C_ptr, saved_ptr)
+                y = _selective_states(y, pair + 2, k, e, delta, delta_x, A2, B2, C2, h2, A3, B3, C3, h3, E_padded, N,
+                                      saved_ptr)
             if HAS_Z:
                 z = _load_steps(z_ptr, t0, e, T, E, z_row)
                 y = y * z * _sigmoid(z)
@@ -618,8 +646,9 @@ if triton is not None:
 
 
     # ------------------------------------------------------------------- causal depthwise conv
-    # A thread owns a channel and walks a block of BLOCK_T steps, the last 4 inputs in a (channels, 4)
-    # window of registers (the shifts of _earlier): each input is read once, each output written once.
+    # A thread owns a channel and walks a block of BLOCK_T steps (the forward unrolled, the backward a
+    # loop), the last 4 inputs in a (channels, 4) window of registers (the shifts of _earlier): each
+    # input is read once, each output written once.
     # Kernels of K < 4 steps are padded at the front with zero weights (the weight tile's rows before
     # row 0, which _load_steps reads as 0 and _store_steps leaves out).
 
@@ -648,8 +677,10 @@ if triton is not None:
                        x_row, K: tl.constexpr, SILU: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
         """With g = dL/d(conv output) (through SiLU' = s (1 + y (1 - s)) at the recomputed y where
         SILU): dL/dx_t = sum_j w_j g_{t+K-1-j},  dL/dw_j = sum_{b,t} g_t x_{t-K+1+j},  dL/dbias = sum g.
-        The walk runs 3 steps past its block for the g those need; dL/dw and dL/dbias per program
-        (batch, time block): the caller sums them."""
+        The walk runs 3 steps past its block for the g those need, a loop (not unrolled: few registers,
+        so that many warps share an SM and hide each other's loads) that loads the next step's x and g
+        before it stores this one's dL/dx; dL/dw and dL/dbias per program (batch, time block): the
+        caller sums them."""
         tl.static_assert(K <= 4)
         batch = tl.program_id(0).to(tl.int64)
         block = tl.program_id(1)
@@ -664,20 +695,25 @@ if triton is not None:
         grads = tl.zeros(w.shape, dtype=tl.float32)  # g at the last 4 steps, oldest first
         grad_w = tl.zeros(w.shape, dtype=tl.float32)
         grad_bias = tl.zeros(c.shape, dtype=tl.float32)
-        for i in tl.static_range(BLOCK_T + 3):
-            window = _earlier(window, _load_tile(x_ptr, t0 + i, c, T, C, x_row))
-            grad = _load_tile(grad_y_ptr, t0 + i, c, T, C, C)  # 0 past T
-            if SILU:
-                y = bias + tl.sum(window * w, axis=1)
-                s = _sigmoid(y)
-                grad = grad * s * (1.0 + y * (1.0 - s))
-            grads = _earlier(grads, grad)
-            if i < BLOCK_T:
-                grad_w += grad[:, None] * window
-                grad_bias += grad
-            if i >= 3:  # step t0 + i - 3 has the g of its 4 outputs
-                tl.store(grad_x_ptr + (t0 + i - 3) * C + c, tl.sum(grads * w_reversed, axis=1),
-                         mask=_inside(t0 + i - 3, c, T, C))
+        x_next, grad_next = _load_tile(x_ptr, t0, c, T, C, x_row), _load_tile(grad_y_ptr, t0, c, T, C, C)  # 0 past T
+        for i0 in range(0, BLOCK_T + 4, 4):  # 4 steps an iteration, unrolled: the windows' shifts move no register
+            for j in tl.static_range(4):
+                i = i0 + j
+                window = _earlier(window, x_next)
+                grad = grad_next
+                x_next = _load_tile(x_ptr, t0 + i + 1, c, T, C, x_row)
+                grad_next = _load_tile(grad_y_ptr, t0 + i + 1, c, T, C, C)
+                if SILU:
+                    y = bias + tl.sum(window * w, axis=1)
+                    s = _sigmoid(y)
+                    grad = grad * s * (1.0 + y * (1.0 - s))
+                grads = _earlier(grads, grad)
+                if i < BLOCK_T:  # the block's own steps
+                    grad_w += grad[:, None] * window
+                    grad_bias += grad
+                if (i >= 3) & (i < BLOCK_T + 3):  # step t0 + i - 3, this block's, has the g of its 4 outputs
+                    tl.store(grad_x_ptr + (t0 + i - 3) * C + c, tl.sum(grads * w_reversed, axis=1),
+                             mask=_inside(t0 + i - 3, c, T, C))
         _store_steps(grad_w_ptr + part * K * C, grad_w, -(4 - K), c, K, C)  # the padding's rows: no weight
         tl.store(grad_bias_ptr + part * C + c, grad_bias, mask=c < C)
 
@@ -722,12 +758,13 @@ def _selective_operands(x, delta, A, B, C, D, delta_bias):
 
 
 def _padded(t, block):
-    """t (..., N, X), states by channels or steps, as a float32 copy zero-padded to an even number of
-    states (the backward takes two at a time) and to whole blocks of channels or steps, which the
-    kernels then read without masks. The padding computes nothing: a state with A = 0 and B = C = 0
-    stays 0 and adds 0 to y, a channel or step without input keeps its state."""
+    """t (..., N, X), states by channels or steps, as a float32 copy zero-padded to a multiple of 4
+    states (the kernels take two at a time, the forward two pairs an iteration) and to whole blocks of
+    channels or steps, which the kernels then read without masks. The padding computes nothing: a
+    state with A = 0 and B = C = 0 stays 0 and adds 0 to y, a channel or step without input keeps its
+    state."""
     *batch, N, X = t.shape
-    padded = t.new_zeros(*batch, N + N % 2, -(-X // block) * block, dtype=torch.float32)
+    padded = t.new_zeros(*batch, -(-N // 4) * 4, -(-X // block) * block, dtype=torch.float32)
     padded[..., :N, :X] = t
     return padded
 
@@ -1016,7 +1053,6 @@ def launches(d_state=16):
     selective = dict(N=d_state, SOFTPLUS=True, CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E, HAS_Z=True)
     options = dict(num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
     channels = SELECTIVE_BLOCK_E // (32 * SELECTIVE_WARPS)
-    passes = -(-d_state // 2)  # of the selective kernels' loops over states, two states a pass
     kernels = {}
     for kind, value in KINDS.items():
         prefix = 'scan' if kind == 'plain' else f'{kind}_scan'
@@ -1030,19 +1066,19 @@ def launches(d_state=16):
             kernels[f'{prefix}_{name}'] = Launch(_scan_segment_maps, dict(BACKWARD=backward, KIND=value,
                                                                           BLOCK_D=SCAN_BLOCK_D),
                                                  dict(num_warps=4), 4, ('a_ptr',) * gates)
-    per_thread = CONV_BLOCK_T  # the conv kernels have no loop: a thread's channel, over all of its steps
     for prefix, silu in (('conv', False), ('silu_conv', True)):  # minGRU's / minLSTM's, Mamba's
         constants = dict(K=4, SILU=silu, BLOCK_T=CONV_BLOCK_T, BLOCK_C=CONV_BLOCK_C)
-        for name, kernel, half in (('forward', _conv_forward, ('x_ptr', 'y_ptr')),
-                                   ('backward', _conv_backward, ('x_ptr', 'grad_y_ptr', 'grad_x_ptr'))):
+        # the forward has no loop (a thread's channel over all of its steps), the backward 4 steps a pass
+        for name, kernel, half, per_thread in (('forward', _conv_forward, ('x_ptr', 'y_ptr'), CONV_BLOCK_T),
+                                               ('backward', _conv_backward, ('x_ptr', 'grad_y_ptr', 'grad_x_ptr'), 4)):
             kernels[f'{prefix}_{name}'] = Launch(kernel, constants, dict(num_warps=4), per_thread, half)
     kernels['selective_forward'] = Launch(
         _selective_forward, dict(selective), options, SELECTIVE_CHUNK * channels * d_state,
-        ('x_ptr', 'delta_ptr', 'z_ptr', 'y_ptr'), inner_trips=passes)  # B, C float32
+        ('x_ptr', 'delta_ptr', 'z_ptr', 'y_ptr'), inner_trips=-(-d_state // 4))  # B, C float32; 4 states a pass
     kernels['selective_backward'] = Launch(
         _selective_backward, dict(selective), options, SELECTIVE_CHUNK * channels * d_state,
         ('x_ptr', 'delta_ptr', 'z_ptr', 'grad_y_ptr', 'grad_x_ptr', 'grad_delta_ptr', 'grad_z_ptr'),  # B, C float32
-        inner_trips=passes)
+        inner_trips=-(-d_state // 2))  # 2 states a pass
     return kernels
 
 

@@ -82,3 +82,17 @@ def test_no_default_writes_into_the_committed_results():
     assert bench.output_folder(bench.parse_args([]), 'cpu') == 'out/bench/cpu'
     assert bench.output_folder(bench.parse_args(['--quick']), 'cpu') == 'out/bench-quick'
     assert bench.output_folder(bench.parse_args(['--out', 'results/speed/cpu']), 'cpu') == 'results/speed/cpu'
+
+
+def test_a_load_group_stalls_for_the_latency_its_loop_does_not_cover():
+    """load_stalls on a made-up loop: loads used at once stall for the whole latency less the one
+    instruction before their use; a load whose value is first read a pass later (issued a pass ahead)
+    is covered by the instructions in between; a store splits the loads into two round trips."""
+    at_once = [('LDG.E', ' R4, desc[UR4][R2.64]'), ('FFMA', ' R6, R4, R4, R5'), ('STG.E', ' desc[UR4][R2.64], R6')]
+    assert static_cost.load_stalls(at_once, latency=100) == 99
+    ahead = [('FFMA', ' R6, R4, R4, R5'), ('LDG.E', ' R4, desc[UR4][R2.64]')] + [('FADD', ' R7, R7, R7')] * 60
+    assert static_cost.load_stalls(ahead, latency=100) == 100 - 61  # read back at the top of the next pass
+    two_trips = [('LDG.E', ' R4, desc[UR4][R2.64]'), ('STG.E', ' desc[UR4][R8.64], R9'),
+                 ('LDG.E.64', ' R10, desc[UR4][R2.64]'), ('FADD', ' R6, R4, R11')]
+    assert static_cost.load_stalls(two_trips, latency=100) == (100 - 3) + (100 - 1)
+

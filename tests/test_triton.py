@@ -15,6 +15,7 @@ from test_scan import reference
 
 triton = pytest.importorskip('triton')
 from minrnn import gpu_kernels  # noqa: E402  (after the skip: it needs triton to define its kernels)
+from minrnn import static_cost  # noqa: E402
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 T_VALUES = [1, 7, 64, 300]
@@ -399,7 +400,13 @@ def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path
     assert [r['block'] for r in roofline] == ['transformer', 'mingru', 'minlstm', 'mamba']
     assert roofline[0]['vs_transformer'] == 1 and all(r['gbytes'] > 0 and r['tflops'] > 0.5 for r in roofline)
     # the Triton kernels' instruction issue counts in the recurrent blocks' time, and only there
-    assert roofline[0]['kernel_issue_ms'] == 0 and all(r['kernel_issue_ms'] > 0 for r in roofline[1:])
+    assert roofline[0]['kernel_ms'] == 0 and all(r['kernel_ms'] > 0 for r in roofline[1:])
+    # every kernel's time per element is at least its instructions', and says what binds it
+    assert all(r['cycles_per_element'] >= r['instructions_per_element'] and r['bound'] in ('issue', 'latency')
+               for r in rows)
+    # the selective forward loads a pair's operands a pass ahead: under half the stalls of one round trip a state
+    assert all(r['stall_cycles_per_loop'] < 16 * static_cost.LOAD_LATENCY / 2 for r in selective
+               if r['kernel'] == 'selective_forward'), selective
     # the paper's speed setting (64 programs on an H100's 132 SMs) splits time; the gain is T / steps walked
     segments = report.read_csv(str(tmp_path / 'segments.csv'))
     speed = [r for r in segments if r['setting'] == 'speed']
