@@ -398,14 +398,14 @@ template <typename T>
 inline void group_forward(const T* A, T* h, int64_t steps, const T* delta, const T* x, T* y, const T* B,
                           const T* C, int64_t Ep, int64_t Np) {
   using V = Vec<T>;
-  V a_n[kGroup], h_n[kGroup];
-  for (int j = 0; j < kGroup; ++j) a_n[j] = V::loadu(A + j * Ep), h_n[j] = V::loadu(h + j * Ep);
+  V A_n[kGroup], h_n[kGroup];
+  for (int j = 0; j < kGroup; ++j) A_n[j] = V::loadu(A + j * Ep), h_n[j] = V::loadu(h + j * Ep);
   for (int64_t s = 0; s < steps; ++s) {
     const V d = V::loadu(delta + s * Ep), du = d * V::loadu(x + s * Ep);
     V out = V::loadu(y + s * Ep);
 #pragma GCC unroll 16
     for (int j = 0; j < kGroup; ++j) {
-      h_n[j] = at::vec::fmadd(decay(d, a_n[j]), h_n[j], du * V(B[s * Np + j]));
+      h_n[j] = at::vec::fmadd(decay(d, A_n[j]), h_n[j], du * V(B[s * Np + j]));
       out = at::vec::fmadd(V(C[s * Np + j]), h_n[j], out);
     }
     out.store(y + s * Ep);
@@ -469,19 +469,7 @@ std::vector<torch::Tensor> selective_scan_forward(torch::Tensor x, torch::Tensor
   return {y, last, saved, softplus};
 }
 
-// Backward, chunk by chunk from the end, with g_t = dL/dh_t (total) = C_t dL/dy_t + a_{t+1} g_{t+1}, u = x:
-//   dL/dx_t = D dL/dy_t + delta_t sum_n g_t B_t,   dL/ddelta_t = sum_n g_t A a_t h_{t-1} + u_t sum_n g_t B_t,
-//   dL/dA = sum_t g_t delta_t a_t h_{t-1},   dL/dB_t = sum_e g_t delta_t u_t,   dL/dC_t = sum_e h_t dL/dy_t,
-//   dL/dD = sum_t u_t dL/dy_t,   dL/dh0 = a_1 g_1,   and with a bias dL/dpre = dL/ddelta sigmoid(pre + bias),
-//   dL/dbias = sum_t dL/dpre;  with z, dL/dy = dL/dout SiLU(z) (known before y) and
-//   dL/dz = dL/dout y SiLU'(z), SiLU'(z) = s (1 + z (1 - s)), s = sigmoid(z).
-// For each vector of channels and group of states, a first pass recomputes the chunk's h_t and a_t from
-// the saved state (into a small buffer) and adds its h_t dL/dy_t (and y_t, for dL/dz); a second runs back
-// through the chunk with g and dL/dA in registers. dL/dB_t and dL/dC_t are summed over channels per lane
-// first (a vector per step and state), over the lanes once per chunk.
-// dA, dD and dbias come back per batch element and are summed over it here.
-// softplus: the forward's delta after the softplus (empty without a bias). grad_last: dL/d(the last
-// state), where a later chunk of the sequence read it (absent: zero).
+// The backward's buffers for one chunk (E' values a step, or N' vectors a step for the per-lane sums).
 template <typename T>
 struct ChunkGrads {
   std::vector<T> grad_y, sum_gB, sum_gdA;  // dL/dy_t; sum_n g_t B_t and sum_n g_t A a_t h_{t-1} (E' each)
@@ -505,9 +493,9 @@ inline void group_backward(const T* A, const T* start, T* g, T* gA, int64_t step
   constexpr int64_t lanes = V::size();
   const T *grad_y = w.grad_y.data() + e;
   T *h = w.h.data(), *a = w.a.data(), *sum_B = w.sum_B.data() + n * lanes, *sum_C = w.sum_C.data() + n * lanes;
-  V a_n[kGroup], h_n[kGroup];
+  V A_n[kGroup], h_n[kGroup];
   for (int j = 0; j < kGroup; ++j) {
-    a_n[j] = V::loadu(A + j * Ep), h_n[j] = V::loadu(start + j * Ep);
+    A_n[j] = V::loadu(A + j * Ep), h_n[j] = V::loadu(start + j * Ep);
     h_n[j].store(h + j * lanes);
   }
   for (int64_t s = 0; s < steps; ++s) {  // h[s] = h_{t0 + s - 1}, a[s] = a_{t0 + s}
@@ -515,7 +503,7 @@ inline void group_backward(const T* A, const T* start, T* g, T* gA, int64_t step
     V out = accumulate_y ? V::loadu(y + s * Ep) : V(0);
 #pragma GCC unroll 16
     for (int j = 0; j < kGroup; ++j) {
-      const V a_t = decay(d, a_n[j]);
+      const V a_t = decay(d, A_n[j]);
       h_n[j] = at::vec::fmadd(a_t, h_n[j], du * V(B[s * Np + j]));
       a_t.store(a + (s * kGroup + j) * lanes);
       h_n[j].store(h + ((s + 1) * kGroup + j) * lanes);
@@ -548,6 +536,19 @@ inline void group_backward(const T* A, const T* start, T* g, T* gA, int64_t step
   for (int j = 0; j < kGroup; ++j) g_n[j].store(g + j * Ep), gA_n[j].store(gA + j * Ep);
 }
 
+// Backward, chunk by chunk from the end, with g_t = dL/dh_t (total) = C_t dL/dy_t + a_{t+1} g_{t+1}, u = x:
+//   dL/dx_t = D dL/dy_t + delta_t sum_n g_t B_t,   dL/ddelta_t = sum_n g_t A a_t h_{t-1} + u_t sum_n g_t B_t,
+//   dL/dA = sum_t g_t delta_t a_t h_{t-1},   dL/dB_t = sum_e g_t delta_t u_t,   dL/dC_t = sum_e h_t dL/dy_t,
+//   dL/dD = sum_t u_t dL/dy_t,   dL/dh0 = a_1 g_1,   and with a bias dL/dpre = dL/ddelta sigmoid(pre + bias),
+//   dL/dbias = sum_t dL/dpre;  with z, dL/dy = dL/dout SiLU(z) (known before y) and
+//   dL/dz = dL/dout y SiLU'(z), SiLU'(z) = s (1 + z (1 - s)), s = sigmoid(z).
+// For each vector of channels and group of states, a first pass recomputes the chunk's h_t and a_t from
+// the saved state (into a small buffer) and adds its h_t dL/dy_t (and y_t, for dL/dz); a second runs back
+// through the chunk with g and dL/dA in registers. dL/dB_t and dL/dC_t are summed over channels per lane
+// first (a vector per step and state), over the lanes once per chunk.
+// dA, dD and dbias come back per batch element and are summed over it here.
+// softplus: the forward's delta after the softplus (empty without a bias). grad_last: dL/d(the last
+// state), where a later chunk of the sequence read it (absent: zero).
 std::vector<torch::Tensor> selective_scan_backward(torch::Tensor x, torch::Tensor delta, torch::Tensor A,
                                                    torch::Tensor Bm, torch::Tensor Cm, torch::Tensor D,
                                                    c10::optional<torch::Tensor> bias, c10::optional<torch::Tensor> z,
