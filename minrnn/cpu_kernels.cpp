@@ -327,10 +327,9 @@ inline Vec<T> decay(Vec<T> d, Vec<T> A) { return (d * A).exp_u20(); }
 // output's accumulator; B_t, C_t padded to the groups (N' values each).
 template <typename T>
 struct ChunkRows {
-  int64_t Ep, Np;
   std::vector<T> delta, x, y, B, C;
-  ChunkRows(int64_t Ep_, int64_t Np_)
-      : Ep(Ep_), Np(Np_), delta(kChunk * Ep_), x(kChunk * Ep_), y(kChunk * Ep_), B(kChunk * Np_), C(kChunk * Np_) {}
+  ChunkRows(int64_t Ep, int64_t Np)
+      : delta(kChunk * Ep), x(kChunk * Ep), y(kChunk * Ep), B(kChunk * Np), C(kChunk * Np) {}
 };
 
 // A (B, T, C) input read one (batch, time) row at a time: each row contiguous and the rows evenly
@@ -654,6 +653,12 @@ struct ConvTaps {
   ConvTaps(const T* weight, int64_t K, int64_t C, int64_t c, int64_t count) {
     for (int s = 0; s < kConvTaps; ++s) w[kConvTaps - 1 - s] = s < K ? load(weight + (K - 1 - s) * C + c, count) : Vec<T>(0);
   }
+  // bias + sum_s w[kConvTaps - 1 - s] x_{t-s}, from inputs[s] = x_{t-s}
+  Vec<T> conv(const Vec<T>& bias, const Vec<T>* inputs) const {
+    Vec<T> y = bias;
+    for (int s = 0; s < kConvTaps; ++s) y = at::vec::fmadd(w[kConvTaps - 1 - s], inputs[s], y);
+    return y;
+  }
 };
 
 // x_{t-s}[c ..] of batch element i, zero before the first step.
@@ -681,8 +686,7 @@ torch::Tensor causal_conv_forward(torch::Tensor x, torch::Tensor weight, torch::
           for (int64_t t = 0; t < T; ++t) {
             for (int s = kConvTaps - 1; s > 0; --s) window[s] = window[s - 1];
             window[0] = load(xs[i * T + t] + c, count);
-            V out = b;
-            for (int s = 0; s < kConvTaps; ++s) out = at::vec::fmadd(taps.w[kConvTaps - 1 - s], window[s], out);
+            V out = taps.conv(b, window);
             if (silu) out = out * sigmoid(out);
             out.store(py + (i * T + t) * C + c, count);
           }
@@ -721,9 +725,7 @@ std::vector<torch::Tensor> causal_conv_backward(torch::Tensor x, torch::Tensor w
             for (int s = 0; s < kConvTaps; ++s) inputs[s] = input_at(xs, i, T, t - s, c, count);
             V g = load(pgy + (i * T + t) * C + c, count);
             if (silu) {
-              V y = b;
-              for (int s = 0; s < kConvTaps; ++s) y = at::vec::fmadd(taps.w[kConvTaps - 1 - s], inputs[s], y);
-              const V sy = sigmoid(y);
+              const V y = taps.conv(b, inputs), sy = sigmoid(y);
               g = g * sy * (V(1) + y * (V(1) - sy));
             }
             for (int s = kConvTaps - 1; s > 0; --s) later[s] = later[s - 1];
