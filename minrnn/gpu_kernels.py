@@ -20,12 +20,11 @@ depthwise conv is a kernel of its own, the last 4 inputs in registers.
 In the selective scan a thread owns a channel and walks its N states in turn, so the sum over states
 (y = C . h) stays in its registers, with no (batch, time, channels, N) tensor anywhere (mamba_ssm's
 CUDA kernel instead gives a (batch, channel) pair a block whose threads split time, scans each state
-across them and sums dB and dC with atomics; here time is in 4-step tiles inside a thread). The
-forward takes 4-step tiles two states at a time, the next pair's operands loaded before a pair's
-arithmetic and stores (a load cannot pass an earlier store), keeping the states before every
-SELECTIVE_CHUNK (4) steps; the backward recomputes the states from those, 4-step tiles again, two
-states at a time. It
-reads inputs in any float dtype (bfloat16 under autocast) and computes in float32; it fuses delta's
+across them and sums dB and dC with atomics; here time is in 4-step tiles inside a thread). Each
+4-step chunk runs the states unrolled and stores only after loading every state's operands (a load
+cannot pass an earlier store), so that its loads wait once; the forward keeps the states before every
+SELECTIVE_CHUNK (4) steps, and the backward recomputes the states from those and keeps every state's
+gradient (g) and dA in registers from chunk to chunk. It reads inputs in any float dtype (bfloat16 under autocast) and computes in float32; it fuses delta's
 softplus and bias and Mamba's output gate y * SiLU(z). Each kernel is a torch.library operator with a
 registered derivative. `python bench.py --static` counts what they cost on an H100 (results/speed/static/).
 
@@ -398,9 +397,11 @@ if triton is not None:
 
     # ------------------------------------------------------------------- Mamba's selective scan
     # A thread owns a channel's states, so the sum over states (y = C . h) stays in registers, and
-    # each state walks its steps in registers: (channels, 4 steps) tiles,
-    # channels on the lanes, one state after another. A batch element's base offset is int64 (batch x
-    # time x width passes 2^31 at scale); offsets inside one element stay int32.
+    # each state walks its steps in registers: (channels, 4 steps) tiles, channels on the lanes, the
+    # states unrolled one after another. A chunk's loads all come before its stores (a load cannot
+    # pass an earlier store: program order, and pointers that could alias), so that they issue together
+    # and wait once. A batch element's base offset is int64 (batch x time x width passes 2^31 at
+    # scale); offsets inside one element stay int32.
 
     @triton.jit
     def _softplus(v):
@@ -428,77 +429,60 @@ if triton is not None:
         return delta
 
     @triton.jit
-    def _selective_operands_at(state, k, t, e, E_padded, T_padded, N: tl.constexpr, A_ptr, B_ptr, C_ptr, saved_ptr):
-        """A state's A (channels,), B and C (1, 4) at steps t, and its value before chunk k (channels,)."""
-        return (tl.load(A_ptr + state * E_padded + e), tl.load(B_ptr + state * T_padded + t),
-                tl.load(C_ptr + state * T_padded + t), tl.load(saved_ptr + (k * N + state) * E_padded + e))
-
-    @triton.jit
-    def _selective_states(y, pair, k, e, delta, delta_x, A0, B0, C0, h0, A1, B1, C1, h1, E_padded, N: tl.constexpr,
-                          saved_ptr):
-        """States pair and pair + 1 through chunk k from their operands: adds their C h to y, saves their
-        values after the chunk."""
-        h = _recurrence(tl.exp2(delta * A0[:, None]), delta_x * B0, h0)
-        y += C0 * h
-        tl.store(saved_ptr + ((k + 1) * N + pair) * E_padded + e, _rows(h)[3])
-        h = _recurrence(tl.exp2(delta * A1[:, None]), delta_x * B1, h1)
-        tl.store(saved_ptr + ((k + 1) * N + pair + 1) * E_padded + e, _rows(h)[3])
-        return y + C1 * h
+    def _selective_operands_at(state, k, local, step, chunk_states, N: tl.constexpr, A_ptr, B_ptr, C_ptr, saved_ptr):
+        """A state's A (channels,), B and C (1, 4) in chunk k, and its value before the chunk (channels,),
+        from the program's blocks (_blocked, _chunked; chunk_states: the elements of one chunk's saved)."""
+        return (tl.load(A_ptr + state * local.shape[0] + local), tl.load(B_ptr + (k * N + state) * 4 + step),
+                tl.load(C_ptr + (k * N + state) * 4 + step),
+                tl.load(saved_ptr + k * chunk_states + state * local.shape[0] + local))
 
     @triton.jit
     def _selective_forward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, y_ptr, saved_ptr, T, E,
                            z_batch, z_row, N: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
                            CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
         """h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t,  y_t = C_t . h_t + D x_t  (the selective SSM
-        after zero-order hold) for one batch element and BLOCK_E channels, in chunks of CHUNK (4) steps
-        and two states at a time: a state's (channels, 4) tile comes from the recurrence in registers
-        and the state before the chunk, and y sums the states' C h as they pass. SOFTPLUS: delta =
-        softplus(delta + bias); HAS_Z: Mamba's output gate, y_t SiLU(z_t) is written. The states before
-        each chunk, and after the last, are saved (batch, chunks + 1, N, E), the first given: the next
-        chunk reads them (each thread its own channel's) and the backward recomputes from them. A is
-        log2(e) A (for exp2: one instruction). saved, A (N, E) and B, C (batch, N, T) are the operators'
-        own tensors, states-major for the loop over states and zero-padded (_padded): read unmasked."""
+        after zero-order hold) for one batch element and BLOCK_E channels, in chunks of CHUNK (4) steps:
+        a state's (channels, 4) tile comes from the recurrence in registers and the state before the
+        chunk, and y sums the states' C h as they pass. SOFTPLUS: delta = softplus(delta + bias); HAS_Z:
+        Mamba's output gate, y_t SiLU(z_t) is written. The states before
+        each chunk, and after the last, are saved (batch, chunks + 1, E / BLOCK_E, N, BLOCK_E), the first
+        given: the next chunk reads them (each thread its own channel's) and the backward recomputes from
+        them. A is log2(e) A (for exp2: one instruction). saved, A (E / BLOCK_E, N, BLOCK_E) and B, C
+        (batch, chunks, N, 4) are the operators' own tensors, laid out for a program's loop over states
+        (_blocked, _chunked: a state's row BLOCK_E elements after the previous one's) and zero-padded:
+        read unmasked."""
         tl.static_assert(CHUNK == 4)
         batch = tl.program_id(0).to(tl.int64)
-        e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+        local = tl.arange(0, BLOCK_E)
+        e = tl.program_id(1) * BLOCK_E + local
         x_ptr, delta_ptr, y_ptr = x_ptr + batch * T * E, delta_ptr + batch * T * E, y_ptr + batch * T * E
         z_ptr += batch * z_batch  # z may be a view (in_proj's second half); x's, unread, without a gate
         n_chunks = tl.cdiv(T, CHUNK)
-        E_padded, T_padded = tl.cdiv(E, BLOCK_E) * BLOCK_E, n_chunks * CHUNK
-        B_ptr, C_ptr = B_ptr + batch * N * T_padded, C_ptr + batch * N * T_padded
-        saved_ptr += batch * (n_chunks + 1) * N * E_padded
+        chunk_states = tl.num_programs(1) * N * BLOCK_E  # one chunk's saved states
+        A_ptr += tl.program_id(1) * N * BLOCK_E
+        B_ptr, C_ptr = B_ptr + batch * n_chunks * N * CHUNK, C_ptr + batch * n_chunks * N * CHUNK
+        saved_ptr += batch * (n_chunks + 1) * chunk_states + tl.program_id(1) * N * BLOCK_E
         D = tl.load(D_ptr + e, mask=e < E, other=0.0)[:, None]
         bias = tl.load(bias_ptr + e, mask=e < E, other=0.0) if SOFTPLUS else 0.0
         step = tl.arange(0, CHUNK)[None, :]
         for k in range(n_chunks):
             t0 = k * CHUNK
-            t = t0 + step
             x = _load_steps(x_ptr, t0, e, T, E, E)
             delta = _load_delta_steps(delta_ptr, bias, t0, e, T, E, SOFTPLUS)  # 0 outside: the state stays
-            delta_x = delta * x
-            y = x * D
-            # Two states a pass, two passes an iteration (N is a multiple of 4: _padded). A load cannot pass
-            # a store before it (program order, and pointers that could alias), so each pass loads the next
-            # pair's operands before its own arithmetic and stores: their round trip overlaps this pair's
-            # work. The two passes alternate between two sets of registers (no copies between them).
-            A0, B0, C0, h0 = _selective_operands_at(0, k, t, e, E_padded, T_padded, N, A_ptr, B_ptr, C_ptr, saved_ptr)
-            A1, B1, C1, h1 = _selective_operands_at(1, k, t, e, E_padded, T_padded, N, A_ptr, B_ptr, C_ptr, saved_ptr)
-            for pair in range(0, N, 4):
-                A2, B2, C2, h2 = _selective_operands_at(pair + 2, k, t, e, E_padded, T_padded, N, A_ptr, B_ptr, C_ptr,
-                                                        saved_ptr)
-                A3, B3, C3, h3 = _selective_operands_at(pair + 3, k, t, e, E_padded, T_padded, N, A_ptr, B_ptr, C_ptr,
-                                                        saved_ptr)
-                y = _selective_states(y, pair, k, e, delta, delta_x, A0, B0, C0, h0, A1, B1, C1, h1, E_padded, N,
-                                      saved_ptr)
-                after = tl.minimum(pair + 4, N - 2)  # the last iteration reloads a pair, unused
-                A0, B0, C0, h0 = _selective_operands_at(after, k, t, e, E_padded, T_padded, N, A_ptr, B_ptr, C_ptr,
-                                                        saved_ptr)
-                A1, B1, C1, h1 = _selective_operands_at(after + 1, k, t, e, E_padded, T_padded, N, A_ptr, B_ptr,
-                                                        C_ptr, saved_ptr)
-                y = _selective_states(y, pair + 2, k, e, delta, delta_x, A2, B2, C2, h2, A3, B3, C3, h3, E_padded, N,
-                                      saved_ptr)
             if HAS_Z:
                 z = _load_steps(z_ptr, t0, e, T, E, z_row)
+            delta_x = delta * x
+            y = x * D
+            after = ()  # the states after the chunk, stored once every state's operands are loaded
+            for n in tl.static_range(N):
+                A, B, C, h_before = _selective_operands_at(n, k, local, step, chunk_states, N, A_ptr, B_ptr, C_ptr,
+                                                           saved_ptr)
+                h = _recurrence(tl.exp2(delta * A[:, None]), delta_x * B, h_before)
+                y += C * h
+                after += (_rows(h)[3],)
+            for n in tl.static_range(N):
+                tl.store(saved_ptr + (k + 1) * chunk_states + n * BLOCK_E + local, after[n])
+            if HAS_Z:
                 y = y * z * _sigmoid(z)
             _store_steps(y_ptr, y, t0, e, T, E)
 
@@ -539,74 +523,67 @@ if triton is not None:
         return sums + _partner(sums, 1)
 
     @triton.jit
-    def _state_backward(n, k, t, e, T_padded, E_padded, N: tl.constexpr, delta, delta_after, delta_x, grad_y,
-                        grad_gB, grad_gA, y, A_ptr, B_ptr, C_ptr, saved_ptr, g_ptr, grad_A_ptr):
-        """State n's part of a chunk of _selective_backward: adds its dA, leaves its g at the chunk's first
-        step in g_ptr, adds its terms to the sums over states g B, dlog_a A and C h (y), and returns those
-        and its dB and dC tiles to sum over channels."""
-        A = tl.load(A_ptr + n * E_padded + e)
-        B = tl.load(B_ptr + n * T_padded + t)
-        C = tl.load(C_ptr + n * T_padded + t)
+    def _state_backward(A, B, C, h_before, g_after, delta, delta_after, delta_x, grad_y):
+        """A state's chunk of _selective_backward from its operands: A (channels,), B and C (1, 4), its
+        value before the chunk and g after it (channels,). Returns (channels, 4) tiles of h, g and
+        dL/dlog a = g u, u_t = a_t h_{t-1} (not g (h_t - b_t), which cancels where a -> 0)."""
         a = tl.exp2(delta * A[:, None])
-        b = delta_x * B
-        h_saved = tl.load(saved_ptr + (k * N + n) * E_padded + e)  # before the chunk
-        h = _recurrence(a, b, h_saved)
-        u = a * _later(h, h_saved)  # a_t h_{t-1}
-        # g in reversed time; a_{t+1} is 1 past the last step, where g_ptr holds dL/d(last state)
+        h = _recurrence(a, delta_x * B, h_before)
+        # g in reversed time; a_{t+1} past the last step is that of the next chunk's first (1 past T)
         a_next = _earlier(a, tl.exp2(delta_after * A))
-        g = _reversed(_recurrence(_reversed(a_next), _reversed(grad_y * C), tl.load(g_ptr + n * E_padded + e)))
-        grad_log_a = g * u
-        grad_A_ptr += n * E_padded + e
-        tl.store(grad_A_ptr, tl.load(grad_A_ptr) + tl.sum(grad_log_a * delta, axis=1))
-        tl.store(g_ptr + n * E_padded + e, _rows(g)[0])
-        return grad_gB + g * B, grad_gA + grad_log_a * A[:, None], y + C * h, g * delta_x, grad_y * h
+        g = _reversed(_recurrence(_reversed(a_next), _reversed(grad_y * C), g_after))
+        return h, g, g * a * _later(h, h_before)
 
     @triton.jit
     def _selective_backward(x_ptr, delta_ptr, bias_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, saved_ptr, grad_y_ptr,
-                            grad_x_ptr, grad_delta_ptr, grad_A_ptr, grad_B_ptr, grad_C_ptr, grad_D_ptr,
-                            grad_bias_ptr, grad_z_ptr, g_ptr, T, E, z_batch, z_row, N: tl.constexpr,
+                            grad_x_ptr, grad_delta_ptr, grad_B_ptr, grad_C_ptr, grad_D_ptr, grad_z_ptr, g_ptr,
+                            T, E, z_batch, z_row, N: tl.constexpr,
                             SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
-        """Gradients of _selective_forward, in chunks of CHUNK (4) steps from the end and two states at
-        a time (_state_backward); A is log2(e) A. The operators' own tensors are states-major and
-        zero-padded like the forward's: A (N, E), g and dA (batch, N, E), B and C (batch, N, T), N even.
+        """Gradients of _selective_forward, in chunks of CHUNK (4) steps from the end; A is log2(e) A. The
+        operators' own tensors are laid out and zero-padded like the forward's: A (E / BLOCK_E, N,
+        BLOCK_E), g then dA (batch, 2, E / BLOCK_E, N, BLOCK_E), B and C (batch, chunks, N, 4), N even.
         A chunk is a (channels, 4) tile whose steps lie in one thread. From the state saved before the
         chunk, the recurrence in registers gives h_t, and u_t = a_t h_{t-1} is h shifted by a step times
         a; the recurrence in reversed time gives g_t = dL/dh_t = C_t dy_t + a_{t+1} g_{t+1}, g after the
-        sequence being dL/d(last state), which g_ptr holds on entry. Per channel, state and step:
-          dL/dlog a = g u  (= g a h_{t-1}; not g (h_t - b_t), which cancels where a -> 0),
+        sequence being dL/d(last state), which g_ptr holds on entry.
+        Per channel, state and step (_state_backward):
           dx = sum_n g delta B + dy D,   ddelta = sum_n (g x B + dlog_a A),   dA = sum_t dlog_a delta,
           dB = sum_e g delta x,   dC = sum_e dy h,   dD = sum_t dy x,   g_1 (left in g_ptr; dh0 = a_1 g_1),
         and through the softplus d(pre-activation) = ddelta sigmoid = ddelta (1 - e^-delta). With the
         gate (HAS_Z), dy = d(out) SiLU(z) and dz = d(out) y SiLU'(z), y summed over the states as they
-        are recomputed. dB and dC are partial sums per warp (_warp_sums), (batch, E / 32, N, T),
-        dA (zeroed by the caller), dD and dbias per batch element: the caller sums them."""
+        are recomputed. dB and dC are partial sums per warp (_warp_sums), (batch, E / 32, chunks, N, 4),
+        dA, dD and dbias (batch, 2, E) per batch element: the caller sums them.
+        Every state's g and dA stay in registers from chunk to chunk (tuples of N (channels,) rows), and
+        a chunk stores only after its last state, so its loads (each state's A, B, C and saved value)
+        issue together. What a chunk can recompute it does (tl.range's disable_licm: loop-invariant
+        addresses are not hoisted out of the loop) so that few registers stay held between chunks."""
         tl.static_assert((CHUNK == 4) & (BLOCK_E % 32 == 0) & (N % 2 == 0))
         batch = tl.program_id(0).to(tl.int64)
-        e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+        local = tl.arange(0, BLOCK_E)
+        e = tl.program_id(1) * BLOCK_E + local
         x_ptr, delta_ptr, grad_y_ptr = x_ptr + batch * T * E, delta_ptr + batch * T * E, grad_y_ptr + batch * T * E
         grad_x_ptr, grad_delta_ptr = grad_x_ptr + batch * T * E, grad_delta_ptr + batch * T * E
         z_ptr, grad_z_ptr = z_ptr + batch * z_batch, grad_z_ptr + batch * T * E  # x's, unread, without a gate
         n_chunks = tl.cdiv(T, CHUNK)
-        E_padded, T_padded = tl.cdiv(E, BLOCK_E) * BLOCK_E, n_chunks * CHUNK
-        B_ptr, C_ptr = B_ptr + batch * N * T_padded, C_ptr + batch * N * T_padded
-        grad_B_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * (BLOCK_E // 32) * T * N
-        grad_C_ptr += (batch * tl.num_programs(1) + tl.program_id(1)) * (BLOCK_E // 32) * T * N
-        grad_A_ptr, g_ptr = grad_A_ptr + batch * N * E_padded, g_ptr + batch * N * E_padded
-        saved_ptr += batch * (n_chunks + 1) * N * E_padded
-        D = tl.load(D_ptr + e, mask=e < E, other=0.0)[:, None]
-        bias = tl.load(bias_ptr + e, mask=e < E, other=0.0) if SOFTPLUS else 0.0
+        chunk_states = tl.num_programs(1) * N * BLOCK_E  # one chunk's saved states
+        lane_states = tl.program_id(1) * N * BLOCK_E + local  # a thread's first state in saved and g (_blocked)
+        A_ptr += tl.program_id(1) * N * BLOCK_E  # (the thread's channel added where read, as for saved and g)
+        B_ptr, C_ptr = B_ptr + batch * n_chunks * N * CHUNK, C_ptr + batch * n_chunks * N * CHUNK
+        g_ptr += 2 * batch * chunk_states  # g, then dA
+        saved_ptr += batch * (n_chunks + 1) * chunk_states
         step = tl.arange(0, CHUNK)[None, :]
-        local = tl.arange(0, BLOCK_E)
-        warp = local // 32  # the partial sums of dB and dC it holds (_warp_sums): its lane's value, step and store
-        sum_state, holds_C, sum_step, stores = (local // 16) % 2, (local & 8) != 0, (local // 2) % 4, local % 2 == 0
+        gs, grads_A = (), ()
+        for n in tl.static_range(N):
+            gs += (tl.load(g_ptr + lane_states + n * BLOCK_E),)
+            grads_A += (tl.zeros([BLOCK_E], dtype=tl.float32),)
         grad_D = tl.zeros([BLOCK_E], dtype=tl.float32)
         grad_bias = tl.zeros([BLOCK_E], dtype=tl.float32)
-        for j in range(n_chunks):
+        for j in tl.range(n_chunks, disable_licm=True):
             k = n_chunks - 1 - j
             t0 = k * CHUNK
             t = t0 + step
-            inside = (t < T) & (e[:, None] < E)
-            stores_sum = stores & (t0 + sum_step < T)
+            D = tl.load(D_ptr + e, mask=e < E, other=0.0)[:, None]  # read each chunk (from L1), not held
+            bias = tl.load(bias_ptr + e, mask=e < E, other=0.0) if SOFTPLUS else 0.0
             x, grad_y = _load_steps(x_ptr, t0, e, T, E, E), _load_steps(grad_y_ptr, t0, e, T, E, E)
             if HAS_Z:  # grad_y becomes dL/dy (y = C . h + D x before the gate): d(out) SiLU(z); and
                 # dL/dz = d(out) y SiLU'(z), SiLU'(z) = s (1 + z (1 - s)), s = sigmoid(z), once y is summed
@@ -621,17 +598,23 @@ if triton is not None:
             grad_gB = tl.zeros([BLOCK_E, CHUNK], dtype=tl.float32)  # sum_n g B
             grad_gA = tl.zeros([BLOCK_E, CHUNK], dtype=tl.float32)  # sum_n dlog_a log2(e) A
             y = x * D
-            for n in range(0, N, 2):  # two states a pass: their dB and dC are summed together
-                grad_gB, grad_gA, y, grad_B, grad_C = _state_backward(
-                    n, k, t, e, T_padded, E_padded, N, delta, delta_after, delta_x, grad_y, grad_gB, grad_gA, y,
-                    A_ptr, B_ptr, C_ptr, saved_ptr, g_ptr, grad_A_ptr)
-                grad_gB, grad_gA, y, grad_B_next, grad_C_next = _state_backward(
-                    n + 1, k, t, e, T_padded, E_padded, N, delta, delta_after, delta_x, grad_y, grad_gB, grad_gA, y,
-                    A_ptr, B_ptr, C_ptr, saved_ptr, g_ptr, grad_A_ptr)
-                sums_at = (warp * N + n + sum_state) * T + t0 + sum_step
-                sums = _warp_sums(grad_B, grad_C, grad_B_next, grad_C_next)
-                tl.store(grad_B_ptr + sums_at, sums, mask=stores_sum & ~holds_C)
-                tl.store(grad_C_ptr + sums_at, sums, mask=stores_sum & holds_C)
+            next_gs, next_grads_A, sums = (), (), ()
+            for n in tl.static_range(N):
+                A = tl.load(A_ptr + local + n * BLOCK_E)
+                B = tl.load(B_ptr + (k * N + n) * CHUNK + step)
+                C = tl.load(C_ptr + (k * N + n) * CHUNK + step)
+                h_before = tl.load(saved_ptr + k * chunk_states + lane_states + n * BLOCK_E)
+                h, g, grad_log_a = _state_backward(A, B, C, h_before, gs[n], delta, delta_after, delta_x, grad_y)
+                next_gs += (_rows(g)[0],)
+                next_grads_A += (grads_A[n] + tl.sum(grad_log_a * delta, axis=1),)
+                grad_gB += g * B
+                grad_gA += grad_log_a * A[:, None]
+                y += C * h
+                if n % 2 == 0:  # dB and dC are summed over channels two states at a time
+                    grad_B, grad_C = g * delta_x, grad_y * h
+                else:
+                    sums += (_warp_sums(grad_B, grad_C, g * delta_x, grad_y * h),)
+            gs, grads_A = next_gs, next_grads_A
             grad_delta = grad_gB * x + grad_gA * 0.6931471805599453  # log(2): A here is log2(e) A
             if SOFTPLUS:
                 grad_delta *= 1.0 - _exp(-delta)
@@ -639,10 +622,20 @@ if triton is not None:
             _store_steps(grad_delta_ptr, grad_delta, t0, e, T, E)
             if HAS_Z:
                 _store_steps(grad_z_ptr, grad_z_per_y * y, t0, e, T, E)
+            # the partial sums of dB and dC a lane holds (_warp_sums): its warp's, of a pair's first or second
+            # state, of dB or dC, at one step (neighbouring lanes hold the same)
+            part = (batch * tl.num_programs(1) + tl.program_id(1)) * (BLOCK_E // 32) + local // 32
+            sums_ptr = (tl.where((local & 8) != 0, grad_C_ptr, grad_B_ptr)
+                        + ((part * n_chunks + k) * N + (local // 16) % 2) * CHUNK + (local // 2) % 4)
+            for pair in tl.static_range(N // 2):
+                tl.store(sums_ptr + 2 * pair * CHUNK, sums[pair])
             grad_D += tl.sum(grad_y * x, axis=1)
-            grad_bias += tl.sum(tl.where(inside, grad_delta, 0.0), axis=1)
-        tl.store(grad_D_ptr + batch * E + e, grad_D, mask=e < E)
-        tl.store(grad_bias_ptr + batch * E + e, grad_bias, mask=e < E)
+            grad_bias += tl.sum(tl.where((t < T) & (e[:, None] < E), grad_delta, 0.0), axis=1)
+        for n in tl.static_range(N):
+            tl.store(g_ptr + lane_states + n * BLOCK_E, gs[n])
+            tl.store(g_ptr + chunk_states + lane_states + n * BLOCK_E, grads_A[n])
+        tl.store(grad_D_ptr + 2 * batch * E + e, grad_D, mask=e < E)  # dD, then dbias
+        tl.store(grad_D_ptr + (2 * batch + 1) * E + e, grad_bias, mask=e < E)
 
 
     # ------------------------------------------------------------------- causal depthwise conv
@@ -730,12 +723,14 @@ SCAN_MIN_SEGMENTS = 4
 CONV_BLOCK_T, CONV_BLOCK_C = 32, 128  # a program's steps and channels (one a thread)
 CONV_MAX_KERNEL = 4  # the conv kernels' window of inputs; scan.causal_conv runs longer kernels plainly
 # Mamba's selective scan: one channel per thread (a program's 4 warps own 128 channels), tiles of 4
-# steps, registers capped at 128 so that 4 programs share an SM (25% occupancy) without a spill
-# (python bench.py --static counts them).
+# steps, registers capped at 168 so that 3 programs share an SM (18.75% occupancy): no kernel spills
+# under triton 3.6 to 3.9 for sm_75, sm_80 or sm_90 (at 128 some do), a chunk's loads wait once, and
+# the paper-scale grid (64 x 6 programs on 132 SMs) puts at most 3 programs on an SM anyway
+# (python bench.py --static counts registers, spills and stalls).
 SELECTIVE_CHUNK = 4       # steps a tile holds per thread, and between two saved states
 SELECTIVE_BLOCK_E = 128   # channels a program owns
 SELECTIVE_WARPS = 4
-SELECTIVE_REGISTERS = 128
+SELECTIVE_REGISTERS = 168
 
 
 # ----------------------------------------------------------------------------- the operators
@@ -747,26 +742,48 @@ LOG2_E = 1.4426950408889634
 
 
 def _selective_operands(x, delta, A, B, C, D, delta_bias):
-    """The selective scan kernels' operands: x and delta contiguous in their dtypes; log2(e) A (N, E)
-    (the kernels take exp2) and B and C (batch, N, T), states-major for the kernels' loops over states
-    and _padded; D and the delta bias in float32 (without a bias, D stands for its pointer, never read)."""
+    """The selective scan kernels' operands: x and delta contiguous in their dtypes; log2(e) A (the
+    kernels take exp2) _blocked, B and C _chunked; D and the delta bias in float32 (without a bias, D
+    stands for its pointer, never read)."""
     x, delta = x.contiguous(), delta.contiguous()
     D = D.float().contiguous()
     bias = D if delta_bias is None else delta_bias.float().contiguous()
-    return (x, delta, _padded((A * LOG2_E).t(), SELECTIVE_BLOCK_E), _padded(B.transpose(1, 2), SELECTIVE_CHUNK),
-            _padded(C.transpose(1, 2), SELECTIVE_CHUNK), D, bias)
+    return x, delta, _blocked(A * LOG2_E), _chunked(B), _chunked(C), D, bias
 
 
-def _padded(t, block):
-    """t (..., N, X), states by channels or steps, as a float32 copy zero-padded to a multiple of 4
-    states (the kernels take two at a time, the forward two pairs an iteration) and to whole blocks of
-    channels or steps, which the kernels then read without masks. The padding computes nothing: a
-    state with A = 0 and B = C = 0 stays 0 and adds 0 to y, a channel or step without input keeps its
-    state."""
-    *batch, N, X = t.shape
-    padded = t.new_zeros(*batch, -(-N // 4) * 4, -(-X // block) * block, dtype=torch.float32)
-    padded[..., :N, :X] = t
-    return padded
+# The selective kernels' own tensors are float32 copies laid out for a program's loop over states: a
+# state's values lie a constant distance from the previous state's (an offset in the instruction, no
+# register per state), zero-padded to whole blocks and to an even number of states (the backward sums
+# dB and dC two states at a time), which the kernels read without masks. The padding computes
+# nothing: a state with A = 0 and B = C = 0 stays 0 and adds 0 to y, a channel or step without input
+# keeps its state.
+
+def _blocked(t):
+    """t (..., E, N), channels by states, as (..., E / SELECTIVE_BLOCK_E, N, SELECTIVE_BLOCK_E): a
+    program's channels, one state's row of them after another's."""
+    *lead, E, N = t.shape
+    padded = t.new_zeros(*lead, -(-E // SELECTIVE_BLOCK_E) * SELECTIVE_BLOCK_E, -(-N // 2) * 2, dtype=torch.float32)
+    padded[..., :E, :N] = t
+    return padded.unflatten(-2, (-1, SELECTIVE_BLOCK_E)).transpose(-1, -2).contiguous()
+
+
+def _unblocked(t, E, N):
+    """_blocked undone: (..., E, N)."""
+    return t.transpose(-1, -2).flatten(-3, -2)[..., :E, :N]
+
+
+def _chunked(t):
+    """B or C (batch, T, N) as (batch, T / SELECTIVE_CHUNK, N, SELECTIVE_CHUNK): a chunk's steps of one
+    state side by side, one state's after another's."""
+    batch, T, N = t.shape
+    padded = t.new_zeros(batch, -(-T // SELECTIVE_CHUNK) * SELECTIVE_CHUNK, -(-N // 2) * 2, dtype=torch.float32)
+    padded[:, :T, :N] = t
+    return padded.unflatten(1, (-1, SELECTIVE_CHUNK)).transpose(2, 3).contiguous()
+
+
+def _unchunked(t, T, N):
+    """_chunked undone: (batch, T, N)."""
+    return t.transpose(-1, -2).flatten(1, 2)[:, :T, :N]
 
 
 def _strided(t):
@@ -925,62 +942,57 @@ if triton is not None:
     def _selective_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h0: Optional[Tensor],
                         delta_bias: Optional[Tensor], z: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         """y (x's dtype; y SiLU(z) given z), the last state (batch, E, N) and the states before every
-        SELECTIVE_CHUNK steps and after the last (float32, padded like A: _selective_operands)."""
+        SELECTIVE_CHUNK steps and after the last (float32, _blocked)."""
         check(x, delta, A, B, C, D, h0, delta_bias, z)
         x, delta, A2, B, C, D, bias = _selective_operands(x, delta, A, B, C, D, delta_bias)
         (batch, T, E), N = x.shape, A.shape[1]
         y = torch.empty_like(x)
         saved = x.new_empty(batch, triton.cdiv(T, SELECTIVE_CHUNK) + 1, *A2.shape, dtype=torch.float32)
-        saved[:, 0] = 0.0
-        if h0 is not None:
-            saved[:, 0, :N, :E] = h0.transpose(1, 2)
+        saved[:, 0] = 0.0 if h0 is None else _blocked(h0)
         gate, z_batch, z_row = _strided(x if z is None else z)  # x stands for a missing z (never read)
         with _on_device_of(x):
             _launch(_selective_forward, (batch, triton.cdiv(E, SELECTIVE_BLOCK_E)),
-                    x, delta, bias, A2, B, C, D, gate, y, saved, T, E, z_batch, z_row, A2.shape[0],
+                    x, delta, bias, A2, B, C, D, gate, y, saved, T, E, z_batch, z_row, A2.shape[1],
                     SOFTPLUS=delta_bias is not None, HAS_Z=z is not None, CHUNK=SELECTIVE_CHUNK,
                     BLOCK_E=SELECTIVE_BLOCK_E, num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
-        return y, saved[:, -1, :N, :E].transpose(1, 2).contiguous(), saved
+        return y, _unblocked(saved[:, -1], E, N).contiguous(), saved
 
     @_operator('minrnn::triton_selective_scan_backward')
     def _selective_scan_backward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
                                  delta_bias: Optional[Tensor], z: Optional[Tensor], saved: Tensor, grad_y: Tensor,
                                  grad_last: Optional[Tensor]
-                                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """dL/dx, dL/ddelta, float32 partial sums of dL/dA (batch, N, E), dL/dB and dL/dC (batch, parts,
-        N, T) and dL/dD (batch, E), dL/dh0 (batch, N, E), partial sums of dL/ddelta_bias (batch, E) and
-        dL/dz (empty without z), the states recomputed from the saved ones; the states-major tensors are
-        padded like A (_selective_operands). grad_last: dL/d(last state), None for zero. The caller
-        takes the unpadded parts and sums them."""
+                                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """dL/dx, dL/ddelta, float32 partial sums of dL/dA (batch, _blocked), dL/dB and dL/dC (batch,
+        parts, _chunked) and of dL/dD and dL/ddelta_bias (batch, 2, E), dL/dh0 (batch, E, N) and dL/dz
+        (empty without z), the states recomputed from the saved ones. grad_last: dL/d(last state), None
+        for zero. The caller takes the unpadded parts and sums them."""
         x, delta, A2, B, C, D32, bias = _selective_operands(x, delta, A, B, C, D, delta_bias)
         grad_y = grad_y.contiguous()
         (batch, T, E), N = x.shape, A.shape[1]
         blocks = triton.cdiv(E, SELECTIVE_BLOCK_E)
         grad_x, grad_delta = torch.empty_like(x), torch.empty_like(delta)  # the kernel rounds once, into their dtype
         grad_z = x.new_empty(0) if z is None else torch.empty_like(z, memory_format=torch.contiguous_format)
-        grad_B_parts, grad_C_parts = (x.new_empty(batch, blocks * SELECTIVE_BLOCK_E // 32, A2.shape[0], T,
+        grad_B_parts, grad_C_parts = (x.new_empty(batch, blocks * SELECTIVE_BLOCK_E // 32, *B.shape[1:],
                                                   dtype=torch.float32) for _ in range(2))
-        grad_A_parts = x.new_zeros(batch, *A2.shape, dtype=torch.float32)
-        grad_D_parts, grad_bias_parts = (x.new_empty(batch, E, dtype=torch.float32) for _ in range(2))
-        # g after the sequence, dL/d(last state), in a tensor of its own: the kernel leaves dL/dh0 in it
-        g = x.new_zeros(batch, *A2.shape, dtype=torch.float32)
+        grad_D_and_bias = x.new_empty(batch, 2, E, dtype=torch.float32)  # (one pointer: a register fewer)
+        # g after the sequence, dL/d(last state), and dA, in a tensor of their own: the kernel leaves g_1
+        # and dA in it
+        g_and_grad_A = x.new_zeros(batch, 2, *A2.shape, dtype=torch.float32)
         if grad_last is not None:
-            g[:, :N, :E] = grad_last.transpose(1, 2)
+            g_and_grad_A[:, 0] = _blocked(grad_last)
         gate, z_batch, z_row = _strided(x if z is None else z)  # x stands for a missing z (never read)
         with _on_device_of(x):
             _launch(_selective_backward, (batch, blocks),
                     x, delta, bias, A2, B, C, D32, gate, saved, grad_y, grad_x, grad_delta,
-                    grad_A_parts, grad_B_parts, grad_C_parts, grad_D_parts, grad_bias_parts,
-                    x if z is None else grad_z, g, T, E, z_batch, z_row, A2.shape[0],
+                    grad_B_parts, grad_C_parts, grad_D_and_bias,
+                    x if z is None else grad_z, g_and_grad_A, T, E, z_batch, z_row, A2.shape[1],
                     SOFTPLUS=delta_bias is not None, HAS_Z=z is not None,
                     CHUNK=SELECTIVE_CHUNK, BLOCK_E=SELECTIVE_BLOCK_E,
                     num_warps=SELECTIVE_WARPS, maxnreg=SELECTIVE_REGISTERS)
-        # dL/dh0 = a_1 g_1, a small (batch, N, E) product after the kernel, whose registers it would take
+        # dL/dh0 = a_1 g_1, a small (batch, E, N) product after the kernel, whose registers it would take
         delta_first = delta[:, 0].float() if delta_bias is None else F.softplus(delta[:, 0].float() + bias)
-        delta_first = F.pad(delta_first, (0, A2.shape[1] - E))
-        grad_h0 = torch.exp2(delta_first[:, None, :] * A2) * g
-        return (grad_x, grad_delta, grad_A_parts, grad_B_parts, grad_C_parts, grad_D_parts, grad_h0, grad_bias_parts,
-                grad_z)
+        grad_h0 = torch.exp2(delta_first[:, :, None] * _unblocked(A2, E, N)) * _unblocked(g_and_grad_A[:, 0], E, N)
+        return grad_x, grad_delta, g_and_grad_A[:, 1], grad_B_parts, grad_C_parts, grad_D_and_bias, grad_h0, grad_z
 
     def _selective_setup(ctx, inputs, output):
         x, delta, A, B, C, D, h0, delta_bias, z = inputs
@@ -992,14 +1004,14 @@ if triton is not None:
     def _selective_derivative(ctx, grad_y, grad_last, grad_saved):
         x, delta, A, B, C, D, delta_bias, z, saved = ctx.saved_tensors
         grad_y = torch.zeros_like(x) if grad_y is None else grad_y
-        grad_x, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_h0, grad_bias, grad_z = _selective_scan_backward(
+        grad_x, grad_delta, grad_A, grad_B, grad_C, grad_D_and_bias, grad_h0, grad_z = _selective_scan_backward(
             x, delta, A, B, C, D, delta_bias, z, saved, grad_y, grad_last)
-        E, N = A.shape  # without the padding
-        return (grad_x, grad_delta, grad_A.sum(0)[:N, :E].t().to(A.dtype),
-                grad_B.sum(1)[:, :N].transpose(1, 2).to(B.dtype), grad_C.sum(1)[:, :N].transpose(1, 2).to(C.dtype),
-                grad_D.sum(0).to(D.dtype),
-                None if ctx.h0_dtype is None else grad_h0[:, :N, :E].transpose(1, 2).to(ctx.h0_dtype),
-                None if delta_bias is None else grad_bias.sum(0).to(delta_bias.dtype), None if z is None else grad_z)
+        (E, N), T = A.shape, B.shape[1]  # without the padding
+        grad_D, grad_bias = grad_D_and_bias.sum(0)
+        return (grad_x, grad_delta, _unblocked(grad_A.sum(0), E, N).to(A.dtype),
+                _unchunked(grad_B.sum(1), T, N).to(B.dtype), _unchunked(grad_C.sum(1), T, N).to(C.dtype),
+                grad_D.to(D.dtype), None if ctx.h0_dtype is None else grad_h0.to(ctx.h0_dtype),
+                None if delta_bias is None else grad_bias.to(delta_bias.dtype), None if z is None else grad_z)
 
     _selective_scan.register_autograd(_selective_derivative, setup_context=_selective_setup)
 
@@ -1045,7 +1057,6 @@ class Launch(NamedTuple):
     options: dict       # warps, register cap
     elements: int       # state elements x steps one thread computes per pass of the kernel's main loop
     half: tuple = ()    # its pointer arguments that hold bfloat16
-    inner_trips: int = 1  # passes of the innermost loop (over states) per pass of the main loop
 
 
 def launches(d_state=16):
@@ -1074,11 +1085,10 @@ def launches(d_state=16):
             kernels[f'{prefix}_{name}'] = Launch(kernel, constants, dict(num_warps=4), per_thread, half)
     kernels['selective_forward'] = Launch(
         _selective_forward, dict(selective), options, SELECTIVE_CHUNK * channels * d_state,
-        ('x_ptr', 'delta_ptr', 'z_ptr', 'y_ptr'), inner_trips=-(-d_state // 4))  # B, C float32; 4 states a pass
+        ('x_ptr', 'delta_ptr', 'z_ptr', 'y_ptr'))  # B, C float32
     kernels['selective_backward'] = Launch(
         _selective_backward, dict(selective), options, SELECTIVE_CHUNK * channels * d_state,
-        ('x_ptr', 'delta_ptr', 'z_ptr', 'grad_y_ptr', 'grad_x_ptr', 'grad_delta_ptr', 'grad_z_ptr'),  # B, C float32
-        inner_trips=-(-d_state // 2))  # 2 states a pass
+        ('x_ptr', 'delta_ptr', 'z_ptr', 'grad_y_ptr', 'grad_x_ptr', 'grad_delta_ptr', 'grad_z_ptr'))  # B, C float32
     return kernels
 
 

@@ -40,17 +40,10 @@ GPUS = {90: dict(name='H100 (sm_90)', warps=64, ctas=32, registers=65536, shared
 SASS_LINE = re.compile(r'/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);')
 
 
-def loop_opcodes(sass, inner_trips=1):
-    """The opcodes a kernel issues per pass of its main loop (loop_code's)."""
-    return [opcode for opcode, _ in loop_code(sass, inner_trips)]
-
-
-def loop_code(sass, inner_trips=1):
+def loop_code(sass):
     """(opcode, operands) of what a kernel issues per pass of its main loop: the longest loop that holds
-    no other loop (the body it repeats per tile or step), repeated inner_trips times, and where
-    inner_trips > 1 the rest of the loop around it once (per-tile work outside a loop over states); the
-    whole kernel where it has no loop. A loop is a branch back to an earlier address (not the branch to
-    itself that ends every kernel)."""
+    no other loop (the body it repeats per tile or step); the whole kernel where it has no loop. A loop
+    is a branch back to an earlier address (not the branch to itself that ends every kernel)."""
     code = [(int(address, 16), opcode, operands) for address, opcode, operands in SASS_LINE.findall(sass)]
     loops = []
     for address, opcode, operands in code:
@@ -62,14 +55,7 @@ def loop_code(sass, inner_trips=1):
     if not innermost:
         return [(opcode, operands) for _, opcode, operands in code]
     start, end = max(innermost, key=lambda loop: loop[1] - loop[0])
-    body = [(opcode, operands) for address, opcode, operands in code if start <= address <= end]
-    if inner_trips == 1:
-        return body
-    outer_start, outer_end = min((loop for loop in loops if inside((start, end), loop)),
-                                 key=lambda loop: loop[1] - loop[0])
-    around = [(opcode, operands) for address, opcode, operands in code
-              if outer_start <= address <= outer_end and not start <= address <= end]
-    return body * inner_trips + around
+    return [(opcode, operands) for address, opcode, operands in code if start <= address <= end]
 
 
 # The latency of a global load that misses L1, in cycles: an assumption (an L2 hit takes a few hundred
@@ -134,7 +120,7 @@ def static_rows(out):
                 f.write(sass)
             registers = int(re.search(r'Used (\d+) registers', resources).group(1))
             ctas, share = occupancy(registers, options['num_warps'], shared, gpu)
-            code = loop_code(sass, launch.inner_trips)
+            code = loop_code(sass)
             loop = [opcode for opcode, _ in code]
             per_element = lambda prefix: round(sum(op.startswith(prefix) for op in loop) / elements, 2)
             stalls = load_stalls(code)
@@ -301,9 +287,8 @@ def report(out):
                 '## The Triton kernels\n\nEach compiled for the GPU named as a paper-scale launch specialises '
                 'it (bfloat16 activations, float32 states, pointers and sizes multiples of 16); registers, '
                 'spills and occupancy from ptxas; the rest from the SASS (in sass/) of the kernel\'s main loop '
-                '(the selective kernels\' loops over states as often as a 4-step chunk runs them, the forward '
-                'four states a pass and the backward two, with the work around them; the conv backward\'s loop, '
-                'a step a pass), per state element (channel x state) and time step. MUFU: the special-function unit\'s '
+                '(the selective kernels\': a 4-step chunk of every state, the states unrolled; the conv '
+                'backward\'s: 4 steps a pass), per state element (channel x state) and time step. MUFU: the special-function unit\'s '
                 'operations (exp2, reciprocal, ...). Stalls: the cycles a warp alone would wait per pass of that '
                 f'loop, each group of global loads (loads issued together until a store, which no later load '
                 f'can pass) waiting {LOAD_LATENCY} cycles (an assumed latency beyond L1) less the instructions the '

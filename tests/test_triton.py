@@ -372,8 +372,10 @@ def test_the_kernels_compile_for_gpus_without_spilling_registers(capability):
 
 
 def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path):
-    """bench.py --static: both selective kernels keep at least 4 CTAs of 4 warps per SM (25% occupancy),
-    without spills, on sm_90 and sm_80. The forward takes one exp per state element and step (and a
+    """bench.py --static: both selective kernels keep at least 3 CTAs of 4 warps per SM (18.75% occupancy,
+    as many as a paper-scale grid puts there), without spills, on sm_90 and sm_80, and their loads wait
+    once a 4-step chunk (every state's loaded before the chunk's first store), so that those warps
+    leave them issue-bound. The forward takes one exp per state element and step (and a
     channel's softplus and gate, shared by its 16 states), the backward 1.25 (a_t, and a_{t+1} once per
     state and 4-step chunk) and the same shared ones. The backward sums dB and dC over channels with 2
     shuffles per element and step (a reduce-scatter); no other kernel needs a shuffle, and none a
@@ -388,7 +390,9 @@ def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path
     rows = report.read_csv(str(tmp_path / 'kernels.csv'))
     assert len(rows) == 2 * len(gpu_kernels.launches()) and all(r['spilled_bytes'] == 0 for r in rows)
     selective = [r for r in rows if r['kernel'].startswith('selective')]
-    assert all(r['occupancy'] >= 0.25 for r in selective), selective
+    assert all(r['ctas_per_sm'] >= 3 for r in selective), selective
+    assert all(r['stall_cycles_per_loop'] <= static_cost.LOAD_LATENCY and r['bound'] == 'issue'
+               for r in selective), selective
     assert all(r['shuffles_per_element'] <= 2 for r in selective)
     assert all(r['exps_per_element'] <= 1.25 for r in selective if r['kernel'] == 'selective_forward')
     assert all(r['exps_per_element'] <= 1.5 for r in selective if r['kernel'] == 'selective_backward')
@@ -404,9 +408,6 @@ def test_bench_static_counts_the_kernels_and_the_paper_scale_iterations(tmp_path
     # every kernel's time per element is at least its instructions', and says what binds it
     assert all(r['cycles_per_element'] >= r['instructions_per_element'] and r['bound'] in ('issue', 'latency')
                for r in rows)
-    # the selective forward loads a pair's operands a pass ahead: under half the stalls of one round trip a state
-    assert all(r['stall_cycles_per_loop'] < 16 * static_cost.LOAD_LATENCY / 2 for r in selective
-               if r['kernel'] == 'selective_forward'), selective
     # the paper's speed setting (64 programs on an H100's 132 SMs) splits time; the gain is T / steps walked
     segments = report.read_csv(str(tmp_path / 'segments.csv'))
     speed = [r for r in segments if r['setting'] == 'speed']
